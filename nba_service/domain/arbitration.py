@@ -1,0 +1,32 @@
+"""Ranks the candidates that survived policy; deterministic so a decision can be replayed exactly."""
+
+from __future__ import annotations
+
+from nba_service.domain.policy import Candidate, Dropped
+
+
+def rank(candidates: list[Candidate], max_actions: int) -> tuple[list[Candidate], list[Dropped]]:
+    """Highest priority first, then file order of the rule, one entry per action, at most `max_actions`."""
+    ordered = sorted(candidates, key=lambda c: (-c.rule.priority, c.rule_index, c.action.id))
+    chosen: list[Candidate] = []
+    dropped: list[Dropped] = []
+    seen: dict[str, str] = {}
+    for candidate in ordered:
+        if candidate.action.id in seen:
+            dropped.append(
+                Dropped(
+                    candidate.rule.id,
+                    candidate.action.id,
+                    "duplicate_action",
+                    f"already chosen through rule {seen[candidate.action.id]}",
+                )
+            )
+            continue
+        if len(chosen) >= max_actions:
+            dropped.append(
+                Dropped(candidate.rule.id, candidate.action.id, "ranked_out", f"below the top {max_actions}")
+            )
+            continue
+        seen[candidate.action.id] = candidate.rule.id
+        chosen.append(candidate)
+    return chosen, dropped

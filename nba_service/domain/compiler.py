@@ -1,0 +1,211 @@
+"""Compiles the ruleset model into durable_rules definitions that cannot hit the engine's limits.
+
+Pure: ruleset in, plan out. The plan is safe by construction, not by testing
+(../shared/notes/durable-rules.md):
+
+- Error 303 (more than 64 pending alpha nodes in one assertion) is impossible because each engine
+  ruleset ("partition") holds at most `NODE_BUDGET` alpha tests in total, counted without sharing;
+  the engine pushes each alpha node at most once per assertion, so the stack can never pass the budget,
+  whatever the key order or the values.
+- The same budget bounds every node's children (no hang past 512), the rules sharing one condition
+  chain (no error 108), and the properties of one fact (only the partition's own fields are sent, far
+  below the engine's 64 properties per message and 255 per object).
+- Every rule starts with a guard test on a key that only our facts carry, so the session's own state
+  record can never match a rule (no runaway re-firing), not even a `missing` test.
+- `in` and `any` are expanded into plain conjunctions (one engine rule per branch) so each engine rule
+  is a simple `$and` chain; a rule whose expansion exceeds the budget is rejected by the loader.
+- Values are encoded so the engine compares them exactly: numbers as doubles written with a decimal
+  point and 17 significant digits (the engine's number parser reads `1e+20` as the integer 1), strings
+  as an injective ASCII code (hex of UTF-8, or a SHA-256 for long strings) so no escape, NUL or Unicode
+  reaches its `strcmp`, booleans as the integers 1 and 0 (its boolean `<=` is wrong; we only need `==`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from nba_service.domain.facts import FactValue
+from nba_service.domain.model import Condition, FieldSpec, Op, Rule, Ruleset
+
+NODE_BUDGET = 60
+MAX_RULE_COST = NODE_BUDGET
+GUARD_KEY = "nba"
+SHORT_STRING_BYTES = 48
+RESERVED_KEYS = ("id", "sid", GUARD_KEY)
+
+_COMPARISON = {Op.NE: "$neq", Op.LT: "$lt", Op.LTE: "$lte", Op.GT: "$gt", Op.GTE: "$gte"}
+
+
+def encode_value(field_type: str, value: FactValue) -> str:
+    """The JSON text the engine sees for a fact value or a constant of the given field type."""
+    if field_type == "number":
+        return "%.17e" % float(value)  # noqa: UP031 - the engine needs the mantissa's decimal point
+    if field_type == "boolean":
+        return "1" if value else "0"
+    text = str(value)
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= SHORT_STRING_BYTES:
+        return f'"s{data.hex()}"'
+    return f'"h{hashlib.sha256(data).hexdigest()}"'
+
+
+def djb_hash(name: str) -> int:
+    """The engine's property-name hash (djb2 over the raw bytes, 32-bit): keys must not collide."""
+    value = 5381
+    for byte in name.encode("utf-8"):
+        value = ((value << 5) + value + (byte if byte < 128 else byte - 256)) & 0xFFFFFFFF
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Test:
+    key: str
+    op: Op
+    constant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    rule_index: int
+    tests: tuple[Test, ...]
+
+    @property
+    def cost(self) -> int:
+        return 1 + len(self.tests)
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """One engine ruleset: its definition text, the fact keys it reads and its rule-name map."""
+
+    definition: str
+    keys: tuple[str, ...]
+    rule_of: Mapping[str, int]
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRuleset:
+    ruleset: Ruleset
+    field_keys: Mapping[str, str]
+    field_types: Mapping[str, str]
+    partitions: tuple[Partition, ...]
+
+    def encode_facts(self, facts: Mapping[str, FactValue]) -> dict[str, str]:
+        """Each present fact as its `"key":value` JSON member, ready to join into a message."""
+        members: dict[str, str] = {}
+        for name, key in self.field_keys.items():
+            if name in facts:
+                members[key] = f'"{key}":{encode_value(self.field_types[name], facts[name])}'
+        return members
+
+
+def _alternatives(condition: Condition, key: str, field_type: str) -> list[list[Test]]:
+    """The ways one condition can hold, each a conjunction of engine tests."""
+    encoded = [encode_value(field_type, v) for v in condition.values]
+    if condition.op is Op.IN:
+        return [[Test(key, Op.EQ, c)] for c in encoded]
+    if condition.op is Op.NOT_IN:
+        return [[Test(key, Op.NE, c) for c in encoded]]
+    if condition.op in (Op.EXISTS, Op.MISSING):
+        return [[Test(key, condition.op)]]
+    return [[Test(key, condition.op, encoded[0])]]
+
+
+def _branches(index: int, rule: Rule, keys: Mapping[str, str], specs: Mapping[str, FieldSpec]) -> Iterator[Branch]:
+    """The rule in disjunctive normal form: one engine rule per way it can hold."""
+    parts = [_alternatives(c, keys[c.field], specs[c.field].type) for c in rule.when.all]
+    if rule.when.any:
+        parts.append([alt for c in rule.when.any for alt in _alternatives(c, keys[c.field], specs[c.field].type)])
+    for combo in itertools.product(*parts):
+        yield Branch(index, tuple(test for alternative in combo for test in alternative))
+
+
+def _shape(condition: Condition) -> list[int]:
+    """Test counts of each alternative of a condition, without encoding anything."""
+    if condition.op is Op.IN:
+        return [1] * len(condition.values)
+    if condition.op is Op.NOT_IN:
+        return [len(condition.values)]
+    return [1]
+
+
+def rule_cost(rule: Rule) -> int:
+    """Alpha tests the expanded rule needs, guard included, counted without sharing: an upper bound.
+
+    Computed arithmetically so a rule with a huge expansion is measured without being expanded.
+    """
+    branches = 1
+    fixed = 1
+    for condition in rule.when.all:
+        shape = _shape(condition)
+        branches *= len(shape)
+        fixed += shape[0]
+    if not rule.when.any:
+        return branches * fixed
+    alternatives = [n for c in rule.when.any for n in _shape(c)]
+    return branches * sum(fixed + n for n in alternatives)
+
+
+def _test_json(test: Test) -> str:
+    if test.op is Op.EQ:
+        return f'{{"{test.key}":{test.constant}}}'
+    if test.op is Op.EXISTS:
+        return f'{{"$ex":{{"{test.key}":1}}}}'
+    if test.op is Op.MISSING:
+        return f'{{"$nex":{{"{test.key}":1}}}}'
+    return f'{{"{_COMPARISON[test.op]}":{{"{test.key}":{test.constant}}}}}'
+
+
+def _rule_json(name: str, branch: Branch) -> str:
+    tests = ",".join([f'{{"{GUARD_KEY}":1}}', *(_test_json(t) for t in branch.tests)])
+    return f'"{name}":{{"all":[{{"m":{{"$and":[{tests}]}}}}]}}'
+
+
+def compile_ruleset(ruleset: Ruleset) -> CompiledRuleset:
+    specs = ruleset.fact_fields()
+    used = sorted({c.field for rule in ruleset.rules for c in rule.when.conditions()})
+    keys = {name: f"f{i}" for i, name in enumerate(used)}
+    hashes = [djb_hash(k) for k in (*RESERVED_KEYS, *keys.values())]
+    if len(set(hashes)) != len(hashes):
+        raise AssertionError("engine key hash collision")  # cannot happen for f<number> keys; guarded anyway
+    partitions: list[Partition] = []
+    pending: list[tuple[str, Branch]] = []
+    pending_cost = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_cost
+        if not pending:
+            return
+        body = ",".join(_rule_json(name, branch) for name, branch in pending)
+        part_keys = tuple(sorted({t.key for _, b in pending for t in b.tests}, key=lambda k: int(k[1:])))
+        rule_of = {name: branch.rule_index for name, branch in pending}
+        partitions.append(Partition("{" + body + "}", part_keys, rule_of, pending_cost))
+        pending, pending_cost = [], 0
+
+    for index, rule in enumerate(ruleset.rules):
+        cost = rule_cost(rule)
+        if cost > NODE_BUDGET:
+            raise ValueError(f"rule {rule.id!r} needs {cost} engine conditions (limit {NODE_BUDGET})")
+        branches = list(_branches(index, rule, keys, specs))
+        if pending_cost + cost > NODE_BUDGET:
+            flush()
+        for number, branch in enumerate(branches):
+            pending.append((f"r{index}_{number}", branch))
+        pending_cost += cost
+    flush()
+    return CompiledRuleset(ruleset, keys, {name: specs[name].type for name in used}, tuple(partitions))
+
+
+def describe(compiled: CompiledRuleset) -> str:
+    """A stable text form of the plan, for golden tests and `nba rulesets check --plan`."""
+    lines = [f"ruleset {compiled.ruleset.meta.name} {compiled.ruleset.meta.version}"]
+    lines += [f"key {key} = {name} ({compiled.field_types[name]})" for name, key in compiled.field_keys.items()]
+    for number, partition in enumerate(compiled.partitions):
+        lines.append(f"partition {number} cost {partition.cost} keys {' '.join(partition.keys)}")
+        lines.append(json.dumps(json.loads(partition.definition), sort_keys=True))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,515 @@
+"""Reads ruleset YAML into the typed model, reporting every problem at once with file, line and rule.
+
+Compliance reviewers edit these files by hand; a Python traceback tells them nothing, so every failure
+becomes a `RulesetProblem` naming where it is and what is wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import re
+import zoneinfo
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, cast
+
+import jsonschema
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from nba_service.domain import compiler
+from nba_service.domain.model import (
+    ORDERING_OPS,
+    PRESENCE_OPS,
+    SET_OPS,
+    Action,
+    Channel,
+    Condition,
+    EventSpec,
+    FieldSpec,
+    FieldType,
+    FrequencyCap,
+    Op,
+    Policies,
+    QuietHours,
+    Rule,
+    Ruleset,
+    RulesetMeta,
+    Scalar,
+    Suppression,
+    Trigger,
+    When,
+)
+from nba_service.domain.scripts import SCRIPT_FIELDS, placeholders
+from nba_service.errors import RulesetInvalid, RulesetProblem
+
+MAX_EXACT_INTEGER = 2**53
+MAX_STRING_CONSTANT = 1000
+_DURATION = re.compile(r"^(\d+)([mhd])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+@cache
+def ruleset_schema() -> dict[str, Any]:
+    text = resources.files("nba_service.domain").joinpath("ruleset.schema.json").read_text("utf-8")
+    return cast(dict[str, Any], json.loads(text))
+
+
+def load_ruleset_file(path: Path) -> Ruleset:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RulesetInvalid([RulesetProblem(str(path), None, "", f"cannot read file: {exc.strerror}")]) from exc
+    return load_ruleset_text(data, str(path))
+
+
+def load_ruleset_dir(path: Path) -> list[Ruleset]:
+    """Loads every `*.yaml` under a directory (or the one file given), failing with all problems of all files."""
+    files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    if not files:
+        raise RulesetInvalid([RulesetProblem(str(path), None, "", "no ruleset files (*.yaml) found")])
+    rulesets: list[Ruleset] = []
+    problems: list[RulesetProblem] = []
+    for file in files:
+        try:
+            rulesets.append(load_ruleset_file(file))
+        except RulesetInvalid as exc:
+            problems.extend(exc.ruleset_problems)
+    names: dict[str, str] = {}
+    for ruleset in rulesets:
+        if ruleset.meta.name in names:
+            problems.append(
+                RulesetProblem(
+                    ruleset.source,
+                    None,
+                    "ruleset.name",
+                    f"name {ruleset.meta.name!r} is also used by {names[ruleset.meta.name]}",
+                )
+            )
+        names[ruleset.meta.name] = ruleset.source
+    if problems:
+        raise RulesetInvalid(problems)
+    return rulesets
+
+
+def load_ruleset_text(data: bytes | str, source: str = "<ruleset>") -> Ruleset:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RulesetInvalid([RulesetProblem(source, None, "", f"not UTF-8 text: {exc.reason}")]) from exc
+    yaml = YAML(typ="rt")
+    try:
+        document = yaml.load(text)
+    except MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise RulesetInvalid([RulesetProblem(source, line, "", f"YAML syntax: {exc.problem or exc}")]) from exc
+    except YAMLError as exc:
+        raise RulesetInvalid([RulesetProblem(source, None, "", f"YAML syntax: {exc}")]) from exc
+    if not isinstance(document, Mapping):
+        raise RulesetInvalid(
+            [RulesetProblem(source, None, "", "the file must hold a mapping with ruleset, fields, actions and rules")]
+        )
+    content_hash = hashlib.sha256(raw).hexdigest()
+    return _Builder(source, document, content_hash).build()
+
+
+def _located(document: Any, path: Sequence[str | int]) -> int | None:
+    """The 1-based line of the deepest node along `path` that ruamel knows a position for."""
+    line: int | None = None
+    node = document
+    for key in path:
+        lc = getattr(node, "lc", None)
+        if lc is not None:
+            with contextlib.suppress(KeyError, IndexError, TypeError, AttributeError):
+                line = (lc.item(key) if isinstance(key, int) else lc.key(key))[0] + 1
+        try:
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            break
+    if line is None and getattr(document, "lc", None) is not None:
+        line = document.lc.line + 1
+    return line
+
+
+class _Builder:
+    def __init__(self, source: str, document: Any, content_hash: str) -> None:
+        self.source = source
+        self.document = document
+        self.content_hash = content_hash
+        self.problems: list[RulesetProblem] = []
+
+    def problem(self, path: Sequence[str | int], problem: str, where: str | None = None) -> None:
+        self.problems.append(
+            RulesetProblem(
+                self.source, _located(self.document, path), where if where is not None else self._where(path), problem
+            )
+        )
+
+    def _where(self, path: Sequence[str | int]) -> str:
+        """Names the rule, action or policy a path points into, by id where there is one."""
+        if not path:
+            return ""
+        head = path[0]
+        if len(path) >= 2 and isinstance(path[1], int) and head in ("rules", "actions", "fields", "events"):
+            try:
+                item = self.document[head][path[1]]
+                ident = item.get("id") or item.get("name") or item.get("type")
+            except (KeyError, IndexError, TypeError, AttributeError):
+                ident = None
+            label = {"rules": "rule", "actions": "action", "fields": "field", "events": "event"}[str(head)]
+            name = f"{label} {ident!r}" if ident else f"{label} #{path[1] + 1}"
+            rest = ".".join(str(p) for p in path[2:])
+            return f"{name} {rest}".strip()
+        return ".".join(str(p) for p in path)
+
+    def build(self) -> Ruleset:
+        validator = jsonschema.Draft202012Validator(ruleset_schema())
+        for error in sorted(validator.iter_errors(self.document), key=lambda e: [str(p) for p in e.absolute_path]):
+            self.problem(list(error.absolute_path), _schema_message(error))
+        if self.problems:
+            raise RulesetInvalid(self.problems)
+        ruleset = self._semantic()
+        if self.problems:
+            raise RulesetInvalid(self.problems)
+        assert ruleset is not None
+        return ruleset
+
+    def _semantic(self) -> Ruleset | None:
+        doc = self.document
+        meta_doc = doc["ruleset"]
+        meta = RulesetMeta(
+            name=str(meta_doc["name"]),
+            version=str(meta_doc["version"]),
+            owner=str(meta_doc["owner"]),
+            description=str(meta_doc["description"]),
+            valid_for=_duration(meta_doc.get("valid_for", "1h")),
+        )
+        fields = self._fields(doc["fields"])
+        events = self._events(doc.get("events", []))
+        partial = Ruleset(meta, fields, events, {}, (), Policies(), self.content_hash, self.source)
+        fact_fields = partial.fact_fields()
+        actions = self._actions(doc["actions"], fields, events)
+        rules = self._rules(doc["rules"], fact_fields, actions)
+        policies = self._policies(doc.get("policies", {}), fields, fact_fields, actions)
+        return Ruleset(meta, fields, events, actions, rules, policies, self.content_hash, self.source)
+
+    def _unique(self, items: Iterable[Any], key: str, section: str) -> None:
+        seen: dict[str, int] = {}
+        for index, item in enumerate(items):
+            ident = str(item[key])
+            if ident in seen:
+                self.problem([section, index, key], f"duplicate {key} {ident!r} (first at item #{seen[ident] + 1})")
+            seen.setdefault(ident, index)
+
+    def _fields(self, items: list[Any]) -> dict[str, FieldSpec]:
+        self._unique(items, "name", "fields")
+        fields: dict[str, FieldSpec] = {}
+        for index, item in enumerate(items):
+            values = tuple(str(v) for v in item["values"]) if "values" in item else None
+            if values is not None and item["type"] != "string":
+                self.problem(["fields", index, "values"], "a list of allowed values only applies to string fields")
+            fields.setdefault(
+                str(item["name"]),
+                FieldSpec(str(item["name"]), cast(FieldType, item["type"]), str(item.get("description", "")), values),
+            )
+        return fields
+
+    def _events(self, items: list[Any]) -> dict[str, EventSpec]:
+        self._unique(items, "type", "events")
+        events: dict[str, EventSpec] = {}
+        for index, item in enumerate(items):
+            attributes = item.get("attributes", [])
+            seen: set[str] = set()
+            specs: list[FieldSpec] = []
+            for position, attribute in enumerate(attributes):
+                name = str(attribute["name"])
+                if name == "age_hours":
+                    self.problem(
+                        ["events", index, "attributes", position, "name"],
+                        "age_hours is derived from the event time and cannot be an attribute",
+                    )
+                if name in seen:
+                    self.problem(["events", index, "attributes", position, "name"], f"duplicate attribute {name!r}")
+                seen.add(name)
+                specs.append(FieldSpec(name, cast(FieldType, attribute["type"]), str(attribute.get("description", ""))))
+            events.setdefault(
+                str(item["type"]), EventSpec(str(item["type"]), str(item.get("description", "")), tuple(specs))
+            )
+        return events
+
+    def _actions(
+        self, items: list[Any], fields: Mapping[str, FieldSpec], events: Mapping[str, EventSpec]
+    ) -> dict[str, Action]:
+        self._unique(items, "id", "actions")
+        actions: dict[str, Action] = {}
+        for index, item in enumerate(items):
+            scripts: dict[Channel, str] = {}
+            for channel_name, text in item["scripts"].items():
+                scripts[Channel(channel_name)] = str(text)
+                path: list[str | int] = ["actions", index, "scripts", channel_name]
+                try:
+                    names = placeholders(str(text))
+                except ValueError as exc:
+                    self.problem(path, str(exc))
+                    continue
+                for name in names:
+                    if name not in SCRIPT_FIELDS:
+                        allowed = ", ".join(sorted(SCRIPT_FIELDS))
+                        self.problem(
+                            path,
+                            f"placeholder {{{name}}} is not allowed in scripts (allowed: {allowed}); "
+                            "raw profile and trigger data never reach agents or dialers",
+                        )
+                    elif name not in fields or fields[name].type != "string":
+                        self.problem(path, f"placeholder {{{name}}} needs a declared string field {name!r}")
+            trigger = None
+            if "trigger" in item:
+                event = str(item["trigger"]["event"])
+                if event not in events:
+                    self.problem(
+                        ["actions", index, "trigger", "event"], f"trigger event {event!r} is not declared under events"
+                    )
+                trigger = Trigger(event, _duration(item["trigger"]["lifetime"]))
+                if trigger.lifetime <= timedelta(0):
+                    self.problem(["actions", index, "trigger", "lifetime"], "lifetime must be longer than zero")
+            actions.setdefault(
+                str(item["id"]),
+                Action(str(item["id"]), str(item["category"]), scripts, str(item.get("description", "")), trigger),
+            )
+        return actions
+
+    def _rules(
+        self, items: list[Any], fact_fields: Mapping[str, FieldSpec], actions: Mapping[str, Action]
+    ) -> tuple[Rule, ...]:
+        self._unique(items, "id", "rules")
+        rules: list[Rule] = []
+        for index, item in enumerate(items):
+            when = self._when(item["when"], ["rules", index, "when"], fact_fields)
+            action = str(item["action"])
+            if action not in actions:
+                self.problem(["rules", index, "action"], f"action {action!r} is not declared under actions")
+            if "{" in str(item["reason"]) or "}" in str(item["reason"]):
+                self.problem(["rules", index, "reason"], "reasons are plain text; placeholders are not allowed")
+            rule = Rule(
+                str(item["id"]), str(item["description"]), when, action, int(item["priority"]), str(item["reason"])
+            )
+            cost = compiler.rule_cost(rule)
+            if cost > compiler.MAX_RULE_COST:
+                self.problem(
+                    ["rules", index, "when"],
+                    f"needs {cost} engine conditions once its 'in' lists and 'any' block are expanded; the engine "
+                    f"safely evaluates at most {compiler.MAX_RULE_COST} per rule: split it into several rules",
+                )
+            rules.append(rule)
+        return tuple(rules)
+
+    def _when(self, item: Any, path: list[str | int], fact_fields: Mapping[str, FieldSpec]) -> When:
+        parts: dict[str, tuple[Condition, ...]] = {}
+        for part in ("all", "any"):
+            conditions: list[Condition] = []
+            for position, raw in enumerate(item.get(part, [])):
+                condition = self._condition(raw, [*path, part, position], fact_fields)
+                if condition is not None:
+                    conditions.append(condition)
+            parts[part] = tuple(conditions)
+        return When(parts["all"], parts["any"])
+
+    def _condition(self, raw: Any, path: list[str | int], fact_fields: Mapping[str, FieldSpec]) -> Condition | None:
+        name = str(raw["field"])
+        op = Op(raw["op"])
+        spec = fact_fields.get(name)
+        if spec is None:
+            self.problem(
+                [*path, "field"], f"field {name!r} is not declared (declare it under fields, or its event under events)"
+            )
+            return None
+        has_value = "value" in raw
+        if op in PRESENCE_OPS:
+            if has_value:
+                self.problem([*path, "value"], f"op {op.value!r} takes no value")
+            return Condition(name, op)
+        if not has_value:
+            self.problem(path, f"op {op.value!r} needs a value")
+            return None
+        value = raw["value"]
+        if op in SET_OPS:
+            if not isinstance(value, list):
+                self.problem([*path, "value"], f"op {op.value!r} needs a list of values")
+                return None
+            values = value
+        elif isinstance(value, list):
+            self.problem([*path, "value"], f"op {op.value!r} compares with one value, not a list (use 'in')")
+            return None
+        else:
+            values = [value]
+        if spec.type == "string" and op in ORDERING_OPS:
+            self.problem(
+                [*path, "op"], f"op {op.value!r} does not apply to string field {name!r} (use eq, ne, in, not_in)"
+            )
+            return None
+        if spec.type == "boolean" and op not in (Op.EQ, Op.NE):
+            self.problem([*path, "op"], f"op {op.value!r} does not apply to boolean field {name!r} (use eq or ne)")
+            return None
+        constants: list[Scalar] = []
+        for position, constant in enumerate(values):
+            where = [*path, "value", position] if op in SET_OPS else [*path, "value"]
+            checked = self._constant(constant, spec, where)
+            if checked is not None:
+                constants.append(checked)
+        if len(constants) != len(values):
+            return None
+        if len(set(map(repr, constants))) != len(constants):
+            self.problem([*path, "value"], "the list repeats a value")
+            return None
+        return Condition(name, op, tuple(constants))
+
+    def _constant(self, value: Any, spec: FieldSpec, path: list[str | int]) -> Scalar | None:
+        if spec.type == "number":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                self.problem(path, f"{spec.name!r} is a number field; {value!r} is not a number")
+                return None
+            if isinstance(value, float) and not math.isfinite(value):
+                self.problem(path, f"{value!r} is not a finite number")
+                return None
+            if isinstance(value, int) and abs(value) > MAX_EXACT_INTEGER:
+                self.problem(path, f"{value} is beyond +/-2^53 and cannot be compared exactly as a number")
+                return None
+            return float(value)
+        if spec.type == "boolean":
+            if not isinstance(value, bool):
+                self.problem(path, f"{spec.name!r} is a boolean field; use true or false, not {value!r}")
+                return None
+            return bool(value)
+        if not isinstance(value, str):
+            self.problem(path, f"{spec.name!r} is a string field; quote the value {value!r}")
+            return None
+        if len(value) > MAX_STRING_CONSTANT:
+            self.problem(path, f"string constant longer than {MAX_STRING_CONSTANT} characters")
+            return None
+        if spec.values is not None and value not in spec.values:
+            self.problem(
+                path, f"{value!r} is not one of the declared values of {spec.name!r}: {', '.join(spec.values)}"
+            )
+            return None
+        return str(value)
+
+    def _policies(
+        self,
+        doc: Any,
+        fields: Mapping[str, FieldSpec],
+        fact_fields: Mapping[str, FieldSpec],
+        actions: Mapping[str, Action],
+    ) -> Policies:
+        def boolean_field(name: str, path: list[str | int]) -> None:
+            spec = fields.get(name)
+            if spec is None:
+                self.problem(path, f"field {name!r} is not declared under fields")
+            elif spec.type != "boolean":
+                self.problem(path, f"field {name!r} must be a boolean field")
+
+        consent: dict[Channel, str] = {}
+        for channel_name, name in doc.get("consent", {}).items():
+            boolean_field(str(name), ["policies", "consent", channel_name])
+            consent[Channel(channel_name)] = str(name)
+        dnc = None
+        if "do_not_call" in doc:
+            dnc = str(doc["do_not_call"]["field"])
+            boolean_field(dnc, ["policies", "do_not_call", "field"])
+        caps: list[FrequencyCap] = []
+        categories = {a.category for a in actions.values()}
+        cap_items = doc.get("frequency_caps", [])
+        self._unique(cap_items, "id", "frequency_caps")
+        for index, item in enumerate(cap_items):
+            path: list[str | int] = ["policies", "frequency_caps", index]
+            action = item.get("action")
+            if action is not None and action not in actions:
+                self.problem([*path, "action"], f"action {action!r} is not declared under actions")
+            category = item.get("category")
+            if category is not None and category not in categories:
+                self.problem([*path, "category"], f"no action has category {category!r}")
+            if action is not None and category is not None:
+                self.problem(path, "give either action or category, not both")
+            within = _duration(item["within"])
+            if within <= timedelta(0):
+                self.problem([*path, "within"], "the window must be longer than zero")
+            caps.append(
+                FrequencyCap(
+                    str(item["id"]),
+                    int(item["max"]),
+                    within,
+                    None if action is None else str(action),
+                    None if category is None else str(category),
+                    Channel(item["channel"]) if "channel" in item else None,
+                    str(item.get("description", "")),
+                )
+            )
+        suppressions: list[Suppression] = []
+        items = doc.get("suppressions", [])
+        self._unique(items, "id", "suppressions")
+        for index, item in enumerate(items):
+            path = ["policies", "suppressions", index]
+            when = self._when(item["when"], [*path, "when"], fact_fields)
+            channels = frozenset(Channel(c) for c in item.get("channels", [c.value for c in Channel]))
+            suppressions.append(
+                Suppression(
+                    str(item["id"]),
+                    str(item["description"]),
+                    when,
+                    channels,
+                    frozenset(str(c) for c in item.get("except_categories", [])),
+                )
+            )
+        quiet = None
+        if "quiet_hours" in doc:
+            q = doc["quiet_hours"]
+            path = ["policies", "quiet_hours"]
+            tz_field = str(q["timezone_field"])
+            spec = fields.get(tz_field)
+            if spec is None or spec.type != "string":
+                self.problem([*path, "timezone_field"], f"field {tz_field!r} must be a declared string field")
+            default_tz = str(q.get("default_timezone", "UTC"))
+            try:
+                zoneinfo.ZoneInfo(default_tz)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                self.problem([*path, "default_timezone"], f"unknown time zone {default_tz!r}")
+            start, end = _minutes(q["start"]), _minutes(q["end"])
+            if start == end:
+                self.problem(path, "start and end are equal; remove quiet_hours instead")
+            quiet = QuietHours(start, end, tz_field, default_tz)
+        return Policies(consent, dnc, tuple(caps), tuple(suppressions), quiet)
+
+
+def _duration(text: str) -> timedelta:
+    match = _DURATION.match(str(text))
+    if match is None:
+        raise ValueError(text)
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _minutes(clock: str) -> int:
+    hours, minutes = str(clock).split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        return f"{error.message} (check the spelling)"
+    if error.validator == "pattern" and isinstance(error.instance, str):
+        hints = {
+            "^[0-9]{1,6}(m|h|d)$": "a duration like 90m, 48h or 3d",
+            "^[a-z][a-z0-9_-]{0,63}$": "an id of lower-case letters, digits, '-' and '_', starting with a letter",
+            "^[a-z][a-z0-9_]{0,63}$": "a name of lower-case letters, digits and '_', starting with a letter",
+            "^([01][0-9]|2[0-3]):[0-5][0-9]$": "a 24-hour clock time like 20:00",
+            "^[0-9]+\\.[0-9]+\\.[0-9]+$": "a version like 1.2.0",
+        }
+        return (
+            f"{error.instance!r} is not {hints.get(str(error.validator_value), 'valid: ' + str(error.validator_value))}"
+        )
+    return error.message

@@ -1,0 +1,175 @@
+"""The ruleset model: what a compliance reviewer signs off, as typed, immutable values.
+
+Everything after the loader (compiler, reference evaluator, policy, scripts) works on these types
+only, never on YAML, so the ruleset format can change without touching the decision code.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal
+
+Scalar = str | float | bool
+FieldType = Literal["string", "number", "boolean"]
+
+
+class Channel(enum.StrEnum):
+    AGENT_DESKTOP = "agent_desktop"
+    OUTBOUND_DIALER = "outbound_dialer"
+
+
+class Op(enum.StrEnum):
+    EQ = "eq"
+    NE = "ne"
+    LT = "lt"
+    LTE = "lte"
+    GT = "gt"
+    GTE = "gte"
+    IN = "in"
+    NOT_IN = "not_in"
+    EXISTS = "exists"
+    MISSING = "missing"
+
+
+ORDERING_OPS = frozenset({Op.LT, Op.LTE, Op.GT, Op.GTE})
+SET_OPS = frozenset({Op.IN, Op.NOT_IN})
+PRESENCE_OPS = frozenset({Op.EXISTS, Op.MISSING})
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """A fact the rules may read: a profile attribute or a derived event fact."""
+
+    name: str
+    type: FieldType
+    description: str = ""
+    values: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    type: str
+    description: str
+    attributes: tuple[FieldSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One comparison of a fact with constants. A missing or null fact fails every comparison."""
+
+    field: str
+    op: Op
+    values: tuple[Scalar, ...] = ()
+
+    @property
+    def value(self) -> Scalar:
+        return self.values[0]
+
+
+@dataclass(frozen=True, slots=True)
+class When:
+    """Every condition in `all` holds, and (when `any` is given) at least one in `any`."""
+
+    all: tuple[Condition, ...] = ()
+    any: tuple[Condition, ...] = ()
+
+    def conditions(self) -> tuple[Condition, ...]:
+        return self.all + self.any
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    event: str
+    lifetime: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    id: str
+    category: str
+    scripts: dict[Channel, str]
+    description: str = ""
+    trigger: Trigger | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    description: str
+    when: When
+    action: str
+    priority: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FrequencyCap:
+    id: str
+    max: int
+    within: timedelta
+    action: str | None = None
+    category: str | None = None
+    channel: Channel | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    id: str
+    description: str
+    when: When
+    channels: frozenset[Channel] = frozenset(Channel)
+    except_categories: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class QuietHours:
+    start_minute: int
+    end_minute: int
+    timezone_field: str
+    default_timezone: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class Policies:
+    consent: dict[Channel, str] = field(default_factory=dict)
+    do_not_call_field: str | None = None
+    frequency_caps: tuple[FrequencyCap, ...] = ()
+    suppressions: tuple[Suppression, ...] = ()
+    quiet_hours: QuietHours | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RulesetMeta:
+    name: str
+    version: str
+    owner: str
+    description: str
+    valid_for: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Ruleset:
+    """A validated ruleset. `content_hash` identifies the exact text that was signed off."""
+
+    meta: RulesetMeta
+    fields: dict[str, FieldSpec]
+    events: dict[str, EventSpec]
+    actions: dict[str, Action]
+    rules: tuple[Rule, ...]
+    policies: Policies
+    content_hash: str
+    source: str = ""
+
+    def fact_fields(self) -> dict[str, FieldSpec]:
+        """Every name a condition may use: attributes, then the derived event facts."""
+        names = dict(self.fields)
+        for event in self.events.values():
+            age = f"events.{event.type}.age_hours"
+            names[age] = FieldSpec(age, "number", f"Hours since the newest {event.type} event")
+            for attribute in event.attributes:
+                name = f"events.{event.type}.{attribute.name}"
+                names[name] = FieldSpec(name, attribute.type, attribute.description, attribute.values)
+        return names

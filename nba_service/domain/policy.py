@@ -1,0 +1,158 @@
+"""Contact policy applied after the engine: what may be said to this customer, on this channel, now.
+
+Each check returns the reason a candidate is dropped, so the decision record can show a reviewer
+exactly why a matching rule produced nothing.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from nba_service.domain.facts import Projection
+from nba_service.domain.model import Action, Channel, FrequencyCap, QuietHours, Rule, Ruleset
+from nba_service.domain.profile import CONTACTED_OUTCOMES, Profile
+from nba_service.domain.reference import when_holds
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    rule_index: int
+    rule: Rule
+    action: Action
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    rule_id: str
+    action_id: str
+    reason: str
+    detail: str
+
+
+def _channel_block(ruleset: Ruleset, profile: Profile, channel: Channel, now: datetime) -> tuple[str, str] | None:
+    """A reason that blocks every action on this channel, or None."""
+    policies = ruleset.policies
+    consent_field = policies.consent.get(channel)
+    if consent_field is not None and profile.attributes.get(consent_field) is not True:
+        return "no_consent", f"{consent_field} is not true"
+    if channel is Channel.OUTBOUND_DIALER:
+        if policies.do_not_call_field is not None and profile.attributes.get(policies.do_not_call_field) is not False:
+            # Unknown do-not-call status is treated as "do not call": the safe side for a dialer.
+            return "do_not_call", f"{policies.do_not_call_field} is not false"
+        if policies.quiet_hours is not None and in_quiet_hours(policies.quiet_hours, profile, now):
+            return "quiet_hours", "inside the dialer quiet hours in the customer's time zone"
+    return None
+
+
+def in_quiet_hours(quiet: QuietHours, profile: Profile, now: datetime) -> bool:
+    zone_name = profile.attributes.get(quiet.timezone_field)
+    try:
+        zone = zoneinfo.ZoneInfo(zone_name) if isinstance(zone_name, str) and zone_name else None
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        zone = None
+    if zone is None:
+        zone = zoneinfo.ZoneInfo(quiet.default_timezone)
+    local = now.astimezone(zone)
+    minute = local.hour * 60 + local.minute
+    if quiet.start_minute < quiet.end_minute:
+        return quiet.start_minute <= minute < quiet.end_minute
+    return minute >= quiet.start_minute or minute < quiet.end_minute
+
+
+def _cap_applies(cap: FrequencyCap, action: Action, channel: Channel) -> bool:
+    if cap.channel is not None and cap.channel is not channel:
+        return False
+    if cap.action is not None:
+        return cap.action == action.id
+    if cap.category is not None:
+        return cap.category == action.category
+    return True
+
+
+def _cap_count(cap: FrequencyCap, ruleset: Ruleset, profile: Profile, now: datetime) -> int:
+    since = now - cap.within
+    count = 0
+    for contact in profile.contacts:
+        if contact.time <= since or contact.time > now + timedelta(minutes=5):
+            continue
+        if contact.outcome not in CONTACTED_OUTCOMES:
+            continue
+        if cap.channel is not None and contact.channel is not cap.channel:
+            continue
+        if cap.action is not None and contact.action_id != cap.action:
+            continue
+        if cap.category is not None:
+            past = ruleset.actions.get(contact.action_id)
+            if past is None or past.category != cap.category:
+                continue
+        count += 1
+    return count
+
+
+def apply_policies(
+    ruleset: Ruleset,
+    profile: Profile,
+    projection: Projection,
+    channel: Channel,
+    now: datetime,
+    candidates: list[Candidate],
+) -> tuple[list[Candidate], list[Dropped]]:
+    kept: list[Candidate] = []
+    dropped: list[Dropped] = []
+
+    def drop(candidate: Candidate, reason: str, detail: str) -> None:
+        dropped.append(Dropped(candidate.rule.id, candidate.action.id, reason, detail))
+
+    block = _channel_block(ruleset, profile, channel, now)
+    suppressions = [
+        s for s in ruleset.policies.suppressions if channel in s.channels and when_holds(s.when, projection.facts)
+    ]
+    cap_counts: dict[str, int] = {}
+    for candidate in candidates:
+        action = candidate.action
+        if block is not None:
+            drop(candidate, *block)
+            continue
+        suppression = next((s for s in suppressions if action.category not in s.except_categories), None)
+        if suppression is not None:
+            drop(candidate, "suppressed", f"{suppression.id}: {suppression.description}")
+            continue
+        if channel not in action.scripts:
+            drop(candidate, "channel_fit", f"action {action.id} has no script for {channel.value}")
+            continue
+        if action.trigger is not None:
+            event = projection.newest_events.get(action.trigger.event)
+            if event is None:
+                drop(candidate, "trigger_missing", f"no live {action.trigger.event} event")
+                continue
+            if now - event.time > action.trigger.lifetime:
+                drop(candidate, "trigger_expired", f"{action.trigger.event} is older than its lifetime")
+                continue
+        capped = None
+        for cap in ruleset.policies.frequency_caps:
+            if not _cap_applies(cap, action, channel):
+                continue
+            if cap.id not in cap_counts:
+                cap_counts[cap.id] = _cap_count(cap, ruleset, profile, now)
+            if cap_counts[cap.id] >= cap.max:
+                capped = cap
+                break
+        if capped is not None:
+            drop(candidate, "frequency_cap", f"{capped.id}: at most {capped.max} within {capped.within}")
+            continue
+        kept.append(candidate)
+    return kept, dropped
+
+
+def valid_until(ruleset: Ruleset, candidate: Candidate, projection: Projection, now: datetime) -> datetime:
+    limit = now + ruleset.meta.valid_for
+    trigger = candidate.action.trigger
+    if trigger is not None:
+        event = projection.newest_events.get(trigger.event)
+        if event is not None:
+            limit = min(limit, event.time + trigger.lifetime)
+            if event.expires_at is not None:
+                limit = min(limit, event.expires_at)
+    return limit

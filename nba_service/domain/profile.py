@@ -1,0 +1,67 @@
+"""The live customer profile as every store returns it, and the outcome and event values written back.
+
+Both stores (memory, PostgreSQL) produce exactly these shapes, so the engine cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from nba_service.domain.model import Channel
+
+AttributeValue = str | int | float | bool | None
+
+
+class OutcomeKind(enum.StrEnum):
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    NO_ANSWER = "no_answer"
+    CONVERTED = "converted"
+    CALLBACK_REQUESTED = "callback_requested"
+    NOT_OFFERED = "not_offered"
+
+
+# Outcomes that mean the customer was actually contacted about the action, so they count towards caps.
+CONTACTED_OUTCOMES = frozenset(
+    {OutcomeKind.ACCEPTED, OutcomeKind.DECLINED, OutcomeKind.CONVERTED, OutcomeKind.CALLBACK_REQUESTED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str
+    time: datetime
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """One entry of contact history: an action that reached the customer, and how it ended."""
+
+    action_id: str
+    channel: Channel
+    time: datetime
+    outcome: OutcomeKind
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    customer_id: str
+    attributes: Mapping[str, AttributeValue]
+    events: tuple[Event, ...] = ()
+    contacts: tuple[Contact, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    decision_id: str
+    customer_id: str
+    action_id: str
+    channel: Channel
+    outcome: OutcomeKind
+    time: datetime
+    note: str = ""

@@ -1,0 +1,44 @@
+"""Runs the service until SIGTERM or SIGINT, then shuts down in order.
+
+Order matters for "nothing lost": stop taking calls and let in-flight ones finish, then drain the
+decision log, then release the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+
+import structlog
+
+from nba_service.app import Application, build_application
+from nba_service.settings import Settings
+from nba_service.transport.grpc_server import GrpcServer
+
+log = structlog.get_logger(__name__)
+
+
+async def serve(settings: Settings, on_ready: Callable[[GrpcServer], None] | None = None) -> None:
+    app: Application = await build_application(settings)
+    try:
+        server = GrpcServer(app.service, settings.host, settings.port)
+    except BaseException:
+        await app.close()
+        raise
+    await server.start()
+    log.info("serving", address=f"{settings.host}:{server.port}", pid=os.getpid())
+    if on_ready is not None:
+        on_ready(server)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        log.info("shutting_down", grace_seconds=settings.grace_seconds)
+        await server.stop(settings.grace_seconds)
+        await app.close()
+        log.info("stopped", decisions_logged=app.decision_log.written)

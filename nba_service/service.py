@@ -1,0 +1,258 @@
+"""The decision service: one decision from request to record, independent of any transport.
+
+gRPC today, HTTP/JSON later: both call these methods, and both get domain errors to map at their edge.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from opentelemetry import trace
+
+from nba_service.domain.arbitration import rank
+from nba_service.domain.compiler import CompiledRuleset
+from nba_service.domain.facts import FactValue, project
+from nba_service.domain.model import Channel, FieldSpec, Ruleset
+from nba_service.domain.policy import Candidate, apply_policies, valid_until
+from nba_service.domain.ports import DecisionLog, Evaluator, ProfileStore
+from nba_service.domain.profile import AttributeValue, Contact, Event, Outcome, OutcomeKind
+from nba_service.domain.records import (
+    DecidedAction,
+    Decision,
+    DecisionRecord,
+    DroppedCandidate,
+    FiredRule,
+    RulesetRef,
+)
+from nba_service.domain.reference import ReferenceEvaluator
+from nba_service.domain.scripts import render
+from nba_service.errors import EngineFailure, InvalidArgument, NotFound
+
+log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("nba_service")
+
+DEFAULT_MAX_ACTIONS = 3
+MAX_ACTIONS_LIMIT = 20
+CLOCK_SKEW = timedelta(minutes=5)
+_CUSTOMER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_CONTEXT_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MAX_CONTEXT_ENTRIES = 50
+MAX_CONTEXT_VALUE = 500
+MAX_EVENT_ATTRIBUTES = 50
+MAX_EVENT_STRING = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveRuleset:
+    """One compiled version; a decision holds on to it from start to end, so a switch is atomic."""
+
+    ruleset: Ruleset
+    compiled: CompiledRuleset
+    engine: Evaluator
+    reference: ReferenceEvaluator
+    fact_fields: Mapping[str, FieldSpec]
+    engine_name: str
+
+    @property
+    def ref(self) -> RulesetRef:
+        return RulesetRef(self.ruleset.meta.name, self.ruleset.meta.version, self.ruleset.content_hash)
+
+
+def validate_customer_id(customer_id: str) -> None:
+    if not customer_id:
+        raise InvalidArgument.of("customer_id", "is required")
+    if not _CUSTOMER_ID.match(customer_id):
+        raise InvalidArgument.of(
+            "customer_id",
+            "must be 1-64 characters: letters, digits, '_', '.', ':' or '-', starting with a letter or digit",
+        )
+
+
+class DecisionService:
+    def __init__(
+        self,
+        store: ProfileStore,
+        decision_log: DecisionLog,
+        active: ActiveRuleset,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._log = decision_log
+        self._active = active
+        self._clock = clock
+
+    @property
+    def active(self) -> ActiveRuleset:
+        return self._active
+
+    def activate(self, active: ActiveRuleset) -> ActiveRuleset:
+        """Swaps the ruleset for new decisions; returns the old one for the caller to unload."""
+        old, self._active = self._active, active
+        return old
+
+    async def decide(
+        self,
+        customer_id: str,
+        channel: Channel | None,
+        *,
+        max_actions: int = 0,
+        context_reason: str = "",
+        context: Mapping[str, str] | None = None,
+    ) -> Decision:
+        started = time.perf_counter()
+        validate_customer_id(customer_id)
+        if channel is None:
+            raise InvalidArgument.of("channel", "is required (AGENT_DESKTOP or OUTBOUND_DIALER)")
+        if max_actions < 0 or max_actions > MAX_ACTIONS_LIMIT:
+            raise InvalidArgument.of(
+                "max_actions", f"must be between 1 and {MAX_ACTIONS_LIMIT} (0 means {DEFAULT_MAX_ACTIONS})"
+            )
+        limit = max_actions or DEFAULT_MAX_ACTIONS
+        context_map = dict(context or {})
+        _validate_context(context_reason, context_map)
+
+        active = self._active
+        now = self._clock()
+        with tracer.start_as_current_span("profile.read"):
+            profile = await self._store.get_profile(customer_id)
+        ruleset = active.ruleset
+        projection = project(ruleset, profile, now, active.fact_fields)
+        engine_name = active.engine_name
+        with tracer.start_as_current_span("rules.evaluate"):
+            try:
+                matched = active.engine.evaluate(projection.facts)
+            except EngineFailure as exc:
+                log.error("engine_failed_using_reference", error=str(exc), customer_id=customer_id)
+                matched = active.reference.evaluate(projection.facts)
+                engine_name = "reference-fallback"
+        with tracer.start_as_current_span("policy"):
+            candidates = [Candidate(i, ruleset.rules[i], ruleset.actions[ruleset.rules[i].action]) for i in matched]
+            kept, dropped = apply_policies(ruleset, profile, projection, channel, now, candidates)
+        with tracer.start_as_current_span("arbitration"):
+            chosen, ranked_out = rank(kept, limit)
+        actions = tuple(
+            DecidedAction(
+                action_id=c.action.id,
+                script=render(c.action, channel, profile.attributes),
+                priority=position,
+                category=c.action.category,
+                reason=c.rule.reason,
+                rule_id=c.rule.id,
+                valid_until=valid_until(ruleset, c, projection, now),
+            )
+            for position, c in enumerate(chosen, start=1)
+        )
+        decision = Decision(_new_id(), now, customer_id, channel, actions, active.ref)
+        fired = tuple(
+            FiredRule(c.rule.id, c.action.id, c.rule.priority, _values_read(c, projection.facts)) for c in candidates
+        )
+        record = DecisionRecord(
+            decision_id=decision.decision_id,
+            decided_at=now,
+            customer_id=customer_id,
+            channel=channel,
+            ruleset=decision.ruleset,
+            engine=engine_name,
+            rules_fired=fired,
+            dropped=tuple(
+                DroppedCandidate(d.rule_id, d.action_id, d.reason, d.detail) for d in [*dropped, *ranked_out]
+            ),
+            actions=actions,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            context_reason=context_reason,
+            context=context_map,
+            profile_problems=tuple(projection.problems),
+        )
+        with tracer.start_as_current_span("decision_log.enqueue"):
+            await self._log.append(record)
+        return decision
+
+    async def record_outcome(
+        self, decision_id: str, action_id: str, outcome: OutcomeKind | None, when: datetime | None, note: str = ""
+    ) -> Outcome:
+        if not decision_id:
+            raise InvalidArgument.of("decision_id", "is required")
+        if not action_id:
+            raise InvalidArgument.of("action_id", "is required")
+        if outcome is None:
+            raise InvalidArgument.of("outcome", "is required (ACCEPTED, DECLINED, NO_ANSWER, CONVERTED, ...)")
+        if len(note) > MAX_CONTEXT_VALUE:
+            raise InvalidArgument.of("note", f"is longer than {MAX_CONTEXT_VALUE} characters")
+        now = self._clock()
+        moment = when or now
+        if moment > now + CLOCK_SKEW:
+            raise InvalidArgument.of("time", "is in the future")
+        summary = await self._log.find(decision_id)
+        if summary is None:
+            raise NotFound(f"decision {decision_id!r} not found")
+        if moment < summary.decided_at - CLOCK_SKEW:
+            raise InvalidArgument.of("time", "is before the decision was made")
+        if action_id not in summary.action_ids:
+            offered = ", ".join(summary.action_ids) or "none"
+            raise InvalidArgument.of(
+                "action_id", f"{action_id!r} was not returned by decision {decision_id} (returned: {offered})"
+            )
+        result = Outcome(decision_id, summary.customer_id, action_id, summary.channel, outcome, moment, note)
+        await self._store.add_contact(summary.customer_id, Contact(action_id, summary.channel, moment, outcome))
+        await self._log.append_outcome(result)
+        return result
+
+    async def ingest_event(
+        self,
+        customer_id: str,
+        event_type: str,
+        attributes: Mapping[str, AttributeValue],
+        when: datetime | None,
+        expires_at: datetime | None,
+    ) -> str:
+        validate_customer_id(customer_id)
+        if not event_type:
+            raise InvalidArgument.of("type", "is required")
+        known = self._active.ruleset.events
+        if event_type not in known:
+            raise InvalidArgument.of("type", f"unknown event type {event_type!r}; known: {', '.join(sorted(known))}")
+        if len(attributes) > MAX_EVENT_ATTRIBUTES:
+            raise InvalidArgument.of("attributes", f"more than {MAX_EVENT_ATTRIBUTES} attributes")
+        for key, value in attributes.items():
+            if not _NAME.match(key):
+                raise InvalidArgument.of(f"attributes[{key}]", "names are lower-case letters, digits and '_'")
+            if isinstance(value, str) and len(value) > MAX_EVENT_STRING:
+                raise InvalidArgument.of(f"attributes[{key}]", f"is longer than {MAX_EVENT_STRING} characters")
+            if isinstance(value, float) and value != value:  # noqa: PLR0124 - NaN check
+                raise InvalidArgument.of(f"attributes[{key}]", "is not a number (NaN)")
+        now = self._clock()
+        moment = when or now
+        if moment > now + CLOCK_SKEW:
+            raise InvalidArgument.of("time", "is in the future")
+        if expires_at is not None and expires_at <= moment:
+            raise InvalidArgument.of("expires_at", "must be after the event time")
+        return await self._store.add_event(customer_id, Event(event_type, moment, dict(attributes), expires_at))
+
+
+def _validate_context(reason: str, context: Mapping[str, str]) -> None:
+    if len(reason) > MAX_CONTEXT_VALUE:
+        raise InvalidArgument.of("context.reason", f"is longer than {MAX_CONTEXT_VALUE} characters")
+    if len(context) > MAX_CONTEXT_ENTRIES:
+        raise InvalidArgument.of("context.attributes", f"has more than {MAX_CONTEXT_ENTRIES} entries")
+    for key, value in context.items():
+        if not _CONTEXT_KEY.match(key):
+            raise InvalidArgument.of(
+                f"context.attributes[{key[:64]}]", "keys are 1-64 letters, digits, '_', '.', ':' or '-'"
+            )
+        if len(value) > MAX_CONTEXT_VALUE:
+            raise InvalidArgument.of(f"context.attributes[{key}]", f"is longer than {MAX_CONTEXT_VALUE} characters")
+
+
+def _values_read(candidate: Candidate, facts: Mapping[str, FactValue]) -> dict[str, FactValue | None]:
+    return {c.field: facts.get(c.field) for c in candidate.rule.when.conditions()}
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,36 @@
+"""One frozen settings object, from flags and `NBA_*` environment variables, validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_RULESETS = REPO_ROOT / "rulesets"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NBA_", frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
+    rulesets: Path = BUNDLED_RULESETS
+    ruleset: str | None = Field(None, description="the active ruleset's name when the path holds several")
+    store: Literal["memory"] = "memory"
+    sample: Path | None = Field(
+        None, description="JSON lines of customers for the memory store; bundled sample when unset"
+    )
+    decision_log: Path = Path("var/decisions.jsonl")
+    log_format: Literal["console", "json"] = "console"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    grace_seconds: float = Field(10.0, ge=0, le=300, description="how long in-flight calls may finish on shutdown")
+
+    @field_validator("rulesets")
+    @classmethod
+    def _rulesets_exist(cls, value: Path) -> Path:
+        if not value.exists():
+            raise ValueError(f"rulesets path {value} does not exist")
+        return value

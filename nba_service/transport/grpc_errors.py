@@ -1,0 +1,54 @@
+"""Maps domain errors to gRPC status codes, once, with field details callers can read."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from nba_service.errors import ErrorCode, NbaError
+
+_CODES: dict[ErrorCode, tuple[grpc.StatusCode, int]] = {
+    ErrorCode.INVALID_ARGUMENT: (grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT),
+    ErrorCode.NOT_FOUND: (grpc.StatusCode.NOT_FOUND, code_pb2.NOT_FOUND),
+    ErrorCode.RULESET_INVALID: (grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
+    ErrorCode.UNAVAILABLE: (grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE),
+    ErrorCode.INTERNAL: (grpc.StatusCode.INTERNAL, code_pb2.INTERNAL),
+}
+
+
+def to_status(error: NbaError) -> grpc.Status:
+    """A rich status: the message, plus a `google.rpc.BadRequest` naming each field and problem."""
+    _, code = _CODES[error.code]
+    status = status_pb2.Status(code=code, message=error.message)
+    if error.problems:
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=p.field, description=p.problem)
+                    for p in error.problems
+                ]
+            )
+        )
+        status.details.append(detail)
+    return rpc_status.to_status(status)
+
+
+def internal_status(message: str) -> grpc.Status:
+    return rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message=message))
+
+
+def field_violations(error: grpc.RpcError) -> dict[str, str]:
+    """The field problems carried by an error from our server (for clients and tests)."""
+    status = rpc_status.from_call(error)
+    if status is None:
+        return {}
+    violations: dict[str, str] = {}
+    for detail in status.details:
+        request = error_details_pb2.BadRequest()
+        if detail.Unpack(request):
+            for violation in request.field_violations:
+                violations[violation.field] = violation.description
+    return violations

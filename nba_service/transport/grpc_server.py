@@ -1,0 +1,187 @@
+"""The gRPC face: thin translation between protobuf messages and the decision service."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from google.protobuf import timestamp_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from nba_service._proto.nba.v1 import nba_pb2, nba_pb2_grpc
+from nba_service.domain.model import Channel
+from nba_service.domain.profile import AttributeValue, OutcomeKind
+from nba_service.errors import InvalidArgument, NbaError
+from nba_service.service import DecisionService
+from nba_service.transport.grpc_errors import internal_status, to_status
+
+log = structlog.get_logger(__name__)
+SERVICE_NAME = nba_pb2.DESCRIPTOR.services_by_name["NextBestAction"].full_name
+
+_CHANNELS: dict[int, Channel] = {
+    nba_pb2.AGENT_DESKTOP: Channel.AGENT_DESKTOP,
+    nba_pb2.OUTBOUND_DIALER: Channel.OUTBOUND_DIALER,
+}
+_OUTCOMES: dict[int, OutcomeKind] = {
+    nba_pb2.ACCEPTED: OutcomeKind.ACCEPTED,
+    nba_pb2.DECLINED: OutcomeKind.DECLINED,
+    nba_pb2.NO_ANSWER: OutcomeKind.NO_ANSWER,
+    nba_pb2.CONVERTED: OutcomeKind.CONVERTED,
+    nba_pb2.CALLBACK_REQUESTED: OutcomeKind.CALLBACK_REQUESTED,
+    nba_pb2.NOT_OFFERED: OutcomeKind.NOT_OFFERED,
+}
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def _edge(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Maps domain errors to statuses and turns any other failure into INTERNAL without killing the server."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await method(self, request, context)
+        except NbaError as exc:
+            await context.abort_with_status(to_status(exc))
+        except Exception:
+            log.exception("unexpected_error", method=method.__name__)
+            await context.abort_with_status(internal_status("internal error; the failure was logged"))
+        raise AssertionError("unreachable")  # abort_with_status always raises
+
+    return wrapper
+
+
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value.astimezone(UTC))
+    return stamp
+
+
+def _optional_time(message: Any, name: str) -> datetime | None:
+    if not message.HasField(name):
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(message, name)
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgument.of(name, f"is not a valid timestamp ({exc})") from exc
+
+
+def _channel(value: int) -> Channel | None:
+    if value == nba_pb2.CHANNEL_UNSPECIFIED:
+        return None
+    if value not in _CHANNELS:
+        raise InvalidArgument.of("channel", f"unknown channel {value}")
+    return _CHANNELS[value]
+
+
+def _attribute(key: str, value: nba_pb2.AttributeValue) -> AttributeValue:
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        raise InvalidArgument.of(f"attributes[{key}]", "has no value")
+    result: AttributeValue = getattr(value, kind)
+    return result
+
+
+class NextBestActionServicer(nba_pb2_grpc.NextBestActionServicer):
+    def __init__(self, service: DecisionService) -> None:
+        self._service = service
+
+    @_edge
+    async def Decide(  # noqa: N802 - gRPC method names
+        self, request: nba_pb2.DecideRequest, context: grpc.aio.ServicerContext
+    ) -> nba_pb2.DecideResponse:
+        decision = await self._service.decide(
+            request.customer_id,
+            _channel(request.channel),
+            max_actions=request.max_actions,
+            context_reason=request.context.reason,
+            context=dict(request.context.attributes),
+        )
+        return nba_pb2.DecideResponse(
+            decision_id=decision.decision_id,
+            actions=[
+                nba_pb2.Action(
+                    action_id=a.action_id,
+                    script=a.script,
+                    priority=a.priority,
+                    category=a.category,
+                    reason=a.reason,
+                    rule_id=a.rule_id,
+                    valid_until=_timestamp(a.valid_until),
+                )
+                for a in decision.actions
+            ],
+            ruleset=nba_pb2.RulesetRef(
+                name=decision.ruleset.name, version=decision.ruleset.version, hash=decision.ruleset.hash
+            ),
+            decided_at=_timestamp(decision.decided_at),
+        )
+
+    @_edge
+    async def RecordOutcome(  # noqa: N802
+        self, request: nba_pb2.RecordOutcomeRequest, context: grpc.aio.ServicerContext
+    ) -> nba_pb2.RecordOutcomeResponse:
+        if request.outcome != nba_pb2.OUTCOME_UNSPECIFIED and request.outcome not in _OUTCOMES:
+            raise InvalidArgument.of("outcome", f"unknown outcome {request.outcome}")
+        outcome = await self._service.record_outcome(
+            request.decision_id,
+            request.action_id,
+            _OUTCOMES.get(request.outcome),
+            _optional_time(request, "time"),
+            request.note,
+        )
+        return nba_pb2.RecordOutcomeResponse(customer_id=outcome.customer_id)
+
+    @_edge
+    async def IngestEvent(  # noqa: N802
+        self, request: nba_pb2.IngestEventRequest, context: grpc.aio.ServicerContext
+    ) -> nba_pb2.IngestEventResponse:
+        attributes = {key: _attribute(key, value) for key, value in request.attributes.items()}
+        event_id = await self._service.ingest_event(
+            request.customer_id,
+            request.type,
+            attributes,
+            _optional_time(request, "time"),
+            _optional_time(request, "expires_at"),
+        )
+        return nba_pb2.IngestEventResponse(event_id=event_id)
+
+
+class GrpcServer:
+    """The server with health and reflection; `stop` lets in-flight calls finish and refuses new ones."""
+
+    def __init__(self, service: DecisionService, host: str, port: int) -> None:
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 1 << 20)])
+        nba_pb2_grpc.add_NextBestActionServicer_to_server(NextBestActionServicer(service), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        self.host = host
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
