@@ -27,14 +27,15 @@ async def serve(settings: Settings, on_ready: Callable[[GrpcServer], None] | Non
     except BaseException:
         await app.close()
         raise
-    await server.start()
-    log.info("serving", address=f"{settings.host}:{server.port}", pid=os.getpid())
-    if on_ready is not None:
-        on_ready(server)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Handlers first: a SIGTERM that arrives the moment we report ready must still shut down gracefully.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    await server.start()
+    log.info("serving", address=server.address, pid=os.getpid())
+    if on_ready is not None:
+        on_ready(server)
     try:
         await stopping.wait()
     finally:

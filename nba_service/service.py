@@ -5,6 +5,7 @@ gRPC today, HTTP/JSON later: both call these methods, and both get domain errors
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
@@ -47,6 +48,7 @@ MAX_CONTEXT_ENTRIES = 50
 MAX_CONTEXT_VALUE = 500
 MAX_EVENT_ATTRIBUTES = 50
 MAX_EVENT_STRING = 1000
+MAX_ID_LENGTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +147,7 @@ class DecisionService:
                 category=c.action.category,
                 reason=c.rule.reason,
                 rule_id=c.rule.id,
-                valid_until=valid_until(ruleset, c, projection, now),
+                valid_until=valid_until(ruleset, c, profile, projection, channel, now),
             )
             for position, c in enumerate(chosen, start=1)
         )
@@ -179,8 +181,12 @@ class DecisionService:
     ) -> Outcome:
         if not decision_id:
             raise InvalidArgument.of("decision_id", "is required")
+        if len(decision_id) > MAX_ID_LENGTH:
+            raise InvalidArgument.of("decision_id", f"is longer than {MAX_ID_LENGTH} characters")
         if not action_id:
             raise InvalidArgument.of("action_id", "is required")
+        if len(action_id) > MAX_ID_LENGTH:
+            raise InvalidArgument.of("action_id", f"is longer than {MAX_ID_LENGTH} characters")
         if outcome is None:
             raise InvalidArgument.of("outcome", "is required (ACCEPTED, DECLINED, NO_ANSWER, CONVERTED, ...)")
         if len(note) > MAX_CONTEXT_VALUE:
@@ -200,7 +206,8 @@ class DecisionService:
                 "action_id", f"{action_id!r} was not returned by decision {decision_id} (returned: {offered})"
             )
         result = Outcome(decision_id, summary.customer_id, action_id, summary.channel, outcome, moment, note)
-        await self._store.add_contact(summary.customer_id, Contact(action_id, summary.channel, moment, outcome))
+        contact = Contact(action_id, summary.channel, moment, outcome, decision_id)
+        await self._store.add_contact(summary.customer_id, contact)
         await self._log.append_outcome(result)
         return result
 
@@ -217,22 +224,33 @@ class DecisionService:
             raise InvalidArgument.of("type", "is required")
         known = self._active.ruleset.events
         if event_type not in known:
-            raise InvalidArgument.of("type", f"unknown event type {event_type!r}; known: {', '.join(sorted(known))}")
+            raise InvalidArgument.of(
+                "type", f"unknown event type {_shown(event_type)}; known: {', '.join(sorted(known))}"
+            )
         if len(attributes) > MAX_EVENT_ATTRIBUTES:
             raise InvalidArgument.of("attributes", f"more than {MAX_EVENT_ATTRIBUTES} attributes")
+        declared = {a.name: a.type for a in known[event_type].attributes}
         for key, value in attributes.items():
+            field = f"attributes[{key[:MAX_ID_LENGTH]}]"
             if not _NAME.match(key):
-                raise InvalidArgument.of(f"attributes[{key}]", "names are lower-case letters, digits and '_'")
+                raise InvalidArgument.of(
+                    field, "names are 1-64 lower-case letters, digits and '_', starting with a letter"
+                )
             if isinstance(value, str) and len(value) > MAX_EVENT_STRING:
-                raise InvalidArgument.of(f"attributes[{key}]", f"is longer than {MAX_EVENT_STRING} characters")
-            if isinstance(value, float) and value != value:  # noqa: PLR0124 - NaN check
-                raise InvalidArgument.of(f"attributes[{key}]", "is not a number (NaN)")
+                raise InvalidArgument.of(field, f"is longer than {MAX_EVENT_STRING} characters")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidArgument.of(field, "is not a finite number")
+            expected = declared.get(key)
+            if expected is not None and not _has_type(value, expected):
+                raise InvalidArgument.of(field, f"must be a {expected} for {event_type} events")
         now = self._clock()
         moment = when or now
         if moment > now + CLOCK_SKEW:
             raise InvalidArgument.of("time", "is in the future")
         if expires_at is not None and expires_at <= moment:
             raise InvalidArgument.of("expires_at", "must be after the event time")
+        if expires_at is not None and expires_at <= now:
+            raise InvalidArgument.of("expires_at", "is in the past: no decision would ever see this event")
         return await self._store.add_event(customer_id, Event(event_type, moment, dict(attributes), expires_at))
 
 
@@ -242,12 +260,24 @@ def _validate_context(reason: str, context: Mapping[str, str]) -> None:
     if len(context) > MAX_CONTEXT_ENTRIES:
         raise InvalidArgument.of("context.attributes", f"has more than {MAX_CONTEXT_ENTRIES} entries")
     for key, value in context.items():
+        field = f"context.attributes[{key[:MAX_ID_LENGTH]}]"
         if not _CONTEXT_KEY.match(key):
-            raise InvalidArgument.of(
-                f"context.attributes[{key[:64]}]", "keys are 1-64 letters, digits, '_', '.', ':' or '-'"
-            )
+            raise InvalidArgument.of(field, "keys are 1-64 letters, digits, '_', '.', ':' or '-'")
         if len(value) > MAX_CONTEXT_VALUE:
-            raise InvalidArgument.of(f"context.attributes[{key}]", f"is longer than {MAX_CONTEXT_VALUE} characters")
+            raise InvalidArgument.of(field, f"is longer than {MAX_CONTEXT_VALUE} characters")
+
+
+def _has_type(value: AttributeValue, field_type: str) -> bool:
+    if field_type == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if field_type == "boolean":
+        return isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def _shown(text: str) -> str:
+    """Echoes caller text in an error without letting a huge value blow up the reply."""
+    return repr(text if len(text) <= MAX_ID_LENGTH else text[:MAX_ID_LENGTH] + "...")
 
 
 def _values_read(candidate: Candidate, facts: Mapping[str, FactValue]) -> dict[str, FactValue | None]:

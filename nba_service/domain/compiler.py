@@ -22,11 +22,13 @@ Pure: ruleset in, plan out. The plan is safe by construction, not by testing
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from nba_service.domain.facts import FactValue
 from nba_service.domain.model import Condition, FieldSpec, Op, Rule, Ruleset
@@ -40,17 +42,40 @@ RESERVED_KEYS = ("id", "sid", GUARD_KEY)
 _COMPARISON = {Op.NE: "$neq", Op.LT: "$lt", Op.LTE: "$lte", Op.GT: "$gt", Op.GTE: "$gte"}
 
 
-def encode_value(field_type: str, value: FactValue) -> str:
-    """The JSON text the engine sees for a fact value or a constant of the given field type."""
-    if field_type == "number":
-        return "%.17e" % float(value)  # noqa: UP031 - the engine needs the mantissa's decimal point
-    if field_type == "boolean":
-        return "1" if value else "0"
-    text = str(value)
+def encode_number(value: float) -> str:
+    """A double as text the engine reads back exactly.
+
+    The engine's parser only treats a number as a double when a decimal point comes before any
+    exponent (`1e+20` would be read as the integer 1), then converts it with `atof`. `repr` is the
+    shortest text that round-trips, so it is used whenever it has that point; otherwise 17 significant
+    digits in exponent form are exact too.
+    """
+    text = repr(float(value))
+    if "." in text:
+        return text
+    return "%.17e" % value  # noqa: UP031
+
+
+@functools.lru_cache(maxsize=8192)
+def encode_string(text: str) -> str:
+    """An injective ASCII code for a string, so no escape, NUL or Unicode reaches the engine's strcmp."""
     data = text.encode("utf-8", "surrogatepass")
     if len(data) <= SHORT_STRING_BYTES:
         return f'"s{data.hex()}"'
     return f'"h{hashlib.sha256(data).hexdigest()}"'
+
+
+def encode_value(field_type: str, value: FactValue) -> str:
+    """The JSON text the engine sees for a fact value or a constant of the given field type."""
+    if field_type == "number":
+        return encode_number(float(value))
+    if field_type == "boolean":
+        return "1" if value else "0"
+    return encode_string(str(value))
+
+
+def _encode_boolean(value: bool) -> str:
+    return "1" if value else "0"
 
 
 def djb_hash(name: str) -> int:
@@ -88,19 +113,27 @@ class Partition:
     cost: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class CompiledRuleset:
     ruleset: Ruleset
     field_keys: Mapping[str, str]
     field_types: Mapping[str, str]
     partitions: tuple[Partition, ...]
+    _plan: tuple[tuple[str, str, str, Callable[[Any], str]], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        encoders = {"number": encode_number, "string": encode_string, "boolean": _encode_boolean}
+        plan = tuple(
+            (name, key, f'"{key}":', encoders[self.field_types[name]]) for name, key in self.field_keys.items()
+        )
+        object.__setattr__(self, "_plan", plan)
 
     def encode_facts(self, facts: Mapping[str, FactValue]) -> dict[str, str]:
         """Each present fact as its `"key":value` JSON member, ready to join into a message."""
         members: dict[str, str] = {}
-        for name, key in self.field_keys.items():
+        for name, key, prefix, encode in self._plan:
             if name in facts:
-                members[key] = f'"{key}":{encode_value(self.field_types[name], facts[name])}'
+                members[key] = prefix + encode(facts[name])
         return members
 
 

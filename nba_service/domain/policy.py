@@ -46,15 +46,27 @@ def _channel_block(ruleset: Ruleset, profile: Profile, channel: Channel, now: da
     return None
 
 
-def in_quiet_hours(quiet: QuietHours, profile: Profile, now: datetime) -> bool:
+def _zone(quiet: QuietHours, profile: Profile) -> zoneinfo.ZoneInfo:
+    """The customer's time zone, or the ruleset's default when the profile has none or an unknown one."""
     zone_name = profile.attributes.get(quiet.timezone_field)
-    try:
-        zone = zoneinfo.ZoneInfo(zone_name) if isinstance(zone_name, str) and zone_name else None
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        zone = None
-    if zone is None:
-        zone = zoneinfo.ZoneInfo(quiet.default_timezone)
-    local = now.astimezone(zone)
+    if isinstance(zone_name, str) and zone_name:
+        try:
+            return zoneinfo.ZoneInfo(zone_name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            pass
+    return zoneinfo.ZoneInfo(quiet.default_timezone)
+
+
+def next_quiet_start(quiet: QuietHours, profile: Profile, now: datetime) -> datetime:
+    local = now.astimezone(_zone(quiet, profile))
+    start = local.replace(hour=quiet.start_minute // 60, minute=quiet.start_minute % 60, second=0, microsecond=0)
+    if start <= local:
+        start = (start + timedelta(days=1)).replace(hour=quiet.start_minute // 60, minute=quiet.start_minute % 60)
+    return start.astimezone(now.tzinfo)
+
+
+def in_quiet_hours(quiet: QuietHours, profile: Profile, now: datetime) -> bool:
+    local = now.astimezone(_zone(quiet, profile))
     minute = local.hour * 60 + local.minute
     if quiet.start_minute < quiet.end_minute:
         return quiet.start_minute <= minute < quiet.end_minute
@@ -74,6 +86,7 @@ def _cap_applies(cap: FrequencyCap, action: Action, channel: Channel) -> bool:
 def _cap_count(cap: FrequencyCap, ruleset: Ruleset, profile: Profile, now: datetime) -> int:
     since = now - cap.within
     count = 0
+    seen: set[tuple[str, str]] = set()
     for contact in profile.contacts:
         if contact.time <= since or contact.time > now + timedelta(minutes=5):
             continue
@@ -87,6 +100,11 @@ def _cap_count(cap: FrequencyCap, ruleset: Ruleset, profile: Profile, now: datet
             past = ruleset.actions.get(contact.action_id)
             if past is None or past.category != cap.category:
                 continue
+        if contact.decision_id:
+            # Several outcomes for one offer (accepted, then converted) are still one contact.
+            if (contact.decision_id, contact.action_id) in seen:
+                continue
+            seen.add((contact.decision_id, contact.action_id))
         count += 1
     return count
 
@@ -146,8 +164,14 @@ def apply_policies(
     return kept, dropped
 
 
-def valid_until(ruleset: Ruleset, candidate: Candidate, projection: Projection, now: datetime) -> datetime:
+def valid_until(
+    ruleset: Ruleset, candidate: Candidate, profile: Profile, projection: Projection, channel: Channel, now: datetime
+) -> datetime:
+    """When the action stops being right: its trigger's end, the dialer's quiet hours, or the default validity."""
     limit = now + ruleset.meta.valid_for
+    quiet = ruleset.policies.quiet_hours
+    if channel is Channel.OUTBOUND_DIALER and quiet is not None:
+        limit = min(limit, next_quiet_start(quiet, profile, now))
     trigger = candidate.action.trigger
     if trigger is not None:
         event = projection.newest_events.get(trigger.event)

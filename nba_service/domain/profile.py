@@ -46,6 +46,7 @@ class Contact:
     channel: Channel
     time: datetime
     outcome: OutcomeKind
+    decision_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,10 @@ def internal_status(message: str) -> grpc.Status:
 
 def field_violations(error: grpc.RpcError) -> dict[str, str]:
     """The field problems carried by an error from our server (for clients and tests)."""
-    status = rpc_status.from_call(error)
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # the transport replaced the status (e.g. RESOURCE_EXHAUSTED) but kept our details
+        return {}
     if status is None:
         return {}
     violations: dict[str, str] = {}

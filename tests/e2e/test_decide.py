@@ -202,11 +202,6 @@ def test_decide_matches_reference_evaluation(server: ServerHandle, oracle: Oracl
     assert non_empty[Channel.OUTBOUND_DIALER] >= 1, non_empty
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="policy.valid_until ignores dialer quiet hours: an OUTBOUND_DIALER action decided in the late "
-    "afternoon stays valid (now + valid_for, 4h) past 20:00 in the customer's zone (see report)",
-)
 def test_dialer_actions_expire_before_quiet_hours(server: ServerHandle, oracle: Oracle, ruleset_doc: Any) -> None:
     """An action for the outbound dialer is never valid into the customer's quiet hours: its valid_until is at
     or before the next quiet-hours start in the customer's time zone."""

@@ -189,11 +189,6 @@ def test_sigint_stops_cleanly(start_fresh_server: Any) -> None:
     assert [e["event"] for e in server.log_events()][-1] == "stopped"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner.serve logs 'serving' (and marks health SERVING) before it installs the SIGTERM/SIGINT "
-    "handlers, so a signal right after readiness kills the process with the default action (see report)",
-)
 def test_sigterm_right_after_serving_is_graceful(tmp_path: Any) -> None:
     """A SIGTERM sent the moment the server logs `serving` (it is ready, so it may be stopped) still shuts it
     down gracefully with exit code 0 (tried three times)."""

@@ -42,11 +42,6 @@ def test_missing_ruleset_path_is_a_usage_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grpc 1.85 add_insecure_port raises RuntimeError on a bind failure instead of returning 0, so "
-    "GrpcServer's `port == 0` check never runs and cli.serve's `except OSError` misses it (see report)",
-)
 def test_port_in_use_refuses_to_start_cleanly(tmp_path: Path) -> None:
     """A port already taken stops start-up with `cannot start: ...` and exit code 2, not a traceback."""
     with socket.socket() as taken:
@@ -70,11 +65,6 @@ def _ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner.serve logs address=f'{host}:{port}' without brackets, so --host ::1 logs '::1:PORT', which "
-    "is not a usable gRPC target (GrpcServer brackets it only for binding) (see report)",
-)
 def test_serving_address_is_a_usable_target_for_ipv6(start_fresh_server: Any) -> None:
     """With --host ::1 the `serving` event's address can be dialled as it is, as it can for IPv4."""
     server = start_fresh_server("--host", "::1")
