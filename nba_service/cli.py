@@ -83,9 +83,11 @@ def _client_error(exc: grpc.RpcError, target: str) -> None:
     if code == grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower():
         click.echo(f"error: cannot reach the service at {target} (is `nba serve` running?)", err=True)
         sys.exit(3)
-    click.echo(f"error: {code.name}: {exc.details()}", err=True)
+    details = exc.details() or ""
+    click.echo(f"error: {code.name}: {details}", err=True)
     for field, problem in field_violations(exc).items():
-        click.echo(f"  {field}: {problem}", err=True)
+        if details != f"{field}: {problem}":
+            click.echo(f"  {field}: {problem}", err=True)
     sys.exit(2 if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) else 1)
 
 
@@ -133,6 +135,9 @@ def decide(
 
 
 def _parse_value(text: str) -> tuple[str, Any]:
+    """true/false, then integers, then numbers; anything else, or a value in double quotes, is text."""
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return "string_value", text[1:-1]
     if text in ("true", "false"):
         return "bool_value", text == "true"
     try:
@@ -148,7 +153,14 @@ def _parse_value(text: str) -> tuple[str, Any]:
 @main.command()
 @click.argument("customer_id")
 @click.argument("event_type")
-@click.option("--attr", "attributes", multiple=True, metavar="KEY=VALUE", help="An event attribute (repeatable).")
+@click.option(
+    "--attr",
+    "attributes",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An event attribute (repeatable). Numbers and true/false are typed; "
+    "quote text that looks like a number: KEY='\"1234\"'.",
+)
 @click.option("--target", default=DEFAULT_TARGET, show_default=True, envvar="NBA_TARGET")
 def event(customer_id: str, event_type: str, attributes: tuple[str, ...], target: str) -> None:
     """Send a live trigger event for a customer (e.g. large_deposit --attr amount=48250)."""

@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,6 +110,7 @@ class Partition:
     keys: tuple[str, ...]
     rule_of: Mapping[str, int]
     cost: int
+    rule_texts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -214,10 +214,11 @@ def compile_ruleset(ruleset: Ruleset) -> CompiledRuleset:
         nonlocal pending, pending_cost
         if not pending:
             return
-        body = ",".join(_rule_json(name, branch) for name, branch in pending)
+        texts = tuple(_rule_json(name, branch) for name, branch in pending)
+        body = ",".join(texts)
         part_keys = tuple(sorted({t.key for _, b in pending for t in b.tests}, key=lambda k: int(k[1:])))
         rule_of = {name: branch.rule_index for name, branch in pending}
-        partitions.append(Partition("{" + body + "}", part_keys, rule_of, pending_cost))
+        partitions.append(Partition("{" + body + "}", part_keys, rule_of, pending_cost, texts))
         pending, pending_cost = [], 0
 
     for index, rule in enumerate(ruleset.rules):
@@ -240,5 +241,5 @@ def describe(compiled: CompiledRuleset) -> str:
     lines += [f"key {key} = {name} ({compiled.field_types[name]})" for name, key in compiled.field_keys.items()]
     for number, partition in enumerate(compiled.partitions):
         lines.append(f"partition {number} cost {partition.cost} keys {' '.join(partition.keys)}")
-        lines.append(json.dumps(json.loads(partition.definition), sort_keys=True))
+        lines += [f"  {text}" for text in partition.rule_texts]
     return "\n".join(lines) + "\n"

@@ -330,6 +330,17 @@ class _Builder:
                 [*path, "field"], f"field {name!r} is not declared (declare it under fields, or its event under events)"
             )
             return None
+        if spec.type == "string" and op in ORDERING_OPS:
+            self.problem(
+                [*path, "op"], f"op {op.value!r} does not apply to string field {name!r} (use eq, ne, in, not_in)"
+            )
+            return None
+        if spec.type == "boolean" and op not in (Op.EQ, Op.NE, *PRESENCE_OPS):
+            self.problem(
+                [*path, "op"],
+                f"op {op.value!r} does not apply to boolean field {name!r} (use eq, ne, exists or missing)",
+            )
+            return None
         has_value = "value" in raw
         if op in PRESENCE_OPS:
             if has_value:
@@ -349,14 +360,6 @@ class _Builder:
             return None
         else:
             values = [value]
-        if spec.type == "string" and op in ORDERING_OPS:
-            self.problem(
-                [*path, "op"], f"op {op.value!r} does not apply to string field {name!r} (use eq, ne, in, not_in)"
-            )
-            return None
-        if spec.type == "boolean" and op not in (Op.EQ, Op.NE):
-            self.problem([*path, "op"], f"op {op.value!r} does not apply to boolean field {name!r} (use eq or ne)")
-            return None
         constants: list[Scalar] = []
         for position, constant in enumerate(values):
             where = [*path, "value", position] if op in SET_OPS else [*path, "value"]

@@ -1,0 +1,211 @@
+"""Contact policy and arbitration: every dropped candidate keeps the reason a reviewer would need."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from nba_service.domain.arbitration import rank
+from nba_service.domain.facts import live_events, project
+from nba_service.domain.loader import load_ruleset_text
+from nba_service.domain.model import Channel, Ruleset
+from nba_service.domain.policy import Candidate, apply_policies, in_quiet_hours, next_quiet_start, valid_until
+from nba_service.domain.profile import Contact, Event, OutcomeKind, Profile
+from nba_service.domain.reference import ReferenceEvaluator
+
+RULESET = """\
+ruleset: {name: policy-test, version: 1.0.0, owner: tests, description: policy tests, valid_for: 4h}
+fields:
+  - {name: first_name, type: string}
+  - {name: stage, type: string}
+  - {name: consent_calls, type: boolean}
+  - {name: consent_offers, type: boolean}
+  - {name: dnc, type: boolean}
+  - {name: tz, type: string}
+  - {name: vulnerable, type: boolean}
+events:
+  - type: large_deposit
+    attributes: [{name: amount, type: number}]
+actions:
+  - id: rates
+    category: upsell
+    scripts: {agent_desktop: "Update the client on our new term deposit rates.", outbound_dialer: "Call about rates."}
+    trigger: {event: large_deposit, lifetime: 3d}
+  - id: hello
+    category: service
+    scripts: {agent_desktop: "Say hello to {first_name}."}
+  - id: survey
+    category: rescue
+    scripts: {agent_desktop: "Offer a short survey.", outbound_dialer: "Offer a short survey."}
+rules:
+  - {id: deposit, description: d, reason: Recent large deposit, priority: 80, action: rates,
+     when: {all: [{field: events.large_deposit.amount, op: gte, value: 10000}]}}
+  - {id: hello-everyone, description: d, reason: Be nice, priority: 10, action: hello,
+     when: {all: [{field: stage, op: exists}]}}
+  - {id: survey-rescue, description: d, reason: Interest dropping, priority: 50, action: survey,
+     when: {all: [{field: stage, op: eq, value: rescue}]}}
+  - {id: survey-again, description: d, reason: Interest dropping, priority: 40, action: survey,
+     when: {all: [{field: stage, op: in, value: [rescue, lost]}]}}
+policies:
+  consent: {agent_desktop: consent_offers, outbound_dialer: consent_calls}
+  do_not_call: {field: dnc}
+  frequency_caps:
+    - {id: rates-monthly, action: rates, max: 1, within: 30d}
+    - {id: dialer-weekly, channel: outbound_dialer, max: 2, within: 7d}
+  suppressions:
+    - {id: lost, description: Lost customers get nothing, when: {all: [{field: stage, op: eq, value: lost}]}}
+    - {id: vulnerable, description: No sales to vulnerable customers,
+       when: {all: [{field: vulnerable, op: eq, value: true}]}, except_categories: [service]}
+  quiet_hours: {start: "20:00", end: "09:00", timezone_field: tz, default_timezone: Europe/London}
+"""
+NOON_LONDON = datetime(2026, 6, 15, 11, 0, tzinfo=UTC)  # 12:00 BST
+
+
+@pytest.fixture(scope="module")
+def ruleset() -> Ruleset:
+    return load_ruleset_text(RULESET, "policy-test.yaml")
+
+
+def profile(**changes: object) -> Profile:
+    attributes: dict[str, object] = {
+        "first_name": "Ana",
+        "stage": "rescue",
+        "consent_calls": True,
+        "consent_offers": True,
+        "dnc": False,
+        "tz": "Europe/London",
+        "vulnerable": False,
+    }
+    events = changes.pop("events", (Event("large_deposit", NOON_LONDON - timedelta(hours=5), {"amount": 48250.0}),))
+    contacts = changes.pop("contacts", ())
+    attributes.update(changes)
+    return Profile("CUST-1", attributes, tuple(events), tuple(contacts))  # type: ignore[arg-type]
+
+
+def decide(ruleset: Ruleset, customer: Profile, channel: Channel, now: datetime = NOON_LONDON, limit: int = 5):  # type: ignore[no-untyped-def]
+    projection = project(ruleset, customer, now)
+    matched = ReferenceEvaluator(ruleset).evaluate(projection.facts)
+    candidates = [Candidate(i, ruleset.rules[i], ruleset.actions[ruleset.rules[i].action]) for i in matched]
+    kept, dropped = apply_policies(ruleset, customer, projection, channel, now, candidates)
+    chosen, ranked_out = rank(kept, limit)
+    return [c.action.id for c in chosen], {(d.rule_id, d.reason) for d in [*dropped, *ranked_out]}
+
+
+class TestPolicies:
+    def test_everything_allowed(self, ruleset: Ruleset) -> None:
+        """Ranked by priority, one entry per action, the duplicate kept with its reason."""
+        chosen, dropped = decide(ruleset, profile(), Channel.AGENT_DESKTOP)
+        assert chosen == ["rates", "survey", "hello"]
+        assert dropped == {("survey-again", "duplicate_action")}
+
+    def test_max_actions(self, ruleset: Ruleset) -> None:
+        chosen, dropped = decide(ruleset, profile(), Channel.AGENT_DESKTOP, limit=1)
+        assert chosen == ["rates"]
+        assert ("hello-everyone", "ranked_out") in dropped
+
+    @pytest.mark.parametrize("value", [False, None, "yes"])
+    def test_consent_is_required_per_channel(self, ruleset: Ruleset, value: object) -> None:
+        """Consent must be exactly true; missing or odd values block the channel."""
+        chosen, dropped = decide(ruleset, profile(consent_calls=value), Channel.OUTBOUND_DIALER)
+        assert chosen == []
+        assert {reason for _, reason in dropped} == {"no_consent"}
+        assert decide(ruleset, profile(consent_calls=value), Channel.AGENT_DESKTOP)[0]
+
+    @pytest.mark.parametrize("value", [True, None])
+    def test_do_not_call_blocks_only_the_dialer(self, ruleset: Ruleset, value: object) -> None:
+        """Unknown do-not-call status is treated as do-not-call."""
+        chosen, dropped = decide(ruleset, profile(dnc=value), Channel.OUTBOUND_DIALER)
+        assert chosen == []
+        assert {reason for _, reason in dropped} == {"do_not_call"}
+        assert decide(ruleset, profile(dnc=value), Channel.AGENT_DESKTOP)[0]
+
+    def test_quiet_hours_in_the_customers_zone(self, ruleset: Ruleset) -> None:
+        """21:00 in London is quiet; at the same instant it is 16:00 in New York and the dialer may call."""
+        evening = datetime(2026, 6, 15, 20, 0, tzinfo=UTC)
+        chosen, dropped = decide(ruleset, profile(), Channel.OUTBOUND_DIALER, now=evening)
+        assert chosen == []
+        assert {reason for _, reason in dropped} == {"quiet_hours"}
+        assert decide(ruleset, profile(tz="America/New_York"), Channel.OUTBOUND_DIALER, now=evening)[0]
+        assert decide(ruleset, profile(tz="Not/AZone"), Channel.OUTBOUND_DIALER, now=evening)[0] == []
+
+    def test_quiet_hours_boundaries(self, ruleset: Ruleset) -> None:
+        quiet = ruleset.policies.quiet_hours
+        assert quiet is not None
+        customer = profile()
+        assert not in_quiet_hours(quiet, customer, datetime(2026, 1, 15, 19, 59, tzinfo=UTC))
+        assert in_quiet_hours(quiet, customer, datetime(2026, 1, 15, 20, 0, tzinfo=UTC))
+        assert in_quiet_hours(quiet, customer, datetime(2026, 1, 16, 8, 59, tzinfo=UTC))
+        assert not in_quiet_hours(quiet, customer, datetime(2026, 1, 16, 9, 0, tzinfo=UTC))
+        assert next_quiet_start(quiet, customer, NOON_LONDON) == datetime(2026, 6, 15, 19, 0, tzinfo=UTC)
+
+    def test_suppression_with_exception_category(self, ruleset: Ruleset) -> None:
+        """Vulnerable customers still get service actions; lost customers get nothing."""
+        chosen, dropped = decide(ruleset, profile(vulnerable=True), Channel.AGENT_DESKTOP)
+        assert chosen == ["hello"]
+        assert ("deposit", "suppressed") in dropped
+        chosen, dropped = decide(ruleset, profile(stage="lost"), Channel.AGENT_DESKTOP)
+        assert chosen == []
+        assert ("hello-everyone", "suppressed") in dropped
+
+    def test_channel_fit(self, ruleset: Ruleset) -> None:
+        chosen, dropped = decide(ruleset, profile(), Channel.OUTBOUND_DIALER)
+        assert "hello" not in chosen
+        assert ("hello-everyone", "channel_fit") in dropped
+
+    def test_trigger_expiry(self, ruleset: Ruleset) -> None:
+        """A deposit older than the action's 3-day lifetime never drives the action, even if a rule matches."""
+        old = Event("large_deposit", NOON_LONDON - timedelta(days=3, minutes=1), {"amount": 50000.0})
+        chosen, dropped = decide(ruleset, profile(events=[old]), Channel.AGENT_DESKTOP)
+        assert "rates" not in chosen
+        assert ("deposit", "trigger_expired") in dropped
+        expired = Event("large_deposit", NOON_LONDON - timedelta(hours=1), {"amount": 50000.0}, NOON_LONDON)
+        assert live_events(profile(events=[expired]), NOON_LONDON) == {}
+
+    def test_frequency_caps_count_contacts_not_no_answers(self, ruleset: Ruleset) -> None:
+        """A contact in the window caps the action; a no-answer does not; an old contact has aged out."""
+        accepted = Contact("rates", Channel.AGENT_DESKTOP, NOON_LONDON - timedelta(days=2), OutcomeKind.ACCEPTED, "d1")
+        no_answer = Contact("rates", Channel.OUTBOUND_DIALER, NOON_LONDON - timedelta(days=1), OutcomeKind.NO_ANSWER)
+        old = Contact("rates", Channel.AGENT_DESKTOP, NOON_LONDON - timedelta(days=31), OutcomeKind.ACCEPTED)
+        chosen, dropped = decide(ruleset, profile(contacts=[accepted]), Channel.AGENT_DESKTOP)
+        assert "rates" not in chosen
+        assert ("deposit", "frequency_cap") in dropped
+        assert "rates" in decide(ruleset, profile(contacts=[no_answer, old]), Channel.AGENT_DESKTOP)[0]
+
+    def test_channel_cap_and_one_contact_per_offer(self, ruleset: Ruleset) -> None:
+        """Two dialer contacts in a week cap the dialer; accepted-then-converted on one offer counts once."""
+        day = timedelta(days=1)
+        calls = [
+            Contact("survey", Channel.OUTBOUND_DIALER, NOON_LONDON - day, OutcomeKind.ACCEPTED, "d1"),
+            Contact("survey", Channel.OUTBOUND_DIALER, NOON_LONDON - day, OutcomeKind.CONVERTED, "d1"),
+        ]
+        assert decide(ruleset, profile(contacts=calls, events=[]), Channel.OUTBOUND_DIALER)[0] == ["survey"]
+        calls.append(Contact("survey", Channel.OUTBOUND_DIALER, NOON_LONDON - 2 * day, OutcomeKind.DECLINED, "d2"))
+        chosen, dropped = decide(ruleset, profile(contacts=calls, events=[]), Channel.OUTBOUND_DIALER)
+        assert chosen == []
+        assert ("survey-rescue", "frequency_cap") in dropped
+
+    def test_valid_until(self, ruleset: Ruleset) -> None:
+        """Bounded by the trigger's lifetime, the ruleset's validity and, for the dialer, quiet hours."""
+        customer = profile()
+        projection = project(ruleset, customer, NOON_LONDON)
+        rates = Candidate(0, ruleset.rules[0], ruleset.actions["rates"])
+        hello = Candidate(1, ruleset.rules[1], ruleset.actions["hello"])
+        assert valid_until(
+            ruleset, hello, customer, projection, Channel.AGENT_DESKTOP, NOON_LONDON
+        ) == NOON_LONDON + timedelta(hours=4)
+        assert valid_until(
+            ruleset, rates, customer, projection, Channel.AGENT_DESKTOP, NOON_LONDON
+        ) == NOON_LONDON + timedelta(hours=4)
+        late = datetime(2026, 6, 15, 17, 0, tzinfo=UTC)
+        late_projection = project(ruleset, customer, late)
+        assert valid_until(ruleset, rates, customer, late_projection, Channel.OUTBOUND_DIALER, late) == datetime(
+            2026, 6, 15, 19, 0, tzinfo=UTC
+        )
+        near_end = profile(
+            events=[Event("large_deposit", NOON_LONDON - timedelta(days=3) + timedelta(hours=1), {"amount": 1e5})]
+        )
+        end_projection = project(ruleset, near_end, NOON_LONDON)
+        assert valid_until(
+            ruleset, rates, near_end, end_projection, Channel.AGENT_DESKTOP, NOON_LONDON
+        ) == NOON_LONDON + timedelta(hours=1)
