@@ -7,7 +7,7 @@ import json
 import sys
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import grpc
@@ -76,7 +76,19 @@ def serve(**options: Any) -> None:
         sys.exit(2)
 
 
-def _client_error(exc: grpc.RpcError, target: str) -> None:
+def _call(target: str, method: str, request: Any, timeout: float = 5.0) -> Any:
+    """One unary call; a failure is printed for a person and ends the command with a telling exit code."""
+    from nba_service._proto.nba.v1 import nba_pb2_grpc  # noqa: PLC0415
+
+    with grpc.insecure_channel(target) as conn:
+        try:
+            return getattr(nba_pb2_grpc.NextBestActionStub(conn), method)(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            _client_error(exc, target)
+            raise AssertionError("unreachable") from exc  # _client_error exits
+
+
+def _client_error(exc: grpc.RpcError, target: str) -> NoReturn:
     from nba_service.transport.grpc_errors import field_violations  # noqa: PLC0415
 
     code = exc.code()
@@ -105,7 +117,7 @@ def decide(
     """Ask the service what to do with a customer now, and print the scripts."""
     from google.protobuf import json_format  # noqa: PLC0415
 
-    from nba_service._proto.nba.v1 import nba_pb2, nba_pb2_grpc  # noqa: PLC0415
+    from nba_service._proto.nba.v1 import nba_pb2  # noqa: PLC0415
 
     request = nba_pb2.DecideRequest(
         customer_id=customer_id,
@@ -113,12 +125,7 @@ def decide(
         max_actions=max_actions,
         context=nba_pb2.InteractionContext(reason=reason),
     )
-    with grpc.insecure_channel(target) as conn:
-        try:
-            response = nba_pb2_grpc.NextBestActionStub(conn).Decide(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            _client_error(exc, target)
-            return
+    response = _call(target, "Decide", request, timeout)
     if as_json:
         click.echo(json_format.MessageToJson(response, indent=2))
         return
@@ -164,7 +171,7 @@ def _parse_value(text: str) -> tuple[str, Any]:
 @click.option("--target", default=DEFAULT_TARGET, show_default=True, envvar="NBA_TARGET")
 def event(customer_id: str, event_type: str, attributes: tuple[str, ...], target: str) -> None:
     """Send a live trigger event for a customer (e.g. large_deposit --attr amount=48250)."""
-    from nba_service._proto.nba.v1 import nba_pb2, nba_pb2_grpc  # noqa: PLC0415
+    from nba_service._proto.nba.v1 import nba_pb2  # noqa: PLC0415
 
     values: dict[str, nba_pb2.AttributeValue] = {}
     for item in attributes:
@@ -174,12 +181,7 @@ def event(customer_id: str, event_type: str, attributes: tuple[str, ...], target
         kind, value = _parse_value(raw)
         values[key] = nba_pb2.AttributeValue(**{kind: value})
     request = nba_pb2.IngestEventRequest(customer_id=customer_id, type=event_type, attributes=values)
-    with grpc.insecure_channel(target) as conn:
-        try:
-            response = nba_pb2_grpc.NextBestActionStub(conn).IngestEvent(request, timeout=5)
-        except grpc.RpcError as exc:
-            _client_error(exc, target)
-            return
+    response = _call(target, "IngestEvent", request)
     click.echo(f"event {response.event_id} recorded for {customer_id}")
 
 
@@ -191,17 +193,12 @@ def event(customer_id: str, event_type: str, attributes: tuple[str, ...], target
 @click.option("--target", default=DEFAULT_TARGET, show_default=True, envvar="NBA_TARGET")
 def outcome(decision_id: str, action_id: str, outcome: str, note: str, target: str) -> None:
     """Record what happened with an action a decision returned."""
-    from nba_service._proto.nba.v1 import nba_pb2, nba_pb2_grpc  # noqa: PLC0415
+    from nba_service._proto.nba.v1 import nba_pb2  # noqa: PLC0415
 
     request = nba_pb2.RecordOutcomeRequest(
         decision_id=decision_id, action_id=action_id, outcome=nba_pb2.Outcome.Value(outcome.upper()), note=note
     )
-    with grpc.insecure_channel(target) as conn:
-        try:
-            response = nba_pb2_grpc.NextBestActionStub(conn).RecordOutcome(request, timeout=5)
-        except grpc.RpcError as exc:
-            _client_error(exc, target)
-            return
+    response = _call(target, "RecordOutcome", request)
     click.echo(f"outcome {outcome} recorded for {response.customer_id}")
 
 

@@ -27,7 +27,6 @@ from nba_service.domain.records import (
     DecidedAction,
     Decision,
     DecisionRecord,
-    DroppedCandidate,
     FiredRule,
     RulesetRef,
 )
@@ -163,9 +162,7 @@ class DecisionService:
             ruleset=decision.ruleset,
             engine=engine_name,
             rules_fired=fired,
-            dropped=tuple(
-                DroppedCandidate(d.rule_id, d.action_id, d.reason, d.detail) for d in [*dropped, *ranked_out]
-            ),
+            dropped=(*dropped, *ranked_out),
             actions=actions,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
             context_reason=context_reason,

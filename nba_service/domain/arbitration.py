@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from nba_service.domain.policy import Candidate, Dropped
+from nba_service.domain.policy import Candidate
+from nba_service.domain.records import DroppedCandidate
 
 
-def rank(candidates: list[Candidate], max_actions: int) -> tuple[list[Candidate], list[Dropped]]:
+def rank(candidates: list[Candidate], max_actions: int) -> tuple[list[Candidate], list[DroppedCandidate]]:
     """Highest priority first, then file order of the rule, one entry per action, at most `max_actions`."""
     ordered = sorted(candidates, key=lambda c: (-c.rule.priority, c.rule_index, c.action.id))
     chosen: list[Candidate] = []
-    dropped: list[Dropped] = []
+    dropped: list[DroppedCandidate] = []
     seen: dict[str, str] = {}
     for candidate in ordered:
         if candidate.action.id in seen:
             dropped.append(
-                Dropped(
+                DroppedCandidate(
                     candidate.rule.id,
                     candidate.action.id,
                     "duplicate_action",
@@ -24,7 +25,7 @@ def rank(candidates: list[Candidate], max_actions: int) -> tuple[list[Candidate]
             continue
         if len(chosen) >= max_actions:
             dropped.append(
-                Dropped(candidate.rule.id, candidate.action.id, "ranked_out", f"below the top {max_actions}")
+                DroppedCandidate(candidate.rule.id, candidate.action.id, "ranked_out", f"below the top {max_actions}")
             )
             continue
         seen[candidate.action.id] = candidate.rule.id

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from nba_service.domain.facts import Projection
 from nba_service.domain.model import Action, Channel, FrequencyCap, QuietHours, Rule, Ruleset
 from nba_service.domain.profile import CONTACTED_OUTCOMES, Profile
+from nba_service.domain.records import DroppedCandidate
 from nba_service.domain.reference import when_holds
 
 
@@ -21,14 +22,6 @@ class Candidate:
     rule_index: int
     rule: Rule
     action: Action
-
-
-@dataclass(frozen=True, slots=True)
-class Dropped:
-    rule_id: str
-    action_id: str
-    reason: str
-    detail: str
 
 
 def _channel_block(ruleset: Ruleset, profile: Profile, channel: Channel, now: datetime) -> tuple[str, str] | None:
@@ -116,12 +109,12 @@ def apply_policies(
     channel: Channel,
     now: datetime,
     candidates: list[Candidate],
-) -> tuple[list[Candidate], list[Dropped]]:
+) -> tuple[list[Candidate], list[DroppedCandidate]]:
     kept: list[Candidate] = []
-    dropped: list[Dropped] = []
+    dropped: list[DroppedCandidate] = []
 
     def drop(candidate: Candidate, reason: str, detail: str) -> None:
-        dropped.append(Dropped(candidate.rule.id, candidate.action.id, reason, detail))
+        dropped.append(DroppedCandidate(candidate.rule.id, candidate.action.id, reason, detail))
 
     block = _channel_block(ruleset, profile, channel, now)
     suppressions = [
