@@ -213,24 +213,16 @@ def matching_ruleset(types: dict[str, str], facts: dict[str, Any], count: int, s
             choice = rng.random()
             if t == "number":
                 op = rng.choice(["eq", "lte", "gte", "in", "ne", "lt", "gt"])
-                if op in ("ne", "lt"):
-                    conditions.append(
-                        {"field": name, "op": op, "value": value + 1.0 if math.isfinite(value + 1.0) else value}
-                    )
-                elif op == "gt":
-                    conditions.append(
-                        {"field": name, "op": op, "value": value - 1.0 if math.isfinite(value - 1.0) else value}
-                    )
+                up, down = math.nextafter(value, math.inf), math.nextafter(value, -math.inf)
+                if op in ("ne", "lt") and math.isfinite(up):
+                    conditions.append({"field": name, "op": op, "value": up})
+                elif op == "gt" and math.isfinite(down):
+                    conditions.append({"field": name, "op": op, "value": down})
                 elif op == "in":
-                    conditions.append(
-                        {
-                            "field": name,
-                            "op": "in",
-                            "value": [value, float(index)] if value != float(index) else [value],
-                        }
-                    )
+                    others = [float(index)] if float(index) != value else []
+                    conditions.append({"field": name, "op": "in", "value": [value, *others]})
                 else:
-                    conditions.append({"field": name, "op": op, "value": value})
+                    conditions.append({"field": name, "op": "lte" if op in ("ne", "lt") else "gte", "value": value})
             elif t == "string":
                 if choice < 0.6:
                     conditions.append({"field": name, "op": "eq", "value": value})
