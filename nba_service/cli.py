@@ -13,7 +13,7 @@ import click
 import grpc
 from pydantic import ValidationError
 
-from nba_service.errors import RulesetInvalid
+from nba_service.errors import NbaError, RulesetInvalid
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 _CHANNEL_NAMES = ("agent_desktop", "outbound_dialer")
@@ -36,7 +36,16 @@ def main() -> None:
     help="Ruleset file or directory [default: the bundled rulesets/, env NBA_RULESETS].",
 )
 @click.option("--ruleset", "ruleset", default=None, help="Active ruleset name when the path holds several.")
-@click.option("--store", type=click.Choice(["memory"]), default=None, help="Profile store [default: memory].")
+@click.option(
+    "--store",
+    type=click.Choice(["memory", "postgres"]),
+    default=None,
+    help="Profile store [default: memory, env NBA_STORE].",
+)
+@click.option("--dsn", default=None, help="PostgreSQL DSN for --store postgres [env NBA_DSN].")
+@click.option("--db-timeout", type=float, default=None, help="Seconds a database call may take [default: 1].")
+@click.option("--pool-max", type=int, default=None, help="Most database connections [default: 10].")
+@click.option("--drain-seconds", type=float, default=None, help="How long shutdown waits for the decision log [30].")
 @click.option(
     "--sample",
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -71,7 +80,7 @@ def serve(**options: Any) -> None:
     except RulesetInvalid as exc:
         click.echo(f"cannot start: the rulesets are invalid:\n{exc}", err=True)
         sys.exit(2)
-    except OSError as exc:
+    except (OSError, NbaError) as exc:
         click.echo(f"cannot start: {exc}", err=True)
         sys.exit(2)
 
@@ -259,3 +268,110 @@ def generate(out: Path, count: int, seed: int | None) -> None:
 
     synthetic.write_sample(out, count, synthetic.DEFAULT_SEED if seed is None else seed)
     click.echo(json.dumps({"written": str(out), "customers": count}))
+
+
+@main.group()
+def db() -> None:
+    """The PostgreSQL store: schema migrations and synthetic data."""
+
+
+_DSN = click.option("--dsn", envvar="NBA_DSN", required=True, help="PostgreSQL DSN [env NBA_DSN].")
+
+
+async def _connect(dsn: str) -> Any:
+    import asyncpg  # noqa: PLC0415
+
+    try:
+        return await asyncpg.connect(dsn, timeout=10)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise click.ClickException(f"cannot connect to {_redacted(dsn)}: {exc}") from exc
+
+
+def _redacted(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415
+
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@db.command("migrate")
+@_DSN
+def db_migrate(dsn: str) -> None:
+    """Apply the schema migrations that are missing (safe to run again)."""
+    from nba_service.stores.postgres.migrate import MigrationError, migrate  # noqa: PLC0415
+
+    async def run() -> list[str]:
+        conn = await _connect(dsn)
+        try:
+            return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
+        finally:
+            await conn.close()
+
+    try:
+        applied = asyncio.run(run())
+    except MigrationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if applied:
+        for name in applied:
+            click.echo(f"applied {name}")
+    else:
+        click.echo("schema is up to date; nothing applied")
+
+
+@db.command("seed")
+@_DSN
+@click.option("--customers", type=click.IntRange(1, 999_999), required=True, help="How many synthetic customers.")
+@click.option("--seed", "seed_value", type=int, default=None, help="Random seed [default: the bundled sample's].")
+@click.option("--force", is_flag=True, help="Load even though the database already holds data (replaces these ids).")
+def db_seed(dsn: str, customers: int, seed_value: int | None, force: bool) -> None:
+    """Load a deterministic synthetic population (the embedded store's generator) fast, with COPY."""
+    from datetime import datetime  # noqa: PLC0415
+
+    from nba_service import synthetic  # noqa: PLC0415
+    from nba_service.stores.postgres.seed import seed  # noqa: PLC0415
+
+    async def run() -> Any:
+        conn = await _connect(dsn)
+        try:
+            with click.progressbar(length=customers, label="seeding customers", file=sys.stderr) as bar:
+                return await seed(
+                    conn,
+                    customers,
+                    seed=synthetic.DEFAULT_SEED if seed_value is None else seed_value,
+                    now=datetime.now(UTC),
+                    force=force,
+                    progress=bar.update,
+                )
+        finally:
+            await conn.close()
+
+    try:
+        report = asyncio.run(run())
+    except NbaError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(
+        f"seeded {report.customers} customers, {report.events} events, {report.contacts} contacts, "
+        f"{report.consents} consents, {report.do_not_call} do-not-call in {report.seconds:.1f} s"
+    )
+
+
+@db.command("replay")
+@_DSN
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
+def db_replay(dsn: str, files: tuple[Path, ...]) -> None:
+    """Load decision files spilled at shutdown (decisions-unsent-*.jsonl) into the decisions table."""
+    from nba_service.stores.postgres.decision_log import replay  # noqa: PLC0415
+
+    async def run() -> list[tuple[Path, int, int]]:
+        conn = await _connect(dsn)
+        try:
+            return [(path, *(await replay(conn, path))) for path in files]
+        finally:
+            await conn.close()
+
+    for path, read, inserted in asyncio.run(run()):
+        click.echo(f"{path}: {read} decisions read, {inserted} inserted ({read - inserted} were already stored)")

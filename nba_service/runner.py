@@ -32,14 +32,28 @@ async def serve(settings: Settings, on_ready: Callable[[GrpcServer], None] | Non
     # Handlers first: a SIGTERM that arrives the moment we report ready must still shut down gracefully.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    await server.start()
-    log.info("serving", address=server.address, pid=os.getpid())
+    ready = await app.store.ready()
+    await server.start(serving=ready)
+    log.info("serving", address=server.address, pid=os.getpid(), store=settings.store, ready=ready)
     if on_ready is not None:
         on_ready(server)
+    monitor = asyncio.create_task(_watch_store(app, server, ready), name="store-health")
     try:
         await stopping.wait()
     finally:
         log.info("shutting_down", grace_seconds=settings.grace_seconds)
+        monitor.cancel()
         await server.stop(settings.grace_seconds)
         await app.close()
         log.info("stopped", decisions_logged=app.decision_log.written)
+
+
+async def _watch_store(app: Application, server: GrpcServer, ready: bool, interval: float = 0.5) -> None:
+    """Keeps gRPC health in step with the store, so load balancers stop sending while the database is away."""
+    while True:
+        await asyncio.sleep(interval)
+        now_ready = await app.store.ready()
+        if now_ready != ready:
+            log.warning("store_readiness_changed", ready=now_ready, store=app.settings.store)
+            await server.set_serving(now_ready)
+            ready = now_ready

@@ -203,7 +203,7 @@ class DecisionService:
                 "action_id", f"{action_id!r} was not returned by decision {decision_id} (returned: {offered})"
             )
         result = Outcome(decision_id, summary.customer_id, action_id, summary.channel, outcome, moment, note)
-        contact = Contact(action_id, summary.channel, moment, outcome, decision_id)
+        contact = Contact(action_id, summary.channel, moment, outcome, decision_id, note)
         await self._store.add_contact(summary.customer_id, contact)
         await self._log.append_outcome(result)
         return result

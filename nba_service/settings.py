@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +19,12 @@ class Settings(BaseSettings):
     port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
     rulesets: Path = BUNDLED_RULESETS
     ruleset: str | None = Field(None, description="the active ruleset's name when the path holds several")
-    store: Literal["memory"] = "memory"
+    store: Literal["memory", "postgres"] = "memory"
+    dsn: str | None = Field(None, description="PostgreSQL DSN for --store postgres (env NBA_DSN)")
+    pool_min: int = Field(1, ge=0, le=100)
+    pool_max: int = Field(10, ge=1, le=200)
+    db_timeout: float = Field(1.0, gt=0, le=60, description="seconds a database call may take before UNAVAILABLE")
+    drain_seconds: float = Field(30.0, ge=0, le=3600, description="how long shutdown waits for the decision log")
     sample: Path | None = Field(
         None, description="JSON lines of customers for the memory store; bundled sample when unset"
     )
@@ -27,6 +32,14 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     grace_seconds: float = Field(10.0, ge=0, le=300, description="how long in-flight calls may finish on shutdown")
+
+    @model_validator(mode="after")
+    def _dsn_for_postgres(self) -> Settings:
+        if self.store == "postgres" and not self.dsn:
+            raise ValueError("store 'postgres' needs a DSN: --dsn or NBA_DSN (postgresql://user@host:5432/db)")
+        if self.pool_min > self.pool_max:
+            raise ValueError("pool_min must not exceed pool_max")
+        return self
 
     @field_validator("rulesets")
     @classmethod

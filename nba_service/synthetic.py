@@ -729,7 +729,7 @@ def _event_attributes(rng: random.Random, person: _Person, kind: str) -> dict[st
             ceiling = max(20_000.0, person.balance_total)
             return {"amount": _cents(rng.uniform(5_000.0, min(ceiling, 250_000.0)))}
         case "mortgage_rate_expiring":
-            return {"days_left": rng.randint(0, 180)}
+            return {"days_left": rng.randint(1, 180)}
         case "app_login_failures":
             # Most customers are locked out after a few tries; a few keep going for a long time.
             return {"failures": min(20, 3 + int(rng.expovariate(0.35)))}

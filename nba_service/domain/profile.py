@@ -47,6 +47,7 @@ class Contact:
     time: datetime
     outcome: OutcomeKind
     decision_id: str = ""
+    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)

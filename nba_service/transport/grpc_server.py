@@ -177,14 +177,17 @@ class GrpcServer:
         self.host = host
         self.address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
-    async def start(self) -> None:
+    async def start(self, serving: bool = True) -> None:
         await self.server.start()
+        await self.set_serving(serving)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.set_serving(False)
         await self.server.stop(grace)
 
     async def wait(self) -> None:

@@ -1,0 +1,188 @@
+"""The production profile store: live profiles from a PostgreSQL database that other systems share.
+
+One prepared statement returns the whole live profile in one round trip: attributes, consents and
+do-not-call folded into the attributes the rulesets read, the newest unexpired event of each type,
+and the contact history inside the longest frequency-cap window. Any failure to reach the database
+becomes `Unavailable`, quickly, so a decision never hangs past its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+
+from nba_service.domain.model import Channel
+from nba_service.domain.profile import AttributeValue, Contact, Event, OutcomeKind, Profile
+from nba_service.errors import NotFound, Unavailable
+
+log = structlog.get_logger(__name__)
+
+PROFILE_SQL = """
+SELECT c.attributes,
+       (SELECT coalesce(jsonb_object_agg('consent_' || k.purpose, k.granted), '{}'::jsonb)
+          FROM consents k WHERE k.customer_id = c.customer_id) AS consents,
+       EXISTS (SELECT 1 FROM do_not_call d WHERE d.customer_id = c.customer_id) AS do_not_call,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object('type', e.type, 'time', e.time, 'attributes', e.attributes,
+                                                     'expires_at', e.expires_at) ORDER BY e.time), '[]'::jsonb)
+          FROM (SELECT DISTINCT ON (type) type, time, attributes, expires_at
+                  FROM events
+                 WHERE customer_id = c.customer_id AND (expires_at IS NULL OR expires_at > $2)
+                 ORDER BY type, time DESC) e) AS events,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object('action_id', h.action_id, 'channel', h.channel, 'time', h.time,
+                                                     'outcome', h.outcome, 'decision_id', h.decision_id)
+                                  ORDER BY h.time), '[]'::jsonb)
+          FROM contacts h WHERE h.customer_id = c.customer_id AND h.time > $3) AS contacts
+  FROM customers c
+ WHERE c.customer_id = $1
+"""
+
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int = 0, max_size: int = 10, connect_timeout: float = 2.0) -> asyncpg.Pool:
+    """A pool that never blocks start-up: no connection is made until one is needed."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=connect_timeout,
+        init=_init_connection,
+        max_inactive_connection_lifetime=60.0,
+    )
+    return pool
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+class PostgresProfileStore:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        history: timedelta,
+        timeout: float = 1.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._pool = pool
+        self._history = history
+        self._timeout = timeout
+        self._clock = clock
+
+    async def _run(self, what: str, call: Callable[[asyncpg.Connection], Any]) -> Any:
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                return await call(conn)
+        except CONNECTION_ERRORS as exc:
+            raise Unavailable(f"the profile database is unavailable ({what}): {type(exc).__name__}") from exc
+
+    async def get_profile(self, customer_id: str) -> Profile:
+        now = self._clock()
+
+        async def read(conn: asyncpg.Connection) -> Any:
+            return await conn.fetchrow(PROFILE_SQL, customer_id, now, now - self._history, timeout=self._timeout)
+
+        row = await self._run("reading a profile", read)
+        if row is None:
+            raise NotFound(f"customer {customer_id!r} not found")
+        attributes: dict[str, AttributeValue] = dict(row["attributes"])
+        attributes.update(row["consents"])
+        attributes["do_not_call"] = bool(row["do_not_call"])
+        events = tuple(
+            Event(
+                e["type"],
+                _time(e["time"]),
+                e["attributes"],
+                _time(e["expires_at"]) if e["expires_at"] is not None else None,
+            )
+            for e in row["events"]
+        )
+        contacts = tuple(
+            Contact(
+                c["action_id"],
+                Channel(c["channel"]),
+                _time(c["time"]),
+                OutcomeKind(c["outcome"]),
+                c["decision_id"] or "",
+            )
+            for c in row["contacts"]
+        )
+        return Profile(customer_id, attributes, events, contacts)
+
+    async def add_event(self, customer_id: str, event: Event) -> str:
+        event_id = uuid.uuid4()
+
+        async def insert(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO events (event_id, customer_id, type, time, attributes, expires_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
+                event_id,
+                customer_id,
+                event.type,
+                event.time,
+                dict(event.attributes),
+                event.expires_at,
+                timeout=self._timeout,
+            )
+
+        try:
+            await self._run("storing an event", insert)
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise NotFound(f"customer {customer_id!r} not found") from exc
+        return str(event_id)
+
+    async def add_contact(self, customer_id: str, contact: Contact) -> None:
+        async def insert(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO contacts (customer_id, decision_id, action_id, channel, time, outcome, note)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                customer_id,
+                uuid.UUID(contact.decision_id) if contact.decision_id else None,
+                contact.action_id,
+                contact.channel.value,
+                contact.time,
+                contact.outcome.value,
+                contact.note,
+                timeout=self._timeout,
+            )
+
+        try:
+            await self._run("storing an outcome", insert)
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise NotFound(f"customer {customer_id!r} not found") from exc
+
+    async def ready(self) -> bool:
+        try:
+            await self._run("health check", lambda conn: conn.fetchval("SELECT 1", timeout=self._timeout))
+        except Unavailable:
+            return False
+        return True
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout=5)
+        except CONNECTION_ERRORS:
+            self._pool.terminate()
