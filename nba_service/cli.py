@@ -72,7 +72,12 @@ def serve(**options: Any) -> None:
     try:
         settings = Settings(**{k: v for k, v in options.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            ": ".join(
+                part for part in (".".join(str(p) for p in e["loc"]), e["msg"].removeprefix("Value error, ")) if part
+            )
+            for e in exc.errors()
+        )
         raise click.UsageError(f"invalid settings: {problems}") from exc
     configure_logging(settings.log_format, settings.log_level)
     try:
