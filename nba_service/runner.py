@@ -52,7 +52,11 @@ async def _watch_store(app: Application, server: GrpcServer, ready: bool, interv
     """Keeps gRPC health in step with the store, so load balancers stop sending while the database is away."""
     while True:
         await asyncio.sleep(interval)
-        now_ready = await app.store.ready()
+        try:
+            now_ready = await app.store.ready()
+        except Exception:  # a broken check means "not ready", never a dead monitor
+            log.exception("store_readiness_check_failed")
+            now_ready = False
         if now_ready != ready:
             log.warning("store_readiness_changed", ready=now_ready, store=app.settings.store)
             await server.set_serving(now_ready)

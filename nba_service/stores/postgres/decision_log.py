@@ -198,7 +198,7 @@ class PostgresDecisionLog:
             batch = self._pending[: self._batch_size]
             try:
                 await self._write(batch)
-            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            except Exception as exc:  # the writer must never die: the batch is kept and retried
                 log.warning(
                     "decision_log_write_failed",
                     error=f"{type(exc).__name__}: {exc}",
@@ -221,9 +221,10 @@ class PostgresDecisionLog:
         """Drains the queue into PostgreSQL; past the drain timeout, spills the rest to a local file."""
         if self._writer is None:
             return
-        await self._queue.put(None)
         try:
-            await asyncio.wait_for(asyncio.shield(self._writer), timeout=self._drain_timeout)
+            async with asyncio.timeout(self._drain_timeout):
+                await self._queue.put(None)
+                await asyncio.shield(self._writer)
         except TimeoutError:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ import structlog
 from nba_service.domain.model import Channel
 from nba_service.domain.profile import AttributeValue, Contact, Event, OutcomeKind, Profile
 from nba_service.errors import NotFound, Unavailable
+from nba_service.stores.postgres.migrate import migrations
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +45,8 @@ SELECT c.attributes,
  WHERE c.customer_id = $1
 """
 
+_SCHEMA_VERSION = "SELECT max(version) FROM schema_migrations"
+
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
@@ -53,6 +57,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.ConnectionDoesNotExistError,
+    # Raised by the pool when a server shutdown reaches a pooled connection mid-operation (asyncpg#784).
+    asyncpg.InternalClientError,
 )
 
 
@@ -88,22 +94,30 @@ class PostgresProfileStore:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._pool = pool
+        self._schema_version = max(m.version for m in migrations())
         self._history = history
         self._timeout = timeout
         self._clock = clock
 
-    async def _run(self, what: str, call: Callable[[asyncpg.Connection], Any]) -> Any:
+    async def _run(self, what: str, call: Callable[[asyncpg.Connection, float], Any]) -> Any:
+        """One database call within one time budget, waiting for a connection included.
+
+        asyncpg's own timeouts are used rather than cancelling from outside: a cancelled query on a hung
+        server makes the connection's release wait for the server, while a timed-out one is dropped.
+        """
+        started = time.monotonic()
         try:
             async with self._pool.acquire(timeout=self._timeout) as conn:
-                return await call(conn)
+                remaining = max(0.05, self._timeout - (time.monotonic() - started))
+                return await call(conn, remaining)
         except CONNECTION_ERRORS as exc:
             raise Unavailable(f"the profile database is unavailable ({what}): {type(exc).__name__}") from exc
 
     async def get_profile(self, customer_id: str) -> Profile:
         now = self._clock()
 
-        async def read(conn: asyncpg.Connection) -> Any:
-            return await conn.fetchrow(PROFILE_SQL, customer_id, now, now - self._history, timeout=self._timeout)
+        async def read(conn: asyncpg.Connection, budget: float) -> Any:
+            return await conn.fetchrow(PROFILE_SQL, customer_id, now, now - self._history, timeout=budget)
 
         row = await self._run("reading a profile", read)
         if row is None:
@@ -135,7 +149,7 @@ class PostgresProfileStore:
     async def add_event(self, customer_id: str, event: Event) -> str:
         event_id = uuid.uuid4()
 
-        async def insert(conn: asyncpg.Connection) -> None:
+        async def insert(conn: asyncpg.Connection, budget: float) -> None:
             await conn.execute(
                 "INSERT INTO events (event_id, customer_id, type, time, attributes, expires_at)"
                 " VALUES ($1, $2, $3, $4, $5, $6)",
@@ -145,7 +159,7 @@ class PostgresProfileStore:
                 event.time,
                 dict(event.attributes),
                 event.expires_at,
-                timeout=self._timeout,
+                timeout=budget,
             )
 
         try:
@@ -155,7 +169,7 @@ class PostgresProfileStore:
         return str(event_id)
 
     async def add_contact(self, customer_id: str, contact: Contact) -> None:
-        async def insert(conn: asyncpg.Connection) -> None:
+        async def insert(conn: asyncpg.Connection, budget: float) -> None:
             await conn.execute(
                 "INSERT INTO contacts (customer_id, decision_id, action_id, channel, time, outcome, note)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -166,7 +180,7 @@ class PostgresProfileStore:
                 contact.time,
                 contact.outcome.value,
                 contact.note,
-                timeout=self._timeout,
+                timeout=budget,
             )
 
         try:
@@ -175,11 +189,14 @@ class PostgresProfileStore:
             raise NotFound(f"customer {customer_id!r} not found") from exc
 
     async def ready(self) -> bool:
+        """Reachable and migrated: a database restored without the schema must not look healthy."""
         try:
-            await self._run("health check", lambda conn: conn.fetchval("SELECT 1", timeout=self._timeout))
-        except Unavailable:
+            version = await self._run(
+                "health check", lambda conn, budget: conn.fetchval(_SCHEMA_VERSION, timeout=budget)
+            )
+        except (Unavailable, asyncpg.PostgresError):
             return False
-        return True
+        return version is not None and version >= self._schema_version
 
     async def close(self) -> None:
         try:
