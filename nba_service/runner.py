@@ -7,6 +7,7 @@ decision log, then release the engine.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from collections.abc import Callable
@@ -22,6 +23,9 @@ log = structlog.get_logger(__name__)
 
 async def serve(settings: Settings, on_ready: Callable[[GrpcServer], None] | None = None) -> None:
     app: Application = await build_application(settings)
+    # Start-up objects (rulesets, the sample) live for the whole process: keep full collections off them.
+    gc.collect()
+    gc.freeze()
     try:
         server = GrpcServer(app.service, settings.host, settings.port)
     except BaseException:

@@ -70,3 +70,31 @@ def test_a_failing_disk_is_retried_not_dropped(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert len(path.read_text("utf-8").splitlines()) == 3
+
+
+def test_postgres_rows_built_directly_equal_rows_from_the_json_form() -> None:
+    """The writer's fast row builder and the replay path (from JSON lines) produce the same row."""
+    from datetime import timedelta
+
+    from nba_service.domain.records import DecidedAction, DroppedCandidate, FiredRule
+    from nba_service.stores.postgres.decision_log import _row, _row_from_json
+
+    full = DecisionRecord(
+        decision_id="6f1c1f8e-3f5c-4d55-9b1a-0e6f8d2a9c11",
+        decided_at=NOW,
+        customer_id="CUST-000001",
+        channel=Channel.OUTBOUND_DIALER,
+        ruleset=RulesetRef("r", "1.0.0", "h"),
+        engine="durable_rules",
+        rules_fired=(FiredRule("rule", "act", 5, {"amount": 48250.0, "name": "Zoë", "gone": None}),),
+        dropped=(DroppedCandidate("rule2", "act2", "frequency_cap", "cap: at most 1"),),
+        actions=(DecidedAction("act", "Say hello.", 1, "service", "Because", "rule", NOW + timedelta(hours=1)),),
+        latency_ms=0.25,
+        context_reason="card lost",
+        context={"queue": "cards"},
+        profile_problems=("x: str value is not a valid number; treated as missing",),
+    )
+    direct, via_json = _row(full), _row_from_json(json.loads(json.dumps(full.to_json(), default=str)))
+    assert direct[:8] == via_json[:8]
+    assert [json.loads(a) for a in direct[8:11]] == [json.loads(b) for b in via_json[8:11]]
+    assert direct[11:] == via_json[11:]

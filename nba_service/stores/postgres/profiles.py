@@ -67,6 +67,10 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Skips asyncpg's reset round trip on release: the service keeps no session state on pooled connections."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 0, max_size: int = 10, connect_timeout: float = 2.0) -> asyncpg.Pool:
     """A pool that never blocks start-up: no connection is made until one is needed."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
@@ -75,6 +79,7 @@ async def create_pool(dsn: str, *, min_size: int = 0, max_size: int = 10, connec
         max_size=max_size,
         timeout=connect_timeout,
         init=_init_connection,
+        reset=_no_reset,
         max_inactive_connection_lifetime=60.0,
     )
     return pool
