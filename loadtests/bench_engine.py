@@ -20,11 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.metadata
 import json
-import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -35,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from bench_common import load_average, machine_info, rank
 
 from nba_service.domain.compiler import CompiledRuleset, compile_ruleset
 from nba_service.domain.facts import Facts, project
@@ -77,8 +74,8 @@ class Stats:
         return cls(
             count=len(ordered),
             median=statistics.median(ordered) / 1000.0,
-            p90=_rank(ordered, 90) / 1000.0,
-            p99=_rank(ordered, 99) / 1000.0,
+            p90=rank(ordered, 90) / 1000.0,
+            p99=rank(ordered, 99) / 1000.0,
             max=ordered[-1] / 1000.0,
             mean=statistics.fmean(ordered) / 1000.0,
         )
@@ -100,36 +97,6 @@ class Target:
             return f"PASS ({self.limit - self.measured:.1f} {self.unit} to spare)"
         over = self.measured - self.limit
         return f"MISS by {over:.1f} {self.unit} ({over / self.limit:.0%} over)"
-
-
-def _rank(ordered: Sequence[int], percent: float) -> int:
-    """Nearest-rank percentile of sorted samples."""
-    return ordered[max(0, math.ceil(percent / 100.0 * len(ordered)) - 1)]
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count() or 0
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count() or 0,
-        "usable_cores": usable,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(),
-        "durable_rules": importlib.metadata.version("durable-rules"),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
 
 
 def timer_overhead_ns(rounds: int = 100_000) -> float:
@@ -283,7 +250,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         Target(f"RSS growth, {args.evaluations:,} evaluations", memory["rss_growth_mib"], TARGET_RSS_GROWTH_MIB, "MiB"),
     ]
     return {
-        "machine": machine_info(),
+        "machine": {**machine_info(["durable-rules"]), "load_average": load_average()},
         "ruleset": {
             "name": ruleset.meta.name,
             "version": ruleset.meta.version,

@@ -33,7 +33,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import random
 import shutil
 import signal
@@ -53,6 +52,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psutil
+from bench_common import load_average, machine_info, rank
 
 from nba_service.app import contact_history_window
 from nba_service.domain.loader import load_ruleset_file
@@ -98,16 +98,11 @@ class Stats:
         return cls(
             count=len(ordered),
             median=statistics.median(ordered) / 1e6,
-            p90=_rank(ordered, 90) / 1e6,
-            p99=_rank(ordered, 99) / 1e6,
+            p90=rank(ordered, 90) / 1e6,
+            p99=rank(ordered, 99) / 1e6,
             max=ordered[-1] / 1e6,
             mean=statistics.fmean(ordered) / 1e6,
         )
-
-
-def _rank(ordered: Sequence[int | float], percent: float) -> int | float:
-    """Nearest-rank percentile of sorted samples."""
-    return ordered[max(0, math.ceil(percent / 100.0 * len(ordered)) - 1)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,34 +138,6 @@ def note(text: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # Machine and database
 # --------------------------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count() or 0
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count() or 0,
-        "usable_cores": usable,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(),
-        "asyncpg": asyncpg.__version__,
-    }
-
-
-def load_average() -> list[float] | None:
-    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -762,7 +729,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     return {
         "machine": {
-            **machine_info(),
+            **machine_info(["asyncpg"]),
             "postgresql": server_facts_,
             "load_average_before": load_before,
             "load_average_after": load_average(),

@@ -82,17 +82,20 @@ class DurableRuleset:
         if code == _ASSERT_OBSERVED:
             _engine.retract_fact(handle, message)
             code, state = _engine.assert_fact(handle, message)
+        if code == _ASSERT_NO_MATCH:
+            # A fact that reached no rule is not stored, so there is nothing to retract (measured: asserting
+            # it again answers "no match", not "observed"); were it ever stored, the branch above recovers.
+            return
         try:
-            if code == _ASSERT_OK:
-                result = _engine.start_action_for_state(handle, state)
-                rule_of = partition.rule_of
-                if result is not None:
-                    text = result[1]
-                    while text:
-                        matched.add(rule_of[text[2 : text.index('"', 2)]])
-                        text = _engine.complete_and_start_action(handle, state)
-            elif code != _ASSERT_NO_MATCH:
+            if code != _ASSERT_OK:
                 raise EngineFailure(f"rules engine answered code {code} on {partition.name}")
+            result = _engine.start_action_for_state(handle, state)
+            rule_of = partition.rule_of
+            if result is not None:
+                text = result[1]
+                while text:
+                    matched.add(rule_of[text[2 : text.index('"', 2)]])
+                    text = _engine.complete_and_start_action(handle, state)
         finally:
             _engine.retract_fact(handle, message)
 
