@@ -161,7 +161,7 @@ def test_sigterm_under_load_exits_cleanly_and_keeps_every_decision(start_fresh_s
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # a race: it loses in practically every loaded run, but a lucky run must not fail CI
     reason="calls the transport accepted but the event loop had not yet picked up when SIGTERM arrived are "
     "CANCELLED by grpc.aio Server.stop (grpc/grpc#41785), not completed within the grace period nor refused "
     "with UNAVAILABLE; GrpcServer.stop has no drain phase (see report)",
