@@ -1,4 +1,4 @@
-"""What both benchmarks report the same way: the machine they ran on and nearest-rank percentiles."""
+"""What both benchmarks report the same way: the machine, latency distributions and target verdicts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import importlib.metadata
 import math
 import os
 import platform
+import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -44,3 +46,56 @@ def machine_info(packages: Sequence[str]) -> dict[str, Any]:
 
 def load_average() -> list[float] | None:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """A latency distribution, in the unit `scale` nanoseconds make (1e3: microseconds, 1e6: milliseconds)."""
+
+    count: int
+    median: float
+    p90: float
+    p99: float
+    max: float
+    mean: float
+
+    @classmethod
+    def of(cls, samples_ns: Sequence[int | float], scale: float) -> Stats:
+        if not samples_ns:
+            return cls(0, math.nan, math.nan, math.nan, math.nan, math.nan)
+        ordered = sorted(samples_ns)
+        return cls(
+            count=len(ordered),
+            median=statistics.median(ordered) / scale,
+            p90=rank(ordered, 90) / scale,
+            p99=rank(ordered, 99) / scale,
+            max=ordered[-1] / scale,
+            mean=statistics.fmean(ordered) / scale,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    measured: float
+    limit: float
+    unit: str
+    equal: bool = False  # "measured == limit" instead of "measured < limit"
+    decimals: int = 2
+
+    @property
+    def passed(self) -> bool:
+        return self.measured == self.limit if self.equal else self.measured < self.limit
+
+    def condition(self) -> str:
+        return f"== {self.limit:,.0f}" if self.equal else f"< {self.limit:g} {self.unit}"
+
+    def verdict(self) -> str:
+        if self.equal:
+            if self.passed:
+                return "PASS (equal)"
+            return f"MISS by {self.measured - self.limit:+,.0f} {self.unit}"
+        if self.passed:
+            return f"PASS ({self.limit - self.measured:.{self.decimals}f} {self.unit} to spare)"
+        over = self.measured - self.limit
+        return f"MISS by {over:.{self.decimals}f} {self.unit} ({over / self.limit:.0%} over)"

@@ -25,13 +25,13 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
-from bench_common import load_average, machine_info, rank
+from bench_common import Stats, Target, load_average, machine_info
 
 from nba_service.domain.compiler import CompiledRuleset, compile_ruleset
 from nba_service.domain.facts import Facts, project
@@ -55,48 +55,6 @@ TARGET_P99_US = 150.0
 TARGET_RSS_GROWTH_MIB = 10.0
 
 Evaluate = Callable[[Facts], list[int]]
-
-
-@dataclass(frozen=True, slots=True)
-class Stats:
-    """A latency distribution in microseconds."""
-
-    count: int
-    median: float
-    p90: float
-    p99: float
-    max: float
-    mean: float
-
-    @classmethod
-    def of(cls, samples_ns: Sequence[int]) -> Stats:
-        ordered = sorted(samples_ns)
-        return cls(
-            count=len(ordered),
-            median=statistics.median(ordered) / 1000.0,
-            p90=rank(ordered, 90) / 1000.0,
-            p99=rank(ordered, 99) / 1000.0,
-            max=ordered[-1] / 1000.0,
-            mean=statistics.fmean(ordered) / 1000.0,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    name: str
-    measured: float
-    limit: float
-    unit: str
-
-    @property
-    def passed(self) -> bool:
-        return self.measured < self.limit
-
-    def verdict(self) -> str:
-        if self.passed:
-            return f"PASS ({self.limit - self.measured:.1f} {self.unit} to spare)"
-        over = self.measured - self.limit
-        return f"MISS by {over:.1f} {self.unit} ({over / self.limit:.0%} over)"
 
 
 def timer_overhead_ns(rounds: int = 100_000) -> float:
@@ -243,11 +201,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         loaded.close()
 
-    engine = Stats.of(engine_ns)
+    engine = Stats.of(engine_ns, 1e3)
     targets = [
-        Target("engine median per evaluation", engine.median, TARGET_MEDIAN_US, "us"),
-        Target("engine p99 per evaluation", engine.p99, TARGET_P99_US, "us"),
-        Target(f"RSS growth, {args.evaluations:,} evaluations", memory["rss_growth_mib"], TARGET_RSS_GROWTH_MIB, "MiB"),
+        Target("engine median per evaluation", engine.median, TARGET_MEDIAN_US, "us", decimals=1),
+        Target("engine p99 per evaluation", engine.p99, TARGET_P99_US, "us", decimals=1),
+        Target(
+            f"RSS growth, {args.evaluations:,} evaluations",
+            memory["rss_growth_mib"],
+            TARGET_RSS_GROWTH_MIB,
+            "MiB",
+            decimals=1,
+        ),
     ]
     return {
         "machine": {**machine_info(["durable-rules"]), "load_average": load_average()},
@@ -277,9 +241,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "latency_us": {
             "engine": asdict(engine),
-            "reference": asdict(Stats.of(reference_ns)),
-            "projection": asdict(Stats.of(projection_ns)),
-            "project_and_engine": asdict(Stats.of(decision_ns)),
+            "reference": asdict(Stats.of(reference_ns, 1e3)),
+            "projection": asdict(Stats.of(projection_ns, 1e3)),
+            "project_and_engine": asdict(Stats.of(decision_ns, 1e3)),
         },
         "agreement": {"disagreements": len(problems), "examples": problems[:10]},
         "memory": memory,

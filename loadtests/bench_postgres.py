@@ -36,7 +36,6 @@ import os
 import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,7 +51,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psutil
-from bench_common import load_average, machine_info, rank
+from bench_common import Stats, Target, load_average, machine_info
 
 from nba_service.app import contact_history_window
 from nba_service.domain.loader import load_ruleset_file
@@ -77,58 +76,6 @@ LATE_MS = 5.0
 # --------------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Stats:
-    """A latency distribution in milliseconds."""
-
-    count: int
-    median: float
-    p90: float
-    p99: float
-    max: float
-    mean: float
-
-    @classmethod
-    def of(cls, samples_ns: Sequence[int | float]) -> Stats:
-        if not samples_ns:
-            return cls(0, math.nan, math.nan, math.nan, math.nan, math.nan)
-        ordered = sorted(samples_ns)
-        return cls(
-            count=len(ordered),
-            median=statistics.median(ordered) / 1e6,
-            p90=rank(ordered, 90) / 1e6,
-            p99=rank(ordered, 99) / 1e6,
-            max=ordered[-1] / 1e6,
-            mean=statistics.fmean(ordered) / 1e6,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    name: str
-    measured: float
-    limit: float
-    unit: str
-    equal: bool = False  # "measured == limit" instead of "measured < limit"
-
-    @property
-    def passed(self) -> bool:
-        return self.measured == self.limit if self.equal else self.measured < self.limit
-
-    def condition(self) -> str:
-        return f"== {self.limit:,.0f}" if self.equal else f"< {self.limit:g} {self.unit}"
-
-    def verdict(self) -> str:
-        if self.equal:
-            if self.passed:
-                return "PASS (equal)"
-            return f"MISS by {self.measured - self.limit:+,.0f} {self.unit}"
-        if self.passed:
-            return f"PASS ({self.limit - self.measured:.2f} {self.unit} to spare)"
-        over = self.measured - self.limit
-        return f"MISS by {over:.2f} {self.unit} ({over / self.limit:.0%} over)"
 
 
 def note(text: str) -> None:
@@ -262,8 +209,8 @@ async def profile_reads(dsn: str, customers: int, reads: int, warmup: int, rng: 
         "history_days": history / timedelta(days=1),
         "mean_events_per_profile": events / reads,
         "mean_contacts_per_profile": contacts / reads,
-        "get_profile_ms": asdict(Stats.of(store_ns)),
-        "fetchrow_ms": asdict(Stats.of(sql_ns)),
+        "get_profile_ms": asdict(Stats.of(store_ns, 1e6)),
+        "fetchrow_ms": asdict(Stats.of(sql_ns, 1e6)),
     }
 
 
@@ -628,9 +575,9 @@ def phase_summary(result: PhaseResult, rate: float) -> dict[str, Any]:
         "generator_cpu_seconds": result.cpu_s,
         "late_calls": late,
         "behind_schedule": late > 0 or achieved < 0.99 * rate,
-        "latency_ms": asdict(Stats.of(result.latency_ns)),
-        "latency_from_schedule_ms": asdict(Stats.of(result.scheduled_ns)),
-        "schedule_lag_ms": asdict(Stats.of(result.lag_ns)),
+        "latency_ms": asdict(Stats.of(result.latency_ns, 1e6)),
+        "latency_from_schedule_ms": asdict(Stats.of(result.scheduled_ns, 1e6)),
+        "schedule_lag_ms": asdict(Stats.of(result.lag_ns, 1e6)),
     }
 
 
@@ -652,7 +599,7 @@ async def decision_rows(dsn: str, steady_from: float, steady_to: float) -> dict[
         )
     finally:
         await conn.close()
-    return {"ids": ids, "server_latency_ms": asdict(Stats.of([r["latency_ms"] * 1e6 for r in latencies]))}
+    return {"ids": ids, "server_latency_ms": asdict(Stats.of([r["latency_ms"] * 1e6 for r in latencies], 1e6))}
 
 
 # --------------------------------------------------------------------------------------------------
