@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench bench-pg proto clean
+.PHONY: serve test lint bench bench-pg bench-embedded proto clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'" >&2; exit 1; }
@@ -26,6 +26,9 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python loadtests/bench_engine.py
+
+bench-embedded: $(STAMP)
+	$(BIN)/python loadtests/bench_embedded.py
 
 bench-pg: $(STAMP)
 	$(BIN)/python loadtests/bench_postgres.py

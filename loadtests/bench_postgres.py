@@ -3,7 +3,7 @@
 Not a timed test: it prints figures (and PASS/MISS against the issue's targets) for a human or a CI log.
 
     python loadtests/bench_postgres.py [--dsn SERVER_DSN] [--customers 100000] [--rate 500] [--duration 30]
-                                       [--keep] [--json]
+                                       [--commit-seconds 10] [--keep] [--json]
 
 What it does, in order:
 1. creates a fresh database `nba_bench_<pid>` on the server named by `--dsn` (env NBA_BENCH_DSN), migrates
@@ -15,8 +15,12 @@ What it does, in order:
    second for `--duration` seconds over random customers and alternating channels. Calls go out on
    schedule whatever the server answers; how far the generator fell behind the schedule is reported.
    Meanwhile the CPU of the server, its PostgreSQL backends, the generator and the whole machine is sampled;
-4. sends SIGTERM, waits for the server to drain its decision log and exit, and compares the rows in
-   `decisions` with the decisions answered OK (warm-up included), id by id.
+4. sends SIGTERM, waits for the server to exit, and compares the rows of `decisions` marked sent with the
+   decisions answered OK (warm-up included), id by id; from the same rows it counts the commits the server
+   made (rows of one commit share `written_at`, the transaction's start) and how long records waited for one;
+5. the cost of durability on its own: real records from that run, re-numbered, go through a
+   `GroupCommitWriter` over `PostgresRecordSink` in this process at the same open-loop rate for
+   `--commit-seconds`, and each `record()` call (the wait an answer has for its commit) is timed.
 
 The database is dropped at the end unless `--keep`. The exit status is 1 if the rows and the answered
 decisions differ (or the server did not stop cleanly); with `--fail-on-miss` it is 2 when a latency
@@ -40,9 +44,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -55,6 +60,9 @@ from bench_common import Stats, Target, load_average, machine_info
 
 from nba_service.app import contact_history_window
 from nba_service.domain.loader import load_ruleset_file
+from nba_service.domain.records import DecisionRecord
+from nba_service.stores.group_commit import GroupCommitWriter
+from nba_service.stores.postgres.decision_log import PostgresRecordExport, PostgresRecordSink
 from nba_service.stores.postgres.migrate import migrate
 from nba_service.stores.postgres.profiles import PROFILE_SQL, PostgresProfileStore, create_pool
 from nba_service.stores.postgres.seed import seed
@@ -172,7 +180,8 @@ async def profile_reads(dsn: str, customers: int, reads: int, warmup: int, rng: 
     ruleset = load_ruleset_file(RULESET)
     history = contact_history_window(ruleset)
     pool = await create_pool(dsn, min_size=1, max_size=2)
-    store = PostgresProfileStore(pool, history=history)
+    event_types = sorted(ruleset.events)
+    store = PostgresProfileStore(pool, history=history, event_types=event_types)
     clock = time.perf_counter_ns
     try:
         note(f"profile reads: warming up ({warmup:,} reads) ...")
@@ -195,11 +204,11 @@ async def profile_reads(dsn: str, customers: int, reads: int, warmup: int, rng: 
         async with pool.acquire() as conn:
             for ident in ids[: min(warmup, reads)]:
                 now = datetime.now(UTC)
-                await conn.fetchrow(PROFILE_SQL, ident, now, now - history)
+                await conn.fetchrow(PROFILE_SQL, ident, now, now - history, event_types)
             for ident in ids:
                 start = clock()
                 now = datetime.now(UTC)
-                await conn.fetchrow(PROFILE_SQL, ident, now, now - history)
+                await conn.fetchrow(PROFILE_SQL, ident, now, now - history, event_types)
                 sql_ns.append(clock() - start)
     finally:
         await store.close()
@@ -231,7 +240,8 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
     return items
 
 
-def server_command(dsn: str, workdir: Path, extra: Sequence[str]) -> list[str]:
+def server_command(workdir: Path, extra: Sequence[str]) -> list[str]:
+    """The server's command line; the DSN goes in its environment (`start_server`), never on a command line."""
     script = Path(sys.executable).parent / "nba"
     launcher = [str(script)] if script.exists() else [sys.executable, "-c", "from nba_service.cli import main; main()"]
     # --log-level info, not warning: the `serving` event that names the address is logged at info, and
@@ -241,16 +251,14 @@ def server_command(dsn: str, workdir: Path, extra: Sequence[str]) -> list[str]:
         "serve",
         "--store",
         "postgres",
-        "--dsn",
-        dsn,
         "--host",
         "127.0.0.1",
         "--port",
         "0",
         "--rulesets",
         str(RULESET),
-        "--decision-log",
-        str(workdir / "decisions.jsonl"),
+        "--spill-dir",
+        str(workdir),
         "--log-format",
         "json",
         "--log-level",
@@ -259,8 +267,8 @@ def server_command(dsn: str, workdir: Path, extra: Sequence[str]) -> list[str]:
     ]
 
 
-def start_server(command: list[str], log_path: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NBA_")}
+def start_server(command: list[str], dsn: str, log_path: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("NBA_")}, "NBA_DSN": dsn}
     with log_path.open("wb") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, cwd=workdir, env=env)
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -582,24 +590,111 @@ def phase_summary(result: PhaseResult, rate: float) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Decision log check
+# Decision records: what the server stored, and what durability costs
 # --------------------------------------------------------------------------------------------------
 
 
 async def decision_rows(dsn: str, steady_from: float, steady_to: float) -> dict[str, Any]:
+    window = (datetime.fromtimestamp(steady_from, UTC), datetime.fromtimestamp(steady_to, UTC))
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
-        ids = {str(r["decision_id"]) for r in await conn.fetch("SELECT decision_id FROM decisions")}
+        stored = {
+            str(r["decision_id"]): r["delivery"]
+            for r in await conn.fetch("SELECT decision_id, delivery FROM decisions")
+        }
         # The service's own time per decision (validation, profile read, projection, engine, policies,
-        # scripts), as it recorded it; gRPC, protobuf and waiting for the event loop are outside it.
-        latencies = await conn.fetch(
-            "SELECT latency_ms FROM decisions WHERE decided_at BETWEEN $1 AND $2",
-            datetime.fromtimestamp(steady_from, UTC),
-            datetime.fromtimestamp(steady_to, UTC),
+        # scripts) before its record is handed to the writer; gRPC, protobuf, waiting for the event loop and
+        # waiting for the commit are outside it.
+        latencies = await conn.fetch("SELECT latency_ms FROM decisions WHERE decided_at BETWEEN $1 AND $2", *window)
+        # Rows of one commit share `written_at` (now(): the start of their transaction). From the moment the
+        # record was ready (decided_at + latency_ms) to that start, it waited for the commit before it.
+        commits = await conn.fetch(
+            "SELECT count(*) AS n FROM decisions WHERE decided_at BETWEEN $1 AND $2 GROUP BY written_at", *window
+        )
+        waits = await conn.fetch(
+            "SELECT extract(epoch FROM written_at - decided_at) * 1000 - latency_ms AS ms FROM decisions"
+            " WHERE decided_at BETWEEN $1 AND $2",
+            *window,
         )
     finally:
         await conn.close()
-    return {"ids": ids, "server_latency_ms": asdict(Stats.of([r["latency_ms"] * 1e6 for r in latencies], 1e6))}
+    sizes = [int(r["n"]) for r in commits]
+    return {
+        "stored": stored,
+        "server_latency_ms": asdict(Stats.of([r["latency_ms"] * 1e6 for r in latencies], 1e6)),
+        "commits": len(sizes),
+        "records_per_commit": asdict(Stats.of(sizes, 1)),
+        "wait_for_commit_start_ms": asdict(Stats.of([max(0.0, float(r["ms"])) * 1e6 for r in waits], 1e6)),
+    }
+
+
+async def sample_records(dsn: str, count: int) -> list[DecisionRecord]:
+    """Real records from the run, read back through the export (so in exactly the format the writer takes)."""
+    pool = await create_pool(dsn, min_size=1, max_size=1)
+    records: list[DecisionRecord] = []
+    try:
+        async for item in PostgresRecordExport(pool).export(None, None, None):
+            if item["kind"] == "decision":
+                records.append(DecisionRecord.from_json(item))
+                if len(records) >= count:
+                    break
+    finally:
+        await pool.close()
+    return records
+
+
+async def commit_wait(
+    dsn: str, samples: Sequence[DecisionRecord], rate: float, seconds: float, spill_dir: Path
+) -> dict[str, Any]:
+    """Open-loop `record()` calls at `rate` through the writer the server uses: each call's time is the wait
+    an answer has for the commit of its record (queueing behind the commit before it included)."""
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    writer = GroupCommitWriter(PostgresRecordSink(pool, timeout=5.0), timeout=5.0, spill_dir=spill_dir)
+    await writer.start()
+    clock = time.perf_counter_ns
+    waits: list[int] = []
+    failures = 0
+
+    async def one(record: DecisionRecord) -> None:
+        nonlocal failures
+        started = clock()
+        try:
+            await writer.record(record)
+        except Exception:  # counted: a figure with failures in it is not a commit wait
+            failures += 1
+            return
+        waits.append(clock() - started)
+
+    tasks: list[asyncio.Task[None]] = []
+    count = max(1, round(rate * seconds))
+    interval_ns = 1e9 / rate
+    cpu = time.process_time()
+    start = clock() + 5_000_000
+    try:
+        for index in range(count):
+            due = start + round(index * interval_ns)
+            delay = due - clock()
+            if delay > 0:
+                await asyncio.sleep(delay / 1e9)
+            record = replace(samples[index % len(samples)], decision_id=str(uuid.uuid4()))
+            tasks.append(asyncio.create_task(one(record)))
+        await asyncio.gather(*tasks)
+        cpu = time.process_time() - cpu
+    finally:
+        await writer.close()
+        await pool.close()
+    stats = writer.stats
+    return {
+        "records": count,
+        "rate": rate,
+        "seconds": seconds,
+        "failures": failures,
+        "commits": stats.batches,
+        "records_per_commit": stats.written / stats.batches if stats.batches else math.nan,
+        "wait_ms": asdict(Stats.of(waits, 1e6)),
+        # This process's CPU per record: the writer, the sink, asyncpg and the schedule loop (a few us).
+        "cpu_ms_per_record": cpu / count * 1000.0,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -627,10 +722,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         reads = asyncio.run(profile_reads(dsn, args.customers, args.reads, args.warmup_reads, rng))
 
         log_path = workdir / "server.log"
-        command = server_command(dsn, workdir, args.server_arg)
-        note(f"starting the server: {' '.join(redacted(c) for c in command)}")
+        command = server_command(workdir, args.server_arg)
+        note(f"starting the server: NBA_DSN={redacted(dsn)} {' '.join(command)}")
         started = time.perf_counter()
-        server, address = start_server(command, log_path, workdir)
+        server, address = start_server(command, dsn, log_path, workdir)
         startup_s = time.perf_counter() - started
         note(f"serving on {address} (pid {server.pid}) after {startup_s:.2f} s; warming up for {args.warmup:g} s ...")
         options = {
@@ -643,19 +738,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         load = run_load(address, server.pid, options, dsn, database)
         warm, steady = load["warmup"], load["steady"]
-        note("stopping the server (SIGTERM; it drains the decision log) ...")
+        note("stopping the server (SIGTERM; it finishes its calls and commits) ...")
         exit_code, stop_s = stop_server(server, args.stop_timeout)
         server = None
         events = read_json_lines(log_path)
         stopped = next((e for e in events if e.get("event") == "stopped"), {})
         problems = [e for e in events if e.get("level") in ("warning", "error", "critical")]
-        spilled = sorted(p.name for p in workdir.glob("decisions-unsent-*.jsonl"))
+        spilled = sorted(p.name for p in workdir.glob("records-unsent-*.jsonl"))
 
         rows = asyncio.run(decision_rows(dsn, steady.wall_start, steady.wall_end + args.timeout))
         answered = set(warm.decision_ids) | set(steady.decision_ids)
         ok_total = warm.codes.get("OK", 0) + steady.codes.get("OK", 0)
-        row_count = len(rows["ids"])
+        sent = {d for d, delivery in rows["stored"].items() if delivery == "sent"}
+        row_count = len(sent)
         server_facts_ = prepared["server"]
+
+        durability: dict[str, Any] = {}
+        if args.commit_seconds > 0:
+            samples = asyncio.run(sample_records(dsn, 2000))
+            if samples:
+                note(f"commit wait: {args.rate:g} records/s through the writer for {args.commit_seconds:g} s ...")
+                durability = asyncio.run(commit_wait(dsn, samples, args.rate, args.commit_seconds, workdir / "commit"))
     finally:
         if server is not None:
             stop_server(server, 10)
@@ -672,7 +775,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     targets = [
         Target("profile read p99 (get_profile)", profile_p99, TARGET_PROFILE_P99_MS, "ms"),
         Target(f"Decide p99 at {args.rate:g}/s over gRPC", decide_p99, TARGET_DECIDE_P99_MS, "ms"),
-        Target("decision-log rows == OK decisions", row_count, ok_total, "rows", equal=True),
+        Target("rows marked sent == OK decisions", row_count, ok_total, "rows", equal=True),
     ]
     return {
         "machine": {
@@ -697,7 +800,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "startup_seconds": startup_s,
             "exit_code": exit_code,
             "stop_seconds": stop_s,
-            "decisions_logged": stopped.get("decisions_logged"),
+            "decisions_recorded": stopped.get("decisions_recorded"),
             "warnings": [f"{e.get('level')}: {e.get('event')} {e.get('error', '')}".strip() for e in problems][:20],
             "spill_files": spilled,
             "log": str(log_path) if args.keep else None,
@@ -706,17 +809,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "warmup": phase_summary(warm, args.rate),
             "steady": steady_summary,
             "server_latency_ms": rows["server_latency_ms"],
+            "commits": rows["commits"],
+            "records_per_commit": rows["records_per_commit"],
+            "wait_for_commit_start_ms": rows["wait_for_commit_start_ms"],
             "cpu": load["cpu"],
             "timeout_s": args.timeout,
         },
+        "commit_wait": durability,
         "decision_log": {
-            "rows": row_count,
+            "rows": len(rows["stored"]),
+            "rows_sent": row_count,
             "ok_answers": ok_total,
             "ok_warmup": warm.codes.get("OK", 0),
             "ok_steady": steady.codes.get("OK", 0),
-            "equal": row_count == ok_total,
-            "answered_missing_from_table": len(answered - rows["ids"]),
-            "rows_never_answered": len(rows["ids"] - answered),
+            "equal": sent == answered and row_count == ok_total,
+            "answered_missing_from_table": len(answered - sent),
+            "rows_sent_never_answered": len(sent - answered),
         },
         "targets": [
             {"name": t.name, "measured": t.measured, "limit": t.limit, "unit": t.unit, "passed": t.passed}
@@ -816,19 +924,37 @@ def print_report(report: dict[str, Any]) -> None:
             "other programs, PostgreSQL's background workers, the kernel)"
         )
     print()
+    per_commit = decide["records_per_commit"]
+    print(
+        f"the cost of durability (answered means recorded): the server made {decide['commits']:,} commits in the "
+        f"steady phase, {per_commit['mean']:.2f} records per commit on average (median {per_commit['median']:g}, "
+        f"p99 {per_commit['p99']:g}, max {per_commit['max']:g})"
+    )
+    _header("per decision (ms)")
+    print(_row("server: record ready -> its commit starts", decide["wait_for_commit_start_ms"]))
+    wait = report["commit_wait"]
+    if wait:
+        print(_row("writer alone: record() -> committed", wait["wait_ms"]))
+        print(
+            f"(writer alone: {wait['records']:,} real records of this run, re-numbered, at {wait['rate']:g}/s for "
+            f"{wait['seconds']:g} s through GroupCommitWriter + PostgresRecordSink in this process: "
+            f"{wait['commits']:,} commits, {wait['records_per_commit']:.2f} records per commit, "
+            f"{wait['cpu_ms_per_record']:.3f} ms of CPU per record, {wait['failures']} failures)"
+        )
+    print()
     log = report["decision_log"]
     print(
         f"server: started in {server['startup_seconds']:.2f} s; SIGTERM -> exit {server['exit_code']} in "
-        f"{server['stop_seconds']:.2f} s; it reported {server['decisions_logged']} decisions logged; "
+        f"{server['stop_seconds']:.2f} s; it reported {server['decisions_recorded']} decisions recorded; "
         f"spill files: {len(server['spill_files'])}; warnings/errors in its log: {len(server['warnings'])}"
     )
     for warning in server["warnings"]:
         print(f"  {warning}")
     print(
-        f"decision log: {log['rows']:,} rows vs {log['ok_answers']:,} OK answers "
-        f"({log['ok_warmup']:,} warm-up + {log['ok_steady']:,} steady): {'EQUAL' if log['equal'] else 'DIFFERENT'}; "
-        f"answered but missing {log['answered_missing_from_table']:,}, rows never answered OK "
-        f"{log['rows_never_answered']:,}"
+        f"decision records: {log['rows_sent']:,} rows marked sent (of {log['rows']:,}) vs {log['ok_answers']:,} OK "
+        f"answers ({log['ok_warmup']:,} warm-up + {log['ok_steady']:,} steady): "
+        f"{'EQUAL' if log['equal'] else 'DIFFERENT'}; answered but missing {log['answered_missing_from_table']:,}, "
+        f"rows marked sent but never answered OK {log['rows_sent_never_answered']:,}"
     )
     print()
     for target in report["_targets"]:
@@ -858,6 +984,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="ARG",
         help="extra argument for `nba serve`, repeatable (e.g. --server-arg=--pool-max=20)",
     )
+    parser.add_argument(
+        "--commit-seconds",
+        type=float,
+        default=10.0,
+        help="seconds of the writer-alone commit-wait phase at --rate (default 10; 0 skips it)",
+    )
     parser.add_argument("--stop-timeout", type=float, default=90.0, help="seconds to wait for the server to exit")
     parser.add_argument("--keep", action="store_true", help="keep the database (and the server log) afterwards")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary instead of the table")
@@ -867,6 +999,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--customers must be between 1 and 999999")
     if args.rate <= 0 or args.duration <= 0 or args.warmup < 0 or args.reads < 1 or args.warmup_reads < 0:
         parser.error("--rate, --duration and --reads must be positive; --warmup and --warmup-reads not negative")
+    if args.commit_seconds < 0:
+        parser.error("--commit-seconds must not be negative")
     return args
 
 

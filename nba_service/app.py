@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -10,17 +11,14 @@ import structlog
 from nba_service.domain.compiler import compile_ruleset
 from nba_service.domain.loader import load_ruleset_dir
 from nba_service.domain.model import Ruleset
-from nba_service.domain.ports import ProfileStore
+from nba_service.domain.ports import ProfileStore, RecordExport, RecordSink
 from nba_service.domain.reference import ReferenceEvaluator
 from nba_service.engine.durable import DurableEngine
-from nba_service.errors import NbaError, RulesetInvalid, RulesetProblem
+from nba_service.errors import RulesetInvalid, RulesetProblem, Unavailable
 from nba_service.service import ActiveRuleset, DecisionService
 from nba_service.settings import Settings
-from nba_service.stores.jsonl_log import JsonlDecisionLog
-from nba_service.stores.memory import MemoryProfileStore
-from nba_service.stores.postgres.decision_log import PostgresDecisionLog
-from nba_service.stores.postgres.migrate import pending
-from nba_service.stores.postgres.profiles import CONNECTION_ERRORS, PostgresProfileStore, create_pool
+from nba_service.stores.group_commit import GroupCommitWriter
+from nba_service.stores.sqlite import SqliteStore
 from nba_service.synthetic import SAMPLE_PATH, read_sample
 
 log = structlog.get_logger(__name__)
@@ -54,7 +52,12 @@ class Application:
     settings: Settings
     service: DecisionService
     store: ProfileStore
-    decision_log: JsonlDecisionLog | PostgresDecisionLog
+    decision_log: GroupCommitWriter
+    export: RecordExport
+
+    async def ready(self) -> bool:
+        """Serving means both reading profiles and making decision records durable are possible now."""
+        return self.decision_log.healthy() and await self.store.ready()
 
     async def close(self) -> None:
         await self.decision_log.close()
@@ -68,50 +71,41 @@ def contact_history_window(ruleset: Ruleset) -> timedelta:
     return max([timedelta(days=1), *windows])
 
 
-class SchemaNotReadyError(NbaError):
-    pass
-
-
-async def _postgres(settings: Settings, ruleset: Ruleset) -> tuple[PostgresProfileStore, PostgresDecisionLog]:
-    assert settings.dsn is not None
-    pool = await create_pool(settings.dsn, min_size=0, max_size=settings.pool_max, connect_timeout=2.0)
-    try:
-        async with pool.acquire(timeout=3.0) as conn:
-            missing = await pending(conn)
-    except CONNECTION_ERRORS as exc:
-        log.warning(
-            "database_unreachable_at_start",
-            error=f"{type(exc).__name__}: {exc}",
-            hint="serving NOT_SERVING until it answers",
-        )
-    else:
-        if missing:
-            await pool.close()
-            names = ", ".join(f"{m.version:04d}_{m.name}" for m in missing)
-            raise SchemaNotReadyError(f"the database schema is not up to date (missing {names}); run `nba db migrate`")
-    store = PostgresProfileStore(pool, history=contact_history_window(ruleset), timeout=settings.db_timeout)
-    decision_log = PostgresDecisionLog(
-        pool,
-        spill_dir=settings.decision_log.parent,
-        drain_timeout=settings.drain_seconds,
+async def open_sqlite(settings: Settings, ruleset: Ruleset) -> SqliteStore:
+    store = SqliteStore(
+        settings.db_path,
+        event_types=tuple(ruleset.events),
+        history=contact_history_window(ruleset),
         timeout=settings.db_timeout,
     )
-    return store, decision_log
+    sample = settings.sample or SAMPLE_PATH
+    try:
+        await store.open(lambda: read_sample(sample, datetime.now(UTC)))
+    except sqlite3.Error as exc:
+        await store.close()
+        raise Unavailable(f"cannot open the embedded database {settings.db_path}: {exc}") from exc
+    return store
 
 
 async def build_application(settings: Settings) -> Application:
     ruleset = choose_ruleset(load_ruleset_dir(settings.rulesets), settings.ruleset, str(settings.rulesets))
     store: ProfileStore
-    decision_log: JsonlDecisionLog | PostgresDecisionLog
+    sink: RecordSink
+    export: RecordExport
     if settings.store == "postgres":
-        store, decision_log = await _postgres(settings, ruleset)
-        customers: int | str = "in postgres"
+        from nba_service.stores.postgres import open_postgres  # noqa: PLC0415 - asyncpg only when asked for
+
+        store, sink, export = await open_postgres(settings, ruleset)
+        where = "postgres"
     else:
-        memory = MemoryProfileStore(read_sample(settings.sample or SAMPLE_PATH, datetime.now(UTC)))
-        customers = len(memory)
-        store, decision_log = memory, JsonlDecisionLog(settings.decision_log)
+        sqlite_store = await open_sqlite(settings, ruleset)
+        store = sink = export = sqlite_store
+        where = str(settings.db_path)
+    writer = GroupCommitWriter(
+        sink, timeout=settings.db_timeout, spill_dir=settings.spill_dir, drain_timeout=settings.drain_seconds
+    )
     active = activate(ruleset)
-    await decision_log.start()
+    await writer.start()
     log.info(
         "application_ready",
         ruleset=ruleset.meta.name,
@@ -119,8 +113,7 @@ async def build_application(settings: Settings) -> Application:
         hash=ruleset.content_hash[:12],
         rules=len(ruleset.rules),
         engine_rulesets=len(active.compiled.partitions),
-        customers=customers,
         store=settings.store,
-        decision_log="postgres" if settings.store == "postgres" else str(settings.decision_log),
+        database=where,
     )
-    return Application(settings, DecisionService(store, decision_log, active), store, decision_log)
+    return Application(settings, DecisionService(store, writer, active), store, writer, export)

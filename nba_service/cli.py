@@ -4,81 +4,181 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
-from datetime import UTC
+import types
+import typing
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import grpc
-from pydantic import ValidationError
 
-from nba_service.errors import NbaError, RulesetInvalid
+from nba_service.errors import ErrorCode, NbaError, RulesetInvalid
+
+if TYPE_CHECKING:  # grpc and pydantic are imported where used: `nba decide` starts fast, `serve` quiets grpc first
+    import grpc
+    from pydantic.fields import FieldInfo
+    from pydantic_core import ErrorDetails
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 _CHANNEL_NAMES = ("agent_desktop", "outbound_dialer")
 _OUTCOME_NAMES = ("accepted", "declined", "no_answer", "converted", "callback_requested", "not_offered")
 
+EXIT_FAILURE = 1
+EXIT_REFUSED = 2  # also click's exit code for a usage error
+EXIT_UNREACHABLE = 3
+EXIT_DEADLINE = 4
+_EXIT_BY_STATUS = {
+    "INVALID_ARGUMENT": EXIT_REFUSED,
+    "NOT_FOUND": EXIT_REFUSED,
+    "FAILED_PRECONDITION": EXIT_REFUSED,
+    "UNAVAILABLE": EXIT_UNREACHABLE,
+    "DEADLINE_EXCEEDED": EXIT_DEADLINE,
+}
+EXIT_CODES_HELP = """\b
+Exit codes of the client commands (decide, event, outcome):
+  0  done
+  1  any other failure
+  2  usage error, or the request was refused: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION
+  3  the service cannot be reached, or answers UNAVAILABLE
+  4  no answer within --timeout: DEADLINE_EXCEEDED"""
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Settings read from the environment only. A DSN carries a password, and a command line is visible to every
+# user of the machine in the process list.
+_ENV_ONLY = frozenset({"dsn"})
+# What click can check before the settings model sees the value.
+_CLICK_TYPES: dict[str, click.ParamType[Any, Any]] = {"sample": click.Path(path_type=Path, exists=True, dir_okay=False)}
+
+
+def exit_code(status: str) -> int:
+    """The exit code of a client command that failed with this gRPC status name (see EXIT_CODES_HELP)."""
+    return _EXIT_BY_STATUS.get(status, EXIT_FAILURE)
+
+
+class _Main(click.Group):
+    """Builds `serve` only when asked for: its options come from the settings model, and importing pydantic
+    for every `nba decide` would slow the commands people type most."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "serve"})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "serve":
+            return _serve_command()
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
+@click.version_option(package_name="nba-service", prog_name="nba")
 def main() -> None:
     """Contact-centre next-best-action service."""
 
 
-@main.command()
-@click.option("--host", default=None, help="Address to listen on [default: 127.0.0.1, env NBA_HOST].")
-@click.option("--port", type=int, default=None, help="Port [default: 50051, env NBA_PORT; 0 picks a free one].")
-@click.option(
-    "--rulesets",
-    "rulesets",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Ruleset file or directory [default: the bundled rulesets/, env NBA_RULESETS].",
-)
-@click.option("--ruleset", "ruleset", default=None, help="Active ruleset name when the path holds several.")
-@click.option(
-    "--store",
-    type=click.Choice(["memory", "postgres"]),
-    default=None,
-    help="Profile store [default: memory, env NBA_STORE].",
-)
-@click.option("--dsn", default=None, help="PostgreSQL DSN for --store postgres [env NBA_DSN].")
-@click.option("--db-timeout", type=float, default=None, help="Seconds a database call may take [default: 1].")
-@click.option("--pool-max", type=int, default=None, help="Most database connections [default: 10].")
-@click.option("--drain-seconds", type=float, default=None, help="How long shutdown waits for the decision log [30].")
-@click.option(
-    "--sample",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    default=None,
-    help="Customers (JSON lines) for the memory store [default: the bundled 1,000].",
-)
-@click.option(
-    "--decision-log",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Decision log file [default: var/decisions.jsonl, env NBA_DECISION_LOG].",
-)
-@click.option(
-    "--log-format", type=click.Choice(["console", "json"]), default=None, help="Log format [default: console]."
-)
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
-@click.option("--grace-seconds", type=float, default=None, help="Time in-flight calls get on shutdown [default: 10].")
-def serve(**options: Any) -> None:
-    """Run the gRPC service (embedded store and bundled rulesets unless told otherwise)."""
-    from nba_service.log_setup import configure_logging  # noqa: PLC0415 - keep `nba decide` start-up fast
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _env(name: str) -> str:
+    return f"NBA_{name.upper()}"
+
+
+def _click_type(name: str, annotation: Any) -> click.ParamType[Any, Any]:
+    if name in _CLICK_TYPES:
+        return _CLICK_TYPES[name]
+    args = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        concrete = [a for a in args if a is not type(None)]
+        if len(concrete) == 1:
+            return _click_type(name, concrete[0])
+    if typing.get_origin(annotation) is typing.Literal:
+        return click.Choice([str(a) for a in args])
+    simple: dict[Any, click.ParamType[Any, Any]] = {
+        str: click.STRING,
+        int: click.INT,
+        float: click.FLOAT,
+        bool: click.BOOL,
+        Path: click.Path(path_type=Path),
+    }
+    if annotation in simple:
+        return simple[annotation]
+    raise TypeError(f"settings field {name!r}: no command-line type for {annotation!r}")
+
+
+def _settings_option(name: str, field: FieldInfo) -> click.Option:
+    """One `serve` option for one settings field. Its default stays None so that an option not given
+    leaves the field to its NBA_* variable or the model's default."""
+    default = field.get_default(call_default_factory=True)
+    hints = [f"default: {default}"] if default is not None else []
+    hints.append(f"env {_env(name)}")
+    description = field.description or ""
+    text = f"{description[:1].upper()}{description[1:]} [{'; '.join(hints)}]".strip()
+    return click.Option([_flag(name), name], type=_click_type(name, field.annotation), default=None, help=text)
+
+
+def _refuse_dsn_flag(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        raise click.BadParameter(
+            "a DSN on the command line is visible to everyone in the process list; set NBA_DSN instead",
+            ctx=ctx,
+            param=param,
+        )
+
+
+def _serve_command() -> click.Command:
+    from nba_service.settings import Settings  # noqa: PLC0415
+
+    params: list[click.Parameter] = [
+        _settings_option(name, field) for name, field in Settings.model_fields.items() if name not in _ENV_ONLY
+    ]
+    params.append(click.Option(["--dsn"], hidden=True, expose_value=False, callback=_refuse_dsn_flag))
+    env_only = ", ".join(_env(name) for name in sorted(_ENV_ONLY))
+    return click.Command(
+        "serve",
+        callback=_serve,
+        params=params,
+        help="Run the gRPC service (embedded SQLite store and bundled rulesets unless told otherwise).",
+        short_help="Run the gRPC service.",
+        epilog=(
+            f"Read from the environment only: {env_only} (a DSN on the command line, password included, would be "
+            "visible to everyone in the process list). gRPC's own C-core logging is off unless GRPC_VERBOSITY is set."
+        ),
+    )
+
+
+def _settings_problem(error: ErrorDetails) -> str:
+    """A settings error as the user can act on it: naming the flag and the variable, not the field."""
+    from nba_service.settings import Settings  # noqa: PLC0415
+
+    message = error["msg"].removeprefix("Value error, ")
+    loc = error["loc"]
+    if not loc or loc[0] not in Settings.model_fields:
+        return message
+    name = str(loc[0])
+    where = _env(name) if name in _ENV_ONLY else f"{_flag(name)} / {_env(name)}"
+    return f"{where}: {message}"
+
+
+def _serve(**options: Any) -> None:
+    # gRPC reads GRPC_VERBOSITY once, when it is imported: set it before anything imports grpc, or its C-core
+    # lines ("E0000 ... add_port.cc ...") come before our own message when the port is taken.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from nba_service.log_setup import configure_logging  # noqa: PLC0415
     from nba_service.runner import serve as run  # noqa: PLC0415
     from nba_service.settings import Settings  # noqa: PLC0415
+    from nba_service.transport.grpc_server import check_can_listen  # noqa: PLC0415
 
     try:
         settings = Settings(**{k: v for k, v in options.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(
-            ": ".join(
-                part for part in (".".join(str(p) for p in e["loc"]), e["msg"].removeprefix("Value error, ")) if part
-            )
-            for e in exc.errors()
-        )
-        raise click.UsageError(f"invalid settings: {problems}") from exc
+        raise click.UsageError(f"invalid settings: {'; '.join(_settings_problem(e) for e in exc.errors())}") from exc
+    try:
+        check_can_listen(settings.host, settings.port)  # before loading anything: a taken port fails in a moment
+    except OSError as exc:
+        click.echo(f"cannot start: {exc}", err=True)
+        sys.exit(2)
     configure_logging(settings.log_format, settings.log_level)
     try:
         asyncio.run(run(settings))
@@ -88,43 +188,79 @@ def serve(**options: Any) -> None:
     except (OSError, NbaError) as exc:
         click.echo(f"cannot start: {exc}", err=True)
         sys.exit(2)
+    _leave_stuck_threads()
 
 
-def _call(target: str, method: str, request: Any, timeout: float = 5.0) -> Any:
+def _leave_stuck_threads() -> None:
+    """A database thread blocked on a stalled disk would hold the interpreter's exit for as long as the disk
+    stalls; shutdown has already said what it could not write, so the process leaves without it."""
+    import threading  # noqa: PLC0415
+
+    import structlog  # noqa: PLC0415
+
+    stuck = [t.name for t in threading.enumerate() if t.name.startswith("sqlite-") and t.is_alive()]
+    if stuck:
+        structlog.get_logger(__name__).error("left_threads_blocked_on_the_database", threads=stuck)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def _call(target: str, method: str, request: Any, timeout: float) -> Any:
     """One unary call; a failure is printed for a person and ends the command with a telling exit code."""
+    import grpc  # noqa: PLC0415
+
     from nba_service._proto.nba.v1 import nba_pb2_grpc  # noqa: PLC0415
 
     with grpc.insecure_channel(target) as conn:
         try:
             return getattr(nba_pb2_grpc.NextBestActionStub(conn), method)(request, timeout=timeout)
         except grpc.RpcError as exc:
-            _client_error(exc, target)
-            raise AssertionError("unreachable") from exc  # _client_error exits
+            _client_error(exc, target, timeout)
 
 
-def _client_error(exc: grpc.RpcError, target: str) -> NoReturn:
+def _client_error(exc: grpc.RpcError, target: str, timeout: float) -> NoReturn:
     from nba_service.transport.grpc_errors import field_violations  # noqa: PLC0415
 
-    code = exc.code()
-    if code == grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower():
-        click.echo(f"error: cannot reach the service at {target} (is `nba serve` running?)", err=True)
-        sys.exit(3)
+    status = exc.code().name
     details = exc.details() or ""
-    click.echo(f"error: {code.name}: {details}", err=True)
-    for field, problem in field_violations(exc).items():
-        if details != f"{field}: {problem}":
-            click.echo(f"  {field}: {problem}", err=True)
-    sys.exit(2 if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) else 1)
+    if status == "UNAVAILABLE" and "connect" in details.lower():
+        click.echo(f"error: cannot reach the service at {target} (is `nba serve` running?)", err=True)
+    elif status == "DEADLINE_EXCEEDED":
+        click.echo(f"error: DEADLINE_EXCEEDED: no answer from {target} within {timeout:g} s (see --timeout)", err=True)
+    else:
+        click.echo(f"error: {status}: {details}", err=True)
+        for field, problem in field_violations(exc).items():
+            if details != f"{field}: {problem}":
+                click.echo(f"  {field}: {problem}", err=True)
+    sys.exit(exit_code(status))
+
+
+_TARGET = click.option("--target", default=DEFAULT_TARGET, show_default=True, envvar="NBA_TARGET")
+_TIMEOUT = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Deadline in seconds.",
+)
 
 
 @main.command()
 @click.argument("customer_id")
 @click.option("--channel", type=click.Choice(_CHANNEL_NAMES), default="agent_desktop", show_default=True)
-@click.option("--max-actions", type=int, default=0, help="At most this many actions (0: the server's default, 3).")
+@click.option(
+    "--max-actions",
+    # The proto's uint32: the server decides the useful range (1-20) and says so; this only keeps
+    # values the request cannot even carry from ending in a traceback.
+    type=click.IntRange(0, 2**32 - 1),
+    default=0,
+    help="At most this many actions (0: the server's default, 3).",
+)
 @click.option("--reason", default="", help="Why the customer called / why the call is placed.")
-@click.option("--target", default=DEFAULT_TARGET, show_default=True, envvar="NBA_TARGET")
-@click.option("--timeout", type=float, default=5.0, show_default=True, help="Deadline in seconds.")
-@click.option("--json", "as_json", is_flag=True, help="Print the response as JSON.")
+@_TARGET
+@_TIMEOUT
+@click.option("--json", "as_json", is_flag=True, help="Print the response as JSON (proto field names).")
 def decide(
     customer_id: str, channel: str, max_actions: int, reason: str, target: str, timeout: float, as_json: bool
 ) -> None:
@@ -141,7 +277,11 @@ def decide(
     )
     response = _call(target, "Decide", request, timeout)
     if as_json:
-        click.echo(json_format.MessageToJson(response, indent=2))
+        # The names the proto, grpcurl and the decision records use, and every field even when empty.
+        text = json_format.MessageToJson(
+            response, indent=2, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        click.echo(text)
         return
     ruleset = response.ruleset
     click.echo(f"Decision {response.decision_id} for {customer_id} on {channel}")
@@ -182,8 +322,9 @@ def _parse_value(text: str) -> tuple[str, Any]:
     help="An event attribute (repeatable). Numbers and true/false are typed; "
     "quote text that looks like a number: KEY='\"1234\"'.",
 )
-@click.option("--target", default=DEFAULT_TARGET, show_default=True, envvar="NBA_TARGET")
-def event(customer_id: str, event_type: str, attributes: tuple[str, ...], target: str) -> None:
+@_TARGET
+@_TIMEOUT
+def event(customer_id: str, event_type: str, attributes: tuple[str, ...], target: str, timeout: float) -> None:
     """Send a live trigger event for a customer (e.g. large_deposit --attr amount=48250)."""
     from nba_service._proto.nba.v1 import nba_pb2  # noqa: PLC0415
 
@@ -195,7 +336,7 @@ def event(customer_id: str, event_type: str, attributes: tuple[str, ...], target
         kind, value = _parse_value(raw)
         values[key] = nba_pb2.AttributeValue(**{kind: value})
     request = nba_pb2.IngestEventRequest(customer_id=customer_id, type=event_type, attributes=values)
-    response = _call(target, "IngestEvent", request)
+    response = _call(target, "IngestEvent", request, timeout)
     click.echo(f"event {response.event_id} recorded for {customer_id}")
 
 
@@ -204,15 +345,16 @@ def event(customer_id: str, event_type: str, attributes: tuple[str, ...], target
 @click.argument("action_id")
 @click.argument("outcome", type=click.Choice(_OUTCOME_NAMES))
 @click.option("--note", default="")
-@click.option("--target", default=DEFAULT_TARGET, show_default=True, envvar="NBA_TARGET")
-def outcome(decision_id: str, action_id: str, outcome: str, note: str, target: str) -> None:
+@_TARGET
+@_TIMEOUT
+def outcome(decision_id: str, action_id: str, outcome: str, note: str, target: str, timeout: float) -> None:
     """Record what happened with an action a decision returned."""
     from nba_service._proto.nba.v1 import nba_pb2  # noqa: PLC0415
 
     request = nba_pb2.RecordOutcomeRequest(
         decision_id=decision_id, action_id=action_id, outcome=nba_pb2.Outcome.Value(outcome.upper()), note=note
     )
-    response = _call(target, "RecordOutcome", request)
+    response = _call(target, "RecordOutcome", request, timeout)
     click.echo(f"outcome {outcome} recorded for {response.customer_id}")
 
 
@@ -307,7 +449,8 @@ def _redacted(dsn: str) -> str:
 @_DSN
 def db_migrate(dsn: str) -> None:
     """Apply the schema migrations that are missing (safe to run again)."""
-    from nba_service.stores.postgres.migrate import MigrationError, migrate  # noqa: PLC0415
+    from nba_service.errors import MigrationError  # noqa: PLC0415
+    from nba_service.stores.postgres.migrate import migrate  # noqa: PLC0415
 
     async def run() -> list[str]:
         conn = await _connect(dsn)
@@ -368,15 +511,119 @@ def db_seed(dsn: str, customers: int, seed_value: int | None, force: bool) -> No
 @_DSN
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
 def db_replay(dsn: str, files: tuple[Path, ...]) -> None:
-    """Load decision files spilled at shutdown (decisions-unsent-*.jsonl) into the decisions table."""
-    from nba_service.stores.postgres.decision_log import replay  # noqa: PLC0415
+    """Load decision records spilled at shutdown (records-unsent-*.jsonl) into the decisions table.
 
-    async def run() -> list[tuple[Path, int, int]]:
+    Safe to run again: records already stored are skipped. A line that cannot be loaded (not JSON, cut
+    short, an unknown format, or refused by PostgreSQL, which sets it aside in dead_letters) is reported
+    as FILE:LINE and the rest is loaded; the exit code is then 1.
+    """
+    import asyncpg  # noqa: PLC0415
+
+    from nba_service.stores.postgres.decision_log import FileReplay, replay  # noqa: PLC0415
+    from nba_service.stores.postgres.migrate import pending  # noqa: PLC0415
+
+    async def run() -> list[FileReplay]:
         conn = await _connect(dsn)
         try:
-            return [(path, *(await replay(conn, path))) for path in files]
+            missing = await pending(conn)
+            if missing:
+                names = ", ".join(f"{m.version:04d}_{m.name}" for m in missing)
+                raise click.ClickException(
+                    f"the database schema is not up to date (missing {names}); run `nba db migrate`"
+                )
+            return await replay(conn, files)
         finally:
             await conn.close()
 
-    for path, read, inserted in asyncio.run(run()):
-        click.echo(f"{path}: {read} decisions read, {inserted} inserted ({read - inserted} were already stored)")
+    try:
+        reports = asyncio.run(run())
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # Everything stored so far stays stored; running the command again loads the rest.
+        raise click.ClickException(f"replay stopped, the database failed: {type(exc).__name__}: {exc}") from exc
+    refused = 0
+    for report in reports:
+        click.echo(
+            f"{report.path}: {report.decisions} decisions read, {report.inserted} inserted "
+            f"({report.already_stored} were already stored); {report.updates} delivery updates, "
+            f"{report.updated} applied ({report.moot} for decisions never stored, so nothing to correct); "
+            f"{len(report.problems)} lines not loaded"
+        )
+        for problem in report.problems:
+            click.echo(str(problem), err=True)
+        refused += len(report.problems)
+    set_aside = sum(r.refused_decisions for r in reports)
+    click.echo(
+        f"replayed {len(reports)} file{'s' if len(reports) != 1 else ''}: "
+        f"{sum(r.inserted for r in reports)} decisions inserted, {sum(r.already_stored for r in reports)} already "
+        f"stored, {sum(r.updated for r in reports)} delivery updates applied, {refused} lines not loaded "
+        f"({set_aside} set aside in dead_letters)"
+    )
+    if refused:
+        sys.exit(1)
+
+
+@main.group()
+def decisions() -> None:
+    """The decision records: what agents and dialers were told, and what came of it."""
+
+
+def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """ISO 8601; a time without a zone is UTC, so `--since 2026-12-01` means midnight UTC."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time (e.g. 2026-12-01 or 2026-12-01T09:30Z)") from exc
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@decisions.command("export")
+@click.option("--since", callback=_moment, help="Only records at or after this time (ISO 8601; UTC unless given).")
+@click.option("--until", callback=_moment, help="Only records before this time.")
+@click.option("--customer", "customer_id", default=None, help="Only this customer's records.")
+@click.option(
+    "--store",
+    type=click.Choice(["sqlite", "postgres"]),
+    default="sqlite",
+    show_default=True,
+    envvar="NBA_STORE",
+    help="Which store to read [env NBA_STORE]; PostgreSQL's DSN comes from NBA_DSN.",
+)
+@click.option(
+    "--db-path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("var/nba.db"),
+    show_default=True,
+    envvar="NBA_DB_PATH",
+    help="The embedded database [env NBA_DB_PATH].",
+)
+@click.option("-o", "--out", type=click.File("w", encoding="utf-8"), default="-", help="Write here [stdout].")
+def decisions_export(
+    since: datetime | None, until: datetime | None, customer_id: str | None, store: str, db_path: Path, out: Any
+) -> None:
+    """Print decision and outcome records as JSON lines (format nba.record/1), oldest first.
+
+    Each line is one record: "kind" is "decision" or "outcome"; see docs/decision-records.md.
+    """
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from nba_service.export import export_records  # noqa: PLC0415
+    from nba_service.settings import Settings  # noqa: PLC0415
+
+    if since is not None and until is not None and until <= since:
+        raise click.BadParameter("must be after --since", param_hint="--until")
+    try:
+        settings = Settings.model_validate({"store": store, "db_path": db_path})
+    except ValidationError as exc:
+        raise click.UsageError("; ".join(_settings_problem(e) for e in exc.errors())) from exc
+
+    def write(line: str) -> None:
+        out.write(line + "\n")
+
+    try:
+        count = asyncio.run(export_records(settings, write, since=since, until=until, customer_id=customer_id))
+    except NbaError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(3 if exc.code is ErrorCode.UNAVAILABLE else 2)
+    click.echo(f"{count} records exported", err=True)

@@ -7,6 +7,7 @@ status codes in one place, so the domain never imports a transport.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -15,6 +16,11 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "not_found"
     RULESET_INVALID = "ruleset_invalid"
     UNAVAILABLE = "unavailable"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    FAILED_PRECONDITION = "failed_precondition"
+    SCHEMA_NOT_READY = "schema_not_ready"
+    MIGRATION_CONFLICT = "migration_conflict"
+    SEED_REFUSED = "seed_refused"
     INTERNAL = "internal"
 
 
@@ -40,6 +46,39 @@ class InvalidArgument(NbaError):
     def of(cls, field: str, problem: str) -> InvalidArgument:
         return cls(f"{field}: {problem}", (FieldProblem(field, problem),))
 
+    @classmethod
+    def many(cls, problems: Sequence[FieldProblem], more: int = 0) -> InvalidArgument:
+        """One error for several fields, so a caller fixes a request in one round trip instead of one per field."""
+        message = "; ".join(f"{p.field}: {p.problem}" for p in problems)
+        if more:
+            message += f"; and {more} more problem{'s' if more > 1 else ''}"
+        return cls(message, tuple(problems))
+
+
+MAX_REPORTED_PROBLEMS = 10  # each one travels in the status trailers, which gRPC caps at 8 KiB by default
+
+
+class Problems:
+    """Collects every problem of a request before refusing it: one InvalidArgument names them all.
+
+    Reports at most `limit` problems (and how many more there were): a request with hundreds of bad
+    entries must still get an answer that fits in the status trailers.
+    """
+
+    def __init__(self, limit: int = MAX_REPORTED_PROBLEMS) -> None:
+        self._found: list[FieldProblem] = []
+        self._limit = limit
+
+    def add(self, field: str, problem: str) -> None:
+        self._found.append(FieldProblem(field, problem))
+
+    def __bool__(self) -> bool:
+        return bool(self._found)
+
+    def raise_if_any(self) -> None:
+        if self._found:
+            raise InvalidArgument.many(self._found[: self._limit], max(0, len(self._found) - self._limit))
+
 
 class NotFound(NbaError):
     code = ErrorCode.NOT_FOUND
@@ -47,6 +86,12 @@ class NotFound(NbaError):
 
 class Unavailable(NbaError):
     code = ErrorCode.UNAVAILABLE
+
+
+class DeadlineExceeded(NbaError):
+    """The caller's deadline passed before the answer could be sent; the record says it was never delivered."""
+
+    code = ErrorCode.DEADLINE_EXCEEDED
 
 
 class EngineFailure(NbaError):
@@ -75,3 +120,35 @@ class RulesetInvalid(NbaError):
     def __init__(self, problems: list[RulesetProblem]) -> None:
         self.ruleset_problems = tuple(problems)
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class FailedPrecondition(NbaError):
+    """The system is not in a state the operation needs (the schema, the data); retrying will not help."""
+
+    code = ErrorCode.FAILED_PRECONDITION
+
+
+class SchemaNotReadyError(FailedPrecondition):
+    """The database schema is behind this version of the service: run `nba db migrate`."""
+
+    code = ErrorCode.SCHEMA_NOT_READY
+
+
+class MigrationError(FailedPrecondition):
+    """The migrations cannot be applied safely (edited after applying, or from a newer version)."""
+
+    code = ErrorCode.MIGRATION_CONFLICT
+
+
+class SeedError(FailedPrecondition):
+    """The database is not in a state the seed can load into."""
+
+
+class SchemaNotMigrated(SeedError):
+    code = ErrorCode.SCHEMA_NOT_READY
+
+
+class SeedRefused(SeedError):
+    """The database already holds data, and `force` was not given."""
+
+    code = ErrorCode.SEED_REFUSED

@@ -36,7 +36,7 @@ async def serve(settings: Settings, on_ready: Callable[[GrpcServer], None] | Non
     # Handlers first: a SIGTERM that arrives the moment we report ready must still shut down gracefully.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    ready = await app.store.ready()
+    ready = await app.ready()
     await server.start(serving=ready)
     log.info("serving", address=server.address, pid=os.getpid(), store=settings.store, ready=ready)
     if on_ready is not None:
@@ -49,7 +49,13 @@ async def serve(settings: Settings, on_ready: Callable[[GrpcServer], None] | Non
         monitor.cancel()
         await server.stop(settings.grace_seconds)
         await app.close()
-        log.info("stopped", decisions_logged=app.decision_log.written)
+        stats = app.decision_log.stats
+        log.info(
+            "stopped",
+            decisions_recorded=stats.written,
+            dead_letters=stats.dead_letters,
+            not_written=len(stats.unwritten),
+        )
 
 
 async def _watch_store(app: Application, server: GrpcServer, ready: bool, interval: float = 0.5) -> None:
@@ -57,7 +63,7 @@ async def _watch_store(app: Application, server: GrpcServer, ready: bool, interv
     while True:
         await asyncio.sleep(interval)
         try:
-            now_ready = await app.store.ready()
+            now_ready = await app.ready()
         except Exception:  # a broken check means "not ready", never a dead monitor
             log.exception("store_readiness_check_failed")
             now_ready = False

@@ -10,7 +10,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -22,17 +22,19 @@ from nba_service.domain.facts import FactValue, project
 from nba_service.domain.model import Channel, FieldSpec, Ruleset
 from nba_service.domain.policy import Candidate, apply_policies, valid_until
 from nba_service.domain.ports import DecisionLog, Evaluator, ProfileStore
-from nba_service.domain.profile import AttributeValue, Contact, Event, Outcome, OutcomeKind
+from nba_service.domain.profile import AttributeValue, Event, Outcome, OutcomeKind
 from nba_service.domain.records import (
     DecidedAction,
     Decision,
     DecisionRecord,
+    Delivery,
+    DeliveryUpdate,
     FiredRule,
     RulesetRef,
 )
 from nba_service.domain.reference import ReferenceEvaluator
 from nba_service.domain.scripts import render
-from nba_service.errors import EngineFailure, InvalidArgument, NotFound
+from nba_service.errors import DeadlineExceeded, EngineFailure, InvalidArgument, NotFound, Problems
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("nba_service")
@@ -40,9 +42,10 @@ tracer = trace.get_tracer("nba_service")
 DEFAULT_MAX_ACTIONS = 3
 MAX_ACTIONS_LIMIT = 20
 CLOCK_SKEW = timedelta(minutes=5)
-_CUSTOMER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_CONTEXT_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# Used with fullmatch only: `$` also matches before a final newline, which would let "CUST-1\n" through.
+_CUSTOMER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_CONTEXT_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 MAX_CONTEXT_ENTRIES = 50
 MAX_CONTEXT_VALUE = 500
 MAX_EVENT_ATTRIBUTES = 50
@@ -66,11 +69,11 @@ class ActiveRuleset:
         return RulesetRef(self.ruleset.meta.name, self.ruleset.meta.version, self.ruleset.content_hash)
 
 
-def validate_customer_id(customer_id: str) -> None:
+def validate_customer_id(customer_id: str, problems: Problems) -> None:
     if not customer_id:
-        raise InvalidArgument.of("customer_id", "is required")
-    if not _CUSTOMER_ID.match(customer_id):
-        raise InvalidArgument.of(
+        problems.add("customer_id", "is required")
+    elif not _CUSTOMER_ID.fullmatch(customer_id):
+        problems.add(
             "customer_id",
             "must be 1-64 characters: letters, digits, '_', '.', ':' or '-', starting with a letter or digit",
         )
@@ -106,19 +109,25 @@ class DecisionService:
         max_actions: int = 0,
         context_reason: str = "",
         context: Mapping[str, str] | None = None,
+        deadline: float | None = None,
     ) -> Decision:
+        """`deadline` (time.monotonic) is the caller's: an answer that could no longer reach them is
+        recorded as undelivered and never counted as an offer."""
         started = time.perf_counter()
-        validate_customer_id(customer_id)
+        problems = Problems()
+        validate_customer_id(customer_id, problems)
         if channel is None:
-            raise InvalidArgument.of("channel", "is required (AGENT_DESKTOP or OUTBOUND_DIALER)")
+            problems.add("channel", "is required (AGENT_DESKTOP or OUTBOUND_DIALER)")
         if max_actions < 0 or max_actions > MAX_ACTIONS_LIMIT:
-            raise InvalidArgument.of(
-                "max_actions", f"must be between 1 and {MAX_ACTIONS_LIMIT} (0 means {DEFAULT_MAX_ACTIONS})"
-            )
+            problems.add("max_actions", f"must be between 1 and {MAX_ACTIONS_LIMIT} (0 means {DEFAULT_MAX_ACTIONS})")
         limit = max_actions or DEFAULT_MAX_ACTIONS
         context_map = dict(context or {})
-        _validate_context(context_reason, context_map)
+        _validate_context(context_reason, context_map, problems)
+        problems.raise_if_any()
+        assert channel is not None  # a missing channel is one of the problems raised above
 
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded("the caller's deadline passed before the decision was made; nothing was decided")
         active = self._active
         now = self._clock()
         with tracer.start_as_current_span("profile.read"):
@@ -169,29 +178,38 @@ class DecisionService:
             context=context_map,
             profile_problems=tuple(projection.problems),
         )
-        with tracer.start_as_current_span("decision_log.enqueue"):
-            await self._log.append(record)
+        late = deadline is not None and time.monotonic() >= deadline
+        if late:
+            record = replace(record, delivery=Delivery.DEADLINE_EXCEEDED)
+        with tracer.start_as_current_span("decision_record.commit"):
+            await self._log.record(record)
+        if late:
+            raise DeadlineExceeded("the caller's deadline passed before the decision could be answered")
         return decision
+
+    def undelivered(self, decision_id: str, delivery: Delivery) -> None:
+        """Corrects a durable record whose answer the transport could not hand over."""
+        self._log.mark(DeliveryUpdate(decision_id, delivery))
 
     async def record_outcome(
         self, decision_id: str, action_id: str, outcome: OutcomeKind | None, when: datetime | None, note: str = ""
     ) -> Outcome:
-        if not decision_id:
-            raise InvalidArgument.of("decision_id", "is required")
-        if len(decision_id) > MAX_ID_LENGTH:
-            raise InvalidArgument.of("decision_id", f"is longer than {MAX_ID_LENGTH} characters")
-        if not action_id:
-            raise InvalidArgument.of("action_id", "is required")
-        if len(action_id) > MAX_ID_LENGTH:
-            raise InvalidArgument.of("action_id", f"is longer than {MAX_ID_LENGTH} characters")
+        problems = Problems()
+        for field, value in (("decision_id", decision_id), ("action_id", action_id)):
+            if not value:
+                problems.add(field, "is required")
+            elif len(value) > MAX_ID_LENGTH:
+                problems.add(field, f"is longer than {MAX_ID_LENGTH} characters")
         if outcome is None:
-            raise InvalidArgument.of("outcome", "is required (ACCEPTED, DECLINED, NO_ANSWER, CONVERTED, ...)")
+            problems.add("outcome", "is required (ACCEPTED, DECLINED, NO_ANSWER, CONVERTED, ...)")
         if len(note) > MAX_CONTEXT_VALUE:
-            raise InvalidArgument.of("note", f"is longer than {MAX_CONTEXT_VALUE} characters")
+            problems.add("note", f"is longer than {MAX_CONTEXT_VALUE} characters")
         now = self._clock()
         moment = when or now
         if moment > now + CLOCK_SKEW:
-            raise InvalidArgument.of("time", "is in the future")
+            problems.add("time", "is in the future")
+        problems.raise_if_any()
+        assert outcome is not None  # a missing outcome is one of the problems raised above
         summary = await self._log.find(decision_id)
         if summary is None:
             raise NotFound(f"decision {decision_id!r} not found")
@@ -203,9 +221,10 @@ class DecisionService:
                 "action_id", f"{action_id!r} was not returned by decision {decision_id} (returned: {offered})"
             )
         result = Outcome(decision_id, summary.customer_id, action_id, summary.channel, outcome, moment, note)
-        contact = Contact(action_id, summary.channel, moment, outcome, decision_id, note)
-        await self._store.add_contact(summary.customer_id, contact)
-        await self._log.append_outcome(result)
+        await self._store.add_outcome(result)
+        if summary.delivery is not Delivery.SENT:
+            # An outcome is the caller's word that the answer did arrive: the record must say so.
+            self._log.mark(DeliveryUpdate(decision_id, Delivery.SENT))
         return result
 
     async def ingest_event(
@@ -216,52 +235,66 @@ class DecisionService:
         when: datetime | None,
         expires_at: datetime | None,
     ) -> str:
-        validate_customer_id(customer_id)
-        if not event_type:
-            raise InvalidArgument.of("type", "is required")
+        problems = Problems()
+        validate_customer_id(customer_id, problems)
         known = self._active.ruleset.events
-        if event_type not in known:
-            raise InvalidArgument.of(
-                "type", f"unknown event type {_shown(event_type)}; known: {', '.join(sorted(known))}"
-            )
+        if not event_type:
+            problems.add("type", "is required")
+        elif event_type not in known:
+            problems.add("type", f"unknown event type {_shown(event_type)}; known: {', '.join(sorted(known))}")
         if len(attributes) > MAX_EVENT_ATTRIBUTES:
-            raise InvalidArgument.of("attributes", f"more than {MAX_EVENT_ATTRIBUTES} attributes")
-        declared = {a.name: a.type for a in known[event_type].attributes}
-        for key, value in attributes.items():
-            field = f"attributes[{key[:MAX_ID_LENGTH]}]"
-            if not _NAME.match(key):
-                raise InvalidArgument.of(
-                    field, "names are 1-64 lower-case letters, digits and '_', starting with a letter"
-                )
-            if isinstance(value, str) and len(value) > MAX_EVENT_STRING:
-                raise InvalidArgument.of(field, f"is longer than {MAX_EVENT_STRING} characters")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise InvalidArgument.of(field, "is not a finite number")
-            expected = declared.get(key)
-            if expected is not None and not _has_type(value, expected):
-                raise InvalidArgument.of(field, f"must be a {expected} for {event_type} events")
+            problems.add("attributes", f"more than {MAX_EVENT_ATTRIBUTES} attributes")
+        else:
+            spec = known.get(event_type)
+            declared = None if spec is None else {a.name: a.type for a in spec.attributes}
+            for key, value in attributes.items():
+                _validate_attribute(event_type, declared, key, value, problems)
         now = self._clock()
         moment = when or now
         if moment > now + CLOCK_SKEW:
-            raise InvalidArgument.of("time", "is in the future")
+            problems.add("time", "is in the future")
         if expires_at is not None and expires_at <= moment:
-            raise InvalidArgument.of("expires_at", "must be after the event time")
-        if expires_at is not None and expires_at <= now:
-            raise InvalidArgument.of("expires_at", "is in the past: no decision would ever see this event")
+            problems.add("expires_at", "must be after the event time")
+        elif expires_at is not None and expires_at <= now:
+            problems.add("expires_at", "is in the past: no decision would ever see this event")
+        problems.raise_if_any()
         return await self._store.add_event(customer_id, Event(event_type, moment, dict(attributes), expires_at))
 
 
-def _validate_context(reason: str, context: Mapping[str, str]) -> None:
+def _validate_context(reason: str, context: Mapping[str, str], problems: Problems) -> None:
     if len(reason) > MAX_CONTEXT_VALUE:
-        raise InvalidArgument.of("context.reason", f"is longer than {MAX_CONTEXT_VALUE} characters")
+        problems.add("context.reason", f"is longer than {MAX_CONTEXT_VALUE} characters")
     if len(context) > MAX_CONTEXT_ENTRIES:
-        raise InvalidArgument.of("context.attributes", f"has more than {MAX_CONTEXT_ENTRIES} entries")
+        # Not each entry as well: hundreds of entry problems would bury the one that matters.
+        problems.add("context.attributes", f"has more than {MAX_CONTEXT_ENTRIES} entries")
+        return
     for key, value in context.items():
         field = f"context.attributes[{key[:MAX_ID_LENGTH]}]"
-        if not _CONTEXT_KEY.match(key):
-            raise InvalidArgument.of(field, "keys are 1-64 letters, digits, '_', '.', ':' or '-'")
+        if not _CONTEXT_KEY.fullmatch(key):
+            problems.add(field, "keys are 1-64 letters, digits, '_', '.', ':' or '-'")
         if len(value) > MAX_CONTEXT_VALUE:
-            raise InvalidArgument.of(field, f"is longer than {MAX_CONTEXT_VALUE} characters")
+            problems.add(field, f"is longer than {MAX_CONTEXT_VALUE} characters")
+
+
+def _validate_attribute(
+    event_type: str, declared: Mapping[str, str] | None, key: str, value: AttributeValue, problems: Problems
+) -> None:
+    """One problem per attribute, the most basic first. `declared` is None when the event type is unknown
+    (reported on its own). An undeclared attribute is refused, not ignored: a typo such as `amout` would
+    otherwise be stored, and the event would silently replace the customer's real trigger with one no rule
+    can match."""
+    field = f"attributes[{key[:MAX_ID_LENGTH]}]"
+    if not _NAME.fullmatch(key):
+        problems.add(field, "names are 1-64 lower-case letters, digits and '_', starting with a letter")
+    elif declared is not None and key not in declared:
+        names = ", ".join(declared) or "none"
+        problems.add(field, f"is not an attribute of {event_type} events (declared: {names})")
+    elif isinstance(value, str) and len(value) > MAX_EVENT_STRING:
+        problems.add(field, f"is longer than {MAX_EVENT_STRING} characters")
+    elif isinstance(value, float) and not math.isfinite(value):
+        problems.add(field, "is not a finite number")
+    elif declared is not None and not _has_type(value, declared[key]):
+        problems.add(field, f"must be a {declared[key]} for {event_type} events")
 
 
 def _has_type(value: AttributeValue, field_type: str) -> bool:

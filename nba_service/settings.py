@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_RULESETS = REPO_ROOT / "rulesets"
+# The top-level rulesets/ folder, shipped as the package nba_service.bundled_rulesets (pyproject's package-dir):
+# the checkout's folder in an editable install, the installed copy in a wheel install.
+BUNDLED_RULESETS = Path(str(files("nba_service.bundled_rulesets")))
 
 
 class Settings(BaseSettings):
@@ -19,16 +21,17 @@ class Settings(BaseSettings):
     port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
     rulesets: Path = BUNDLED_RULESETS
     ruleset: str | None = Field(None, description="the active ruleset's name when the path holds several")
-    store: Literal["memory", "postgres"] = "memory"
+    store: Literal["sqlite", "postgres"] = "sqlite"
+    db_path: Path = Field(Path("var/nba.db"), description="the embedded SQLite database (created on first start)")
     dsn: str | None = Field(None, description="PostgreSQL DSN for --store postgres (env NBA_DSN)")
     pool_min: int = Field(1, ge=0, le=100)
     pool_max: int = Field(10, ge=1, le=200)
     db_timeout: float = Field(1.0, gt=0, le=60, description="seconds a database call may take before UNAVAILABLE")
     drain_seconds: float = Field(30.0, ge=0, le=3600, description="how long shutdown waits for the decision log")
     sample: Path | None = Field(
-        None, description="JSON lines of customers for the memory store; bundled sample when unset"
+        None, description="JSON lines of customers that seed a new embedded database; bundled sample when unset"
     )
-    decision_log: Path = Path("var/decisions.jsonl")
+    spill_dir: Path = Field(Path("var"), description="where records the store could not take at shutdown are left")
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     grace_seconds: float = Field(10.0, ge=0, le=300, description="how long in-flight calls may finish on shutdown")
@@ -36,7 +39,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _dsn_for_postgres(self) -> Settings:
         if self.store == "postgres" and not self.dsn:
-            raise ValueError("store 'postgres' needs a DSN: --dsn or NBA_DSN (postgresql://user@host:5432/db)")
+            raise ValueError("store 'postgres' needs a DSN: set NBA_DSN (postgresql://user@host:5432/db)")
         if self.pool_min > self.pool_max:
             raise ValueError("pool_min must not exceed pool_max")
         return self

@@ -654,3 +654,41 @@ class DatabaseFactory:
         await drop_databases(self.server_dsn, [*others, *template])
         self.created.clear()
         self.template = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver failures
+
+# What asyncpg raises from `pool.release()` when PostgreSQL's fast shutdown reaches a pooled connection at
+# the wrong moment (MagicStack/asyncpg#784); seen in about half of the fast restarts under load. The work
+# done on the connection (a committed batch, say) may well have succeeded.
+RELEASE_ERROR = "cannot switch to state 15; another operation (2) is in progress"
+
+
+class FlakyPool:
+    """A real pool whose next `failures` releases raise asyncpg's InternalClientError after the work is done."""
+
+    def __init__(self, pool: asyncpg.Pool, failures: int) -> None:
+        self._pool = pool
+        self.failures = failures
+
+    def acquire(self, *, timeout: float | None = None) -> _FlakyAcquire:
+        return _FlakyAcquire(self, self._pool.acquire(timeout=timeout))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+
+class _FlakyAcquire:
+    def __init__(self, owner: FlakyPool, inner: Any) -> None:
+        self._owner = owner
+        self._inner = inner
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        return await self._inner.__aenter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._inner.__aexit__(*exc)
+        if self._owner.failures > 0:
+            self._owner.failures -= 1
+            raise asyncpg.InternalClientError(RELEASE_ERROR)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,8 +18,8 @@ from nba_service.domain.model import Action, Channel, Ruleset
 from nba_service.domain.profile import Profile
 from nba_service.domain.scripts import render
 from nba_service.service import ActiveRuleset, DecisionService
-from nba_service.stores.jsonl_log import JsonlDecisionLog
-from nba_service.stores.memory import MemoryProfileStore
+from nba_service.stores.group_commit import GroupCommitWriter
+from nba_service.stores.sqlite import SqliteStore
 from nba_service.synthetic import SAMPLE_PATH, read_sample
 
 BUNDLED = Path(__file__).resolve().parent.parent / "rulesets" / "retail-banking.yaml"
@@ -103,11 +103,13 @@ def test_no_event_attribute_value_ever_appears_in_a_script(
     no value appears in any script or reason returned, though the decision log keeps them for auditors."""
     indices = data.draw(st.lists(st.integers(0, len(pool) - 1), min_size=3, max_size=8, unique=True), label="customers")
     customers = [pool[i] for i in indices]
-    log_path = tmp_path_factory.mktemp("log") / "decisions.jsonl"
+    workdir = tmp_path_factory.mktemp("db")
+    exported: list[str] = []
 
     async def scenario() -> tuple[set[str], list[str]]:
-        store = MemoryProfileStore(customers)
-        decision_log = JsonlDecisionLog(log_path)
+        store = SqliteStore(workdir / "nba.db", event_types=tuple(ruleset.events), history=timedelta(days=90))
+        await store.open(lambda: customers)
+        decision_log = GroupCommitWriter(store, timeout=5, spill_dir=workdir)
         await decision_log.start()
         service = DecisionService(store, decision_log, active)
         secrets: set[str] = set()
@@ -130,15 +132,18 @@ def test_no_event_attribute_value_ever_appears_in_a_script(
                 decision = await service.decide(customer.customer_id, channel, max_actions=20)
                 texts += [a.script for a in decision.actions] + [a.reason for a in decision.actions]
         await decision_log.close()
+        async for item in store.export(None, None, None):
+            exported.append(json.dumps(item, ensure_ascii=False))
+        await store.close()
         return secrets, texts
 
     secrets, texts = asyncio.run(scenario())
     assert texts, "no actions were returned, so nothing was checked"
     leaks = [(s, t) for t in texts for s in secrets if s in t]
     assert not leaks
-    logged = log_path.read_text("utf-8")
+    logged = "\n".join(exported)
     assert any(s in logged for s in secrets), "the decision log should keep the values the rules read"
-    for line in logged.splitlines():
+    for line in exported:
         record = json.loads(line)
         for action in record["actions"]:
             assert not any(s in action["script"] for s in secrets)

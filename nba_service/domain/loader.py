@@ -12,7 +12,7 @@ import json
 import math
 import re
 import zoneinfo
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from functools import cache
 from importlib import resources
@@ -51,7 +51,7 @@ from nba_service.errors import RulesetInvalid, RulesetProblem
 
 MAX_EXACT_INTEGER = 2**53
 MAX_STRING_CONSTANT = 1000
-_DURATION = re.compile(r"^(\d+)([mhd])$")
+_DURATION = re.compile(r"(\d+)([mhd])")  # fullmatch: `$` would accept "3d\n"
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 
 
@@ -170,7 +170,7 @@ class _Builder:
         return ".".join(str(p) for p in path)
 
     def build(self) -> Ruleset:
-        validator = jsonschema.Draft202012Validator(ruleset_schema())
+        validator = _SchemaValidator(ruleset_schema())
         for error in sorted(validator.iter_errors(self.document), key=lambda e: [str(p) for p in e.absolute_path]):
             self.problem(list(error.absolute_path), _schema_message(error))
         if self.problems:
@@ -490,7 +490,7 @@ class _Builder:
 
 
 def _duration(text: str) -> timedelta:
-    match = _DURATION.match(str(text))
+    match = _DURATION.fullmatch(str(text))
     if match is None:
         raise ValueError(text)
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
@@ -499,6 +499,37 @@ def _duration(text: str) -> timedelta:
 def _minutes(clock: str) -> int:
     hours, minutes = str(clock).split(":")
     return int(hours) * 60 + int(minutes)
+
+
+def _ecma_pattern(pattern: str) -> str:
+    """The pattern with ECMA-262's meaning of `$`, the schema's dialect: the end of the text. Python's `$`
+    also matches before a final newline, so `^[0-9]+$` would accept "1\\n"; Python's `\\Z` is ECMA's `$`."""
+    out: list[str] = []
+    escaped = in_class = False
+    for ch in pattern:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+        elif ch == "$":
+            out.append(r"\Z")
+            continue
+        out.append(ch)
+    return "".join(out)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[jsonschema.ValidationError]:
+    if validator.is_type(instance, "string") and not re.search(_ecma_pattern(pattern), instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_SchemaValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]  # jsonschema is untyped here
+    jsonschema.Draft202012Validator, {"pattern": _pattern}
+)
 
 
 def _schema_message(error: jsonschema.ValidationError) -> str:

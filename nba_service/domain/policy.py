@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from nba_service.domain.facts import Projection
 from nba_service.domain.model import Action, Channel, FrequencyCap, QuietHours, Rule, Ruleset
-from nba_service.domain.profile import CONTACTED_OUTCOMES, Profile
+from nba_service.domain.profile import Profile
 from nba_service.domain.records import DroppedCandidate
 from nba_service.domain.reference import when_holds
 
@@ -83,7 +83,7 @@ def _cap_count(cap: FrequencyCap, ruleset: Ruleset, profile: Profile, now: datet
     for contact in profile.contacts:
         if contact.time <= since or contact.time > now + timedelta(minutes=5):
             continue
-        if contact.outcome not in CONTACTED_OUTCOMES:
+        if not contact.counts:
             continue
         if cap.channel is not None and contact.channel is not cap.channel:
             continue

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
 
 from nba_service.domain.facts import FactValue
-from nba_service.domain.profile import Contact, Event, Outcome, Profile
-from nba_service.domain.records import DecisionRecord, DecisionSummary
+from nba_service.domain.profile import Event, Outcome, Profile
+from nba_service.domain.records import DecisionRecord, DecisionSummary, DeliveryUpdate
 
 
 class ProfileStore(Protocol):
@@ -16,10 +17,12 @@ class ProfileStore(Protocol):
         ...
 
     async def add_event(self, customer_id: str, event: Event) -> str:
-        """Stores a live event and returns its id; raises NotFound for an unknown customer."""
+        """Stores a live event durably and returns its id; raises NotFound for an unknown customer."""
         ...
 
-    async def add_contact(self, customer_id: str, contact: Contact) -> None: ...
+    async def add_outcome(self, outcome: Outcome) -> None:
+        """Stores an outcome durably: one contact per offered action (its latest outcome), plus the audit row."""
+        ...
 
     async def ready(self) -> bool:
         """Whether the store can answer now (feeds the health service)."""
@@ -29,16 +32,54 @@ class ProfileStore(Protocol):
 
 
 class DecisionLog(Protocol):
-    async def append(self, record: DecisionRecord) -> None:
-        """Queues a record; waits when the queue is full rather than dropping it."""
+    async def record(self, record: DecisionRecord) -> None:
+        """Returns once the record is durable; raises Unavailable when it cannot be made durable in time."""
         ...
 
-    async def append_outcome(self, outcome: Outcome) -> None: ...
+    def mark(self, update: DeliveryUpdate) -> None:
+        """Queues a correction for a durable record whose answer never reached the caller."""
+        ...
 
     async def find(self, decision_id: str) -> DecisionSummary | None: ...
 
+    def healthy(self) -> bool:
+        """False while records cannot be made durable (store away, disk full, read-only file)."""
+        ...
+
     async def close(self) -> None:
-        """Writes everything queued before returning."""
+        """Writes what is queued within the drain time; reports what it could not write and where it left it."""
+        ...
+
+
+class RecordSink(Protocol):
+    """Where a group-commit writer makes records durable: one transaction per call."""
+
+    async def write(self, records: Sequence[DecisionRecord], updates: Sequence[DeliveryUpdate]) -> None:
+        """Stores all records and applies all updates in one transaction, or raises."""
+        ...
+
+    async def dead_letter(self, record: DecisionRecord, error: str) -> None:
+        """Sets aside a record the store refused, with the error; raises if even that is impossible."""
+        ...
+
+    def is_refusal(self, error: BaseException) -> bool:
+        """Whether the store refused the content itself (retrying it unchanged can never succeed)."""
+        ...
+
+    async def probe(self) -> None:
+        """A small real write, so a failing store is seen to recover even while no decision is waiting."""
+        ...
+
+    async def find(self, decision_id: str) -> DecisionSummary | None:
+        """The stored decision an outcome refers to; raises Unavailable when the store cannot answer."""
+        ...
+
+
+class RecordExport(Protocol):
+    def export(
+        self, since: datetime | None, until: datetime | None, customer_id: str | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Decision and outcome records in the versioned export format, oldest first."""
         ...
 
 

@@ -48,6 +48,12 @@ class Contact:
     outcome: OutcomeKind
     decision_id: str = ""
     note: str = ""
+    reached: bool | None = None
+
+    @property
+    def counts(self) -> bool:
+        """Whether this contact counts toward caps: a later no-answer cannot undo an offer the customer heard."""
+        return self.reached if self.reached is not None else self.outcome in CONTACTED_OUTCOMES
 
 
 @dataclass(frozen=True, slots=True)

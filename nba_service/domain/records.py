@@ -1,16 +1,31 @@
 """What a decision leaves behind: the answer for the caller and the record for auditors.
 
 The record keeps what the answer must not show (the profile values each rule read, dropped candidates
-and why) so a reviewer can explain any past decision.
+and why) so a reviewer can explain any past decision. Its JSON form is the one versioned format that
+every store, spill file, dead letter and `nba decisions export` uses: `format` names the version, so a
+reader can refuse what it does not understand instead of misreading it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import enum
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from nba_service.domain.model import Channel
+from nba_service.domain.profile import Outcome, OutcomeKind
+
+RECORD_FORMAT = "nba.record/1"
+
+
+class Delivery(enum.StrEnum):
+    """Whether the answer reached the caller; only `sent` decisions count as offers anyone saw."""
+
+    SENT = "sent"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,20 +87,168 @@ class DecisionRecord:
     context_reason: str = ""
     context: dict[str, str] = field(default_factory=dict)
     profile_problems: tuple[str, ...] = ()
+    delivery: Delivery = Delivery.SENT
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["kind"] = "decision"
-        data["decided_at"] = self.decided_at.isoformat()
-        data["channel"] = self.channel.value
-        for action in data["actions"]:
-            action["valid_until"] = action["valid_until"].isoformat()
-        return data
+        """The record in the versioned export format (built field by field: `asdict` cost 3x as much)."""
+        return {
+            "format": RECORD_FORMAT,
+            "kind": "decision",
+            "decision_id": self.decision_id,
+            "decided_at": self.decided_at.isoformat(),
+            "customer_id": self.customer_id,
+            "channel": self.channel.value,
+            "ruleset": {"name": self.ruleset.name, "version": self.ruleset.version, "hash": self.ruleset.hash},
+            "engine": self.engine,
+            "rules_fired": [
+                {"rule_id": f.rule_id, "action_id": f.action_id, "priority": f.priority, "values": f.values}
+                for f in self.rules_fired
+            ],
+            "dropped": [
+                {"rule_id": d.rule_id, "action_id": d.action_id, "reason": d.reason, "detail": d.detail}
+                for d in self.dropped
+            ],
+            "actions": [
+                {
+                    "action_id": a.action_id,
+                    "script": a.script,
+                    "priority": a.priority,
+                    "category": a.category,
+                    "reason": a.reason,
+                    "rule_id": a.rule_id,
+                    "valid_until": a.valid_until.isoformat(),
+                }
+                for a in self.actions
+            ],
+            "latency_ms": self.latency_ms,
+            "context": {"reason": self.context_reason, "attributes": dict(self.context)},
+            "profile_problems": list(self.profile_problems),
+            "delivery": self.delivery.value,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DecisionRecord:
+        """Reads the export format back; raises ValueError (naming the problem) for anything else."""
+        _check_format(data, "decision")
+        try:
+            ruleset = data["ruleset"]
+            context = data.get("context") or {}
+            return cls(
+                decision_id=str(data["decision_id"]),
+                decided_at=_aware(data["decided_at"]),
+                customer_id=str(data["customer_id"]),
+                channel=Channel(data["channel"]),
+                ruleset=RulesetRef(str(ruleset["name"]), str(ruleset["version"]), str(ruleset["hash"])),
+                engine=str(data["engine"]),
+                rules_fired=tuple(
+                    FiredRule(str(f["rule_id"]), str(f["action_id"]), int(f["priority"]), dict(f["values"]))
+                    for f in data["rules_fired"]
+                ),
+                dropped=tuple(
+                    DroppedCandidate(str(d["rule_id"]), str(d["action_id"]), str(d["reason"]), str(d["detail"]))
+                    for d in data["dropped"]
+                ),
+                actions=tuple(
+                    DecidedAction(
+                        str(a["action_id"]),
+                        str(a["script"]),
+                        int(a["priority"]),
+                        str(a["category"]),
+                        str(a["reason"]),
+                        str(a["rule_id"]),
+                        _aware(a["valid_until"]),
+                    )
+                    for a in data["actions"]
+                ),
+                latency_ms=float(data["latency_ms"]),
+                context_reason=str(context.get("reason", "")),
+                context={str(k): str(v) for k, v in (context.get("attributes") or {}).items()},
+                profile_problems=tuple(str(p) for p in data.get("profile_problems", ())),
+                delivery=Delivery(data.get("delivery", Delivery.SENT.value)),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a decision record: missing or malformed {exc}") from exc
 
     def summary(self) -> DecisionSummary:
         return DecisionSummary(
-            self.decision_id, self.customer_id, self.channel, tuple(a.action_id for a in self.actions), self.decided_at
+            self.decision_id,
+            self.customer_id,
+            self.channel,
+            tuple(a.action_id for a in self.actions),
+            self.decided_at,
+            self.delivery,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryUpdate:
+    """A late correction of a record already durable: its answer never reached the caller."""
+
+    decision_id: str
+    delivery: Delivery
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": RECORD_FORMAT,
+            "kind": "delivery",
+            "decision_id": self.decision_id,
+            "delivery": self.delivery.value,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DeliveryUpdate:
+        _check_format(data, "delivery")
+        try:
+            return cls(str(data["decision_id"]), Delivery(data["delivery"]))
+        except KeyError as exc:
+            raise ValueError(f"not a delivery record: missing {exc}") from exc
+
+
+def outcome_to_json(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "format": RECORD_FORMAT,
+        "kind": "outcome",
+        "decision_id": outcome.decision_id,
+        "customer_id": outcome.customer_id,
+        "action_id": outcome.action_id,
+        "channel": outcome.channel.value,
+        "outcome": outcome.outcome.value,
+        "time": outcome.time.isoformat(),
+        "note": outcome.note,
+    }
+
+
+def outcome_from_json(data: dict[str, Any]) -> Outcome:
+    _check_format(data, "outcome")
+    try:
+        return Outcome(
+            str(data["decision_id"]),
+            str(data["customer_id"]),
+            str(data["action_id"]),
+            Channel(data["channel"]),
+            OutcomeKind(data["outcome"]),
+            _aware(data["time"]),
+            str(data.get("note", "")),
+        )
+    except KeyError as exc:
+        raise ValueError(f"not an outcome record: missing {exc}") from exc
+
+
+def _check_format(data: dict[str, Any], kind: str) -> None:
+    if not isinstance(data, dict):
+        raise ValueError("a record must be a JSON object")
+    found = data.get("format")
+    if found != RECORD_FORMAT:
+        raise ValueError(f"unknown record format {found!r} (this version reads {RECORD_FORMAT!r})")
+    if data.get("kind") != kind:
+        raise ValueError(f"expected a {kind!r} record, found kind {data.get('kind')!r}")
+
+
+def _aware(text: Any) -> datetime:
+    moment = datetime.fromisoformat(str(text))
+    if moment.tzinfo is None:
+        raise ValueError(f"time {text!r} has no time zone")
+    return moment
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,3 +260,4 @@ class DecisionSummary:
     channel: Channel
     action_ids: tuple[str, ...]
     decided_at: datetime
+    delivery: Delivery = Delivery.SENT

@@ -14,6 +14,11 @@ _CODES: dict[ErrorCode, tuple[grpc.StatusCode, int]] = {
     ErrorCode.NOT_FOUND: (grpc.StatusCode.NOT_FOUND, code_pb2.NOT_FOUND),
     ErrorCode.RULESET_INVALID: (grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
     ErrorCode.UNAVAILABLE: (grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE),
+    ErrorCode.DEADLINE_EXCEEDED: (grpc.StatusCode.DEADLINE_EXCEEDED, code_pb2.DEADLINE_EXCEEDED),
+    ErrorCode.FAILED_PRECONDITION: (grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
+    ErrorCode.SCHEMA_NOT_READY: (grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
+    ErrorCode.MIGRATION_CONFLICT: (grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
+    ErrorCode.SEED_REFUSED: (grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
     ErrorCode.INTERNAL: (grpc.StatusCode.INTERNAL, code_pb2.INTERNAL),
 }
 

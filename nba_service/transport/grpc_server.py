@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
+import socket
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -10,15 +14,18 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from nba_service._proto.nba.v1 import nba_pb2, nba_pb2_grpc
 from nba_service.domain.model import Channel
 from nba_service.domain.profile import AttributeValue, OutcomeKind
-from nba_service.errors import InvalidArgument, NbaError
+from nba_service.domain.records import Delivery
+from nba_service.errors import DeadlineExceeded, InvalidArgument, NbaError, Problems
 from nba_service.service import DecisionService
 from nba_service.transport.grpc_errors import internal_status, to_status
+from nba_service.transport.wire import Undecodable, check_storable_text, lenient_deserializer
 
 log = structlog.get_logger(__name__)
 SERVICE_NAME = nba_pb2.DESCRIPTOR.services_by_name["NextBestAction"].full_name
@@ -42,11 +49,13 @@ Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 
 
 def _edge(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Maps domain errors to statuses and turns any other failure into INTERNAL without killing the server."""
+    """Refuses requests that did not decode or hold text no store can keep, maps domain errors to statuses,
+    and turns any other failure into INTERNAL without killing the server."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         try:
+            _check_wire(request)
             return await method(self, request, context)
         except NbaError as exc:
             await context.abort_with_status(to_status(exc))
@@ -56,6 +65,15 @@ def _edge(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
         raise AssertionError("unreachable")  # abort_with_status always raises
 
     return wrapper
+
+
+def _check_wire(request: object) -> None:
+    if isinstance(request, Undecodable):
+        raise InvalidArgument(request.problem)
+    if isinstance(request, Message):
+        problems = Problems()
+        check_storable_text(request, problems)
+        problems.raise_if_any()
 
 
 def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -90,6 +108,32 @@ def _attribute(key: str, value: nba_pb2.AttributeValue) -> AttributeValue:
     return result
 
 
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+# The caller's clock started before ours (transit, queueing): an answer ready this close to the deadline
+# would most likely arrive too late, so it is not sent, and an offer nobody saw is never counted.
+DELIVERY_MARGIN_S = 0.002
+
+
+def _watch_delivery(context: grpc.aio.ServicerContext, service: DecisionService, decision_id: str) -> None:
+    """Corrects the record when the call ends without the caller getting the answer (deadline, cancel)."""
+
+    def finished(ctx: grpc.aio.ServicerContext) -> None:
+        if ctx.cancelled():  # the transport gave up on the call: a deadline, a cancel, a lost connection
+            remaining = ctx.time_remaining()
+            late = remaining is not None and remaining <= 0
+            service.undelivered(decision_id, Delivery.DEADLINE_EXCEEDED if late else Delivery.CANCELLED)
+
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= DELIVERY_MARGIN_S:
+        service.undelivered(decision_id, Delivery.DEADLINE_EXCEEDED)
+        raise DeadlineExceeded("the caller's deadline passed while the decision was being recorded")
+    context.add_done_callback(finished)
+
+
 class NextBestActionServicer(nba_pb2_grpc.NextBestActionServicer):
     def __init__(self, service: DecisionService) -> None:
         self._service = service
@@ -104,7 +148,9 @@ class NextBestActionServicer(nba_pb2_grpc.NextBestActionServicer):
             max_actions=request.max_actions,
             context_reason=request.context.reason,
             context=dict(request.context.attributes),
+            deadline=_deadline(context),
         )
+        _watch_delivery(context, self._service, decision.decision_id)
         return nba_pb2.DecideResponse(
             decision_id=decision.decision_id,
             actions=[
@@ -155,12 +201,52 @@ class NextBestActionServicer(nba_pb2_grpc.NextBestActionServicer):
         return nba_pb2.IngestEventResponse(event_id=event_id)
 
 
+def add_servicer(servicer: NextBestActionServicer, server: grpc.aio.Server) -> None:
+    """Registers the handlers as the generated `add_NextBestActionServicer_to_server` does, but with request
+    deserializers that never raise: grpcio answers a deserializer's exception with UNKNOWN and the Python
+    exception in the message, where a caller should get INVALID_ARGUMENT in plain words (see `_edge`)."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in nba_pb2.DESCRIPTOR.services_by_name["NextBestAction"].methods:
+        if method.client_streaming or method.server_streaming:
+            raise TypeError(f"{method.full_name}: only unary methods are registered here")
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=lenient_deserializer(getattr(nba_pb2, method.input_type.name)),
+            response_serializer=getattr(nba_pb2, method.output_type.name).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Raises OSError("cannot listen on HOST:PORT: address already in use") when the port is taken.
+
+    gRPC's own bind failure says only "Failed to bind" and puts the reason in its C-core log; asking the OS
+    first gives the reason in one plain line. Port 0 and names that do not resolve are left to gRPC.
+    """
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT is no conflict
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    raise OSError(f"cannot listen on {shown}: {os.strerror(exc.errno).lower()}") from exc
+
+
 class GrpcServer:
     """The server with health and reflection; `stop` lets in-flight calls finish and refuses new ones."""
 
     def __init__(self, service: DecisionService, host: str, port: int) -> None:
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 1 << 20)])
-        nba_pb2_grpc.add_NextBestActionServicer_to_server(NextBestActionServicer(service), self.server)
+        add_servicer(NextBestActionServicer(service), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -168,6 +254,7 @@ class GrpcServer:
             self.server,
         )
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        check_can_listen(host, port)
         try:
             self.port = self.server.add_insecure_port(bind)
         except RuntimeError as exc:  # grpcio raises instead of returning 0 when the bind fails

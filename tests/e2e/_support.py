@@ -6,6 +6,7 @@ pieces the service composes, so tests choose their customers from the data inste
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -33,6 +34,8 @@ from nba_service.domain.model import Channel
 from nba_service.domain.policy import Candidate, apply_policies
 from nba_service.domain.profile import Contact, Event, Profile
 from nba_service.domain.reference import ReferenceEvaluator
+from nba_service.export import export_records
+from nba_service.settings import Settings
 from nba_service.synthetic import SAMPLE_PATH, read_sample
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -61,13 +64,21 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
     return items
 
 
+def export_lines(database: Path, **filters: Any) -> list[dict[str, Any]]:
+    """The records of an embedded database, as `nba decisions export` prints them."""
+    lines: list[str] = []
+    settings = Settings(db_path=database, rulesets=RULESET_PATH)
+    asyncio.run(export_records(settings, lines.append, **filters))
+    return [json.loads(line) for line in lines]
+
+
 @dataclasses.dataclass
 class ServerHandle:
     """One running `nba serve` process and what a test needs to talk to it."""
 
     process: subprocess.Popen[bytes]
     address: str
-    decision_log: Path
+    database: Path
     server_log: Path
     spawned_at: datetime
     ready_at: datetime
@@ -103,8 +114,12 @@ class ServerHandle:
     def log_text(self) -> str:
         return self.server_log.read_text(encoding="utf-8", errors="replace") if self.server_log.exists() else ""
 
+    def records(self) -> list[dict[str, Any]]:
+        """Every record the server's database holds, read through `nba decisions export`'s own code."""
+        return export_lines(self.database)
+
     def decision_lines(self) -> list[dict[str, Any]]:
-        return [r for r in read_json_lines(self.decision_log) if r.get("kind") == "decision"]
+        return [r for r in self.records() if r.get("kind") == "decision"]
 
     def wait_for_decisions(self, decision_ids: Iterable[str], timeout: float = 10.0) -> dict[str, dict[str, Any]]:
         """The decision records with these ids, once the log writer has written them all."""
@@ -115,7 +130,7 @@ class ServerHandle:
             if len(found) == len(wanted):
                 return found
             if time.monotonic() > deadline:
-                pytest.fail(f"decision log {self.decision_log} lacks {sorted(wanted - set(found))}")
+                pytest.fail(f"database {self.database} lacks {sorted(wanted - set(found))}")
             time.sleep(0.05)
 
     def close_channels(self) -> None:
@@ -146,8 +161,6 @@ def server_command(workdir: Path, *extra_args: str) -> list[str]:
         "0",
         "--log-format",
         "json",
-        "--decision-log",
-        str(workdir / "decisions.jsonl"),
         # The one bundled file, named explicitly: a second file dropped into rulesets/ must not stop the tests.
         "--rulesets",
         str(RULESET_PATH),
@@ -162,7 +175,7 @@ def server_env() -> dict[str, str]:
 def start_server(workdir: Path, *extra_args: str) -> ServerHandle:
     """Starts `nba serve` on a free port and returns once its `serving` log event names the address."""
     workdir.mkdir(parents=True, exist_ok=True)
-    decision_log = workdir / "decisions.jsonl"
+    database = workdir / "var" / "nba.db"
     server_log = workdir / "server.log"
     command = server_command(workdir, *extra_args)
     env = server_env()
@@ -181,7 +194,7 @@ def start_server(workdir: Path, *extra_args: str) -> ServerHandle:
             process.wait(5)
             pytest.fail(f"nba serve did not log 'serving' within {START_TIMEOUT_S}s; log:\n{server_log.read_text()}")
         time.sleep(0.02)
-    return ServerHandle(process, serving["address"], decision_log, server_log, spawned_at, utcnow())
+    return ServerHandle(process, serving["address"], database, server_log, spawned_at, utcnow())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,3 +301,36 @@ def is_plain_name(value: object) -> bool:
     if not isinstance(value, str) or not value.strip() or len(value) > 60 or value != " ".join(value.split()):
         return False
     return all(ch.isprintable() and not ch.isdigit() and ch not in "{}<>@/\\" for ch in value)
+
+
+def start_server_with(
+    workdir: Path, *extra_args: str, env: dict[str, str] | None = None, database: Path | None = None
+) -> ServerHandle:
+    """`start_server` with extra environment variables (e.g. `NBA_DB_PATH`, which `server_env()` strips from
+    the parent's) and the database the server was told to use, when it is not `workdir/var/nba.db`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    server_log = workdir / "server.log"
+    spawned_at = utcnow()
+    with server_log.open("wb") as stderr:
+        process = subprocess.Popen(
+            server_command(workdir, *extra_args),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            cwd=workdir,
+            env={**server_env(), **(env or {})},
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        serving = next((e for e in read_json_lines(server_log) if e.get("event") == "serving"), None)
+        if serving is not None:
+            break
+        if process.poll() is not None:
+            pytest.fail(f"nba serve exited with {process.returncode} before serving; log:\n{server_log.read_text()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait(5)
+            pytest.fail(f"nba serve did not log 'serving' within {START_TIMEOUT_S}s; log:\n{server_log.read_text()}")
+        time.sleep(0.02)
+    return ServerHandle(
+        process, serving["address"], database or workdir / "var" / "nba.db", server_log, spawned_at, utcnow()
+    )

@@ -110,13 +110,14 @@ def test_decision_log_records_each_decision_with_raw_values_only_in_rules_fired(
         _check_record(records[response.decision_id], response, who, channel)
 
     main = records[responses[0][2].decision_id]
-    assert main["context_reason"] == "card_lost"
-    assert main["context"] == {"queue": "retail-1", "skill": "cards"}
+    assert main["context"] == {"reason": "card_lost", "attributes": {"queue": "retail-1", "skill": "cards"}}
+    assert main["format"] == "nba.record/1"
+    assert main["delivery"] == "sent"
     term = next(f for f in main["rules_fired"] if f["action_id"] == "term-deposit-rates")
     assert math.isclose(term["values"]["events.large_deposit.amount"], AMOUNT)
     assert 0 <= term["values"]["events.large_deposit.age_hours"] < 1
 
-    lines = server.decision_log.read_text(encoding="utf-8").splitlines()
+    lines = [json.dumps(r, ensure_ascii=False) for r in server.records()]
     assert len(lines) == len(server.decision_lines())
     for line in lines:
         record = json.loads(line)

@@ -15,7 +15,7 @@ from nba_service._proto.nba.v1 import nba_pb2
 from nba_service.domain.model import Channel
 from nba_service.domain.profile import Contact, OutcomeKind
 from nba_service.transport.grpc_errors import field_violations
-from tests.e2e._support import Oracle, ServerHandle, ids, read_json_lines, response_ids, utcnow, with_contact
+from tests.e2e._support import Oracle, ServerHandle, ids, response_ids, utcnow, with_contact
 
 pytestmark = pytest.mark.e2e
 
@@ -79,7 +79,7 @@ def test_accepted_outcome_caps_the_action(start_fresh_server: Any, oracle: Oracl
     deadline = time.monotonic() + 10
     wanted = {(decision.decision_id, action, "accepted"), (decision_other.decision_id, other_action, "not_offered")}
     while True:
-        lines = [r for r in read_json_lines(server.decision_log) if r.get("kind") == "outcome"]
+        lines = [r for r in server.records() if r.get("kind") == "outcome"]
         seen = {(r["decision_id"], r["action_id"], r["outcome"]) for r in lines}
         if wanted <= seen or time.monotonic() > deadline:
             break

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [str(NBA_SCRIPT), "serve", "--log-format", "json", "--decision-log", str(tmp_path / "d.jsonl"), *args]
+    command = [str(NBA_SCRIPT), "serve", "--log-format", "json", *args]
     return subprocess.run(
         command, capture_output=True, text=True, timeout=30, cwd=tmp_path, env=server_env(), check=False
     )
@@ -73,8 +73,8 @@ def test_serving_address_is_a_usable_target_for_ipv6(start_fresh_server: Any) ->
     assert server.address == f"[::1]:{port}"
 
 
-def test_unwritable_decision_log_refuses_to_start(tmp_path: Path) -> None:
-    """A decision log path that cannot be created (its parent is a file) stops start-up with `cannot start`
+def test_unwritable_database_refuses_to_start(tmp_path: Path) -> None:
+    """A database path that cannot be created (its parent is a file) stops start-up with `cannot start`
     and exit code 2: the service never runs without its audit trail."""
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("", encoding="utf-8")
@@ -83,8 +83,8 @@ def test_unwritable_decision_log_refuses_to_start(tmp_path: Path) -> None:
         "serve",
         "--port",
         "0",
-        "--decision-log",
-        str(blocker / "decisions.jsonl"),
+        "--db-path",
+        str(blocker / "nba.db"),
     ]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=30, cwd=tmp_path, env=server_env(), check=False

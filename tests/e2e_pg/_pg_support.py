@@ -1,6 +1,6 @@
 """Helpers for the PostgreSQL end-to-end tests: seeding, SQL from sync code, load, and what to expect.
 
-The server is the real `nba serve --store postgres` process started by `tests.e2e._support.start_server`;
+The server is the real `nba serve --store postgres` process started by `tests.e2e._support.start_server_with`;
 the expectations come from the synthetic generator (the population `seed` loaded) evaluated in this process
 with the reference evaluator and the policy code, only where the answer cannot depend on the exact moment.
 """
@@ -33,16 +33,30 @@ from nba_service.domain.records import DroppedCandidate
 from nba_service.domain.reference import ReferenceEvaluator
 from nba_service.stores.postgres.seed import SeedReport, seed
 from nba_service.synthetic import DEFAULT_SEED, generate_profiles
-from tests.e2e._support import PB_CHANNEL, RULESET_PATH, ProfileEdit, ServerHandle, start_server
+from tests.e2e._support import PB_CHANNEL, RULESET_PATH, ProfileEdit, ServerHandle, start_server_with
 from tests.pg import ThrowawayCluster, run_sync
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def pg_args(dsn: str, *extra: str) -> tuple[str, ...]:
-    """`nba serve` arguments for the PostgreSQL store: one-second database calls unless `extra` says otherwise."""
-    return ("--store", "postgres", "--dsn", dsn, "--db-timeout", "1", *extra)
+def pg_args(*extra: str) -> tuple[str, ...]:
+    """`nba serve` arguments for the PostgreSQL store: one-second database calls unless `extra` says otherwise.
+    The DSN is not among them: it carries a password, so the server reads it from NBA_DSN only (`pg_env`)."""
+    return ("--store", "postgres", "--db-timeout", "1", *extra)
+
+
+def pg_env(dsn: str) -> dict[str, str]:
+    return {"NBA_DSN": dsn}
+
+
+def spill_dir(server: ServerHandle) -> Path:
+    """Where `start_pg_server` tells the server to leave records it could not store at shutdown."""
+    return server.server_log.parent / "spill"
+
+
+def spill_files(server: ServerHandle) -> list[Path]:
+    return sorted(spill_dir(server).glob("records-unsent-*.jsonl"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,9 +96,19 @@ def decision_ids(dsn: str) -> list[str]:
     return [str(r["decision_id"]) for r in fetch(dsn, "SELECT decision_id FROM decisions")]
 
 
+def deliveries(dsn: str) -> dict[str, str]:
+    """decision id -> delivery (sent, deadline_exceeded, cancelled, failed) for every stored decision."""
+    return {str(r["decision_id"]): r["delivery"] for r in fetch(dsn, "SELECT decision_id, delivery FROM decisions")}
+
+
+def sent_ids(dsn: str) -> list[str]:
+    """The stored decisions whose answers reached the caller: exactly the calls answered OK."""
+    return sorted(d for d, delivery in deliveries(dsn).items() if delivery == "sent")
+
+
 class TableLock:
     """Holds a lock on `decisions` that blocks inserts (not reads) from another connection until released:
-    the decision log's writer then waits, as it would behind a slow or stuck database."""
+    the record writer then waits, as it would behind a slow or stuck database, and so do the answers."""
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
@@ -314,5 +338,6 @@ class Expectations:
         return first if first == last else None
 
 
-def start_pg_server(workdir: Any, dsn: str, *extra: str) -> ServerHandle:
-    return start_server(workdir, *pg_args(dsn, *extra))
+def start_pg_server(workdir: Path, dsn: str, *extra: str) -> ServerHandle:
+    """`nba serve --store postgres` on `dsn` (through NBA_DSN), spilling into `spill_dir(server)`."""
+    return start_server_with(workdir, *pg_args("--spill-dir", str(workdir / "spill"), *extra), env=pg_env(dsn))

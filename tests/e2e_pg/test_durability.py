@@ -1,10 +1,10 @@
-"""Nothing is lost: every Decide answered OK is one row in `decisions`, through PostgreSQL restarts and crashes
-under load, and through SIGTERM while the decision log still has rows to write."""
+"""Answered means recorded: every Decide answered OK is one `decisions` row marked sent, and no row is marked
+sent for a call that was not answered OK, through PostgreSQL restarts and crashes under load, through SIGTERM
+while answers wait for their commit, and through a shutdown that outlasts its drain time."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import signal
 import subprocess
 import time
@@ -21,9 +21,10 @@ from tests.e2e_pg._pg_support import (
     Load,
     TableLock,
     decide_request,
-    decision_ids,
+    deliveries,
     fetchval,
     seed_sync,
+    spill_files,
 )
 from tests.e2e_pg.conftest import StartPgServer
 from tests.pg import ThrowawayCluster
@@ -31,6 +32,7 @@ from tests.pg import ThrowawayCluster
 pytestmark = pytest.mark.e2e
 
 COUNT = 300
+CHANNELS = (Channel.AGENT_DESKTOP, Channel.OUTBOUND_DIALER)
 
 
 def _ok_ids(calls: list[Call]) -> list[str]:
@@ -44,28 +46,31 @@ def _stop(server: ServerHandle, timeout: float = 40.0) -> int:
     return server.process.wait(timeout)
 
 
-def _assert_every_answer_stored(dsn: str, server: ServerHandle, answered: list[str]) -> None:
+def _assert_answered_means_recorded(dsn: str, server: ServerHandle, answered: list[str]) -> dict[str, str]:
+    """Every OK answer is stored once and marked sent; any other row is marked as never delivered."""
     assert len(answered) == len(set(answered)), "the server gave out a decision id twice"
-    stored = decision_ids(dsn)
+    stored = deliveries(dsn)
     missing = set(answered) - set(stored)
-    extra = set(stored) - set(answered)
     assert not missing, f"{len(missing)} answered decisions are not in the table, e.g. {sorted(missing)[:3]}"
-    assert not extra, f"{len(extra)} rows for decisions nobody was answered, e.g. {sorted(extra)[:3]}"
-    assert len(stored) == len(answered)
+    unsent = {d: stored[d] for d in answered if stored[d] != "sent"}
+    assert not unsent, f"{len(unsent)} answered decisions are not marked sent, e.g. {list(unsent.items())[:3]}"
+    extra = {d: v for d, v in stored.items() if v == "sent" and d not in set(answered)}
+    assert not extra, f"{len(extra)} rows marked sent for calls not answered OK, e.g. {sorted(extra)[:3]}"
     events = server.log_events()
     assert events[-1]["event"] == "stopped", events[-3:]
-    assert not list(server.decision_log.parent.glob("decisions-unsent-*")), "a spill file was written"
+    return stored
 
 
 @pytest.mark.parametrize("outage", ["restart-fast", "kill-immediate"])
-def test_no_decision_is_lost_when_postgres_restarts_under_load(
+def test_no_answered_decision_is_lost_when_postgres_restarts_under_load(
     pg_cluster: ThrowawayCluster, start_pg: StartPgServer, outage: str
 ) -> None:
     """Eight threads call Decide back to back (deadline 4 s) while PostgreSQL is restarted (fast shutdown) or
     crashed (immediate shutdown, down for 1.5 s, then crash recovery). Every call ends OK or UNAVAILABLE, never
-    with a deadline or another error; decisions are answered again after the database is back, without
-    restarting the server; after SIGTERM the server exits 0 and `decisions` holds exactly the answered decisions,
-    each once."""
+    with a deadline or another error, and a call that saw the database down failed fast; decisions are answered
+    again once the database is back, without restarting the server. After SIGTERM the server exits 0 with no
+    spill file, and `decisions` holds every answered decision once, marked sent, and none marked sent that was
+    not answered."""
     dsn = pg_cluster.nba_dsn
     seed_sync(dsn, COUNT, datetime.now(UTC))
     server = start_pg(dsn, "--drain-seconds", "30", "--grace-seconds", "5")
@@ -92,78 +97,91 @@ def test_no_decision_is_lost_when_postgres_restarts_under_load(
     if outage == "kill-immediate":
         down = [c for c in calls if c.code == grpc.StatusCode.UNAVAILABLE]
         assert down, "no call saw the database down: the outage was not real"
+        # A profile read and a record wait, each bounded by --db-timeout 1.
         assert all(c.ended - c.started < 2.5 for c in down), max(c.ended - c.started for c in down)
         assert any(c.started > outage_started and c.ended < back for c in down)
-    _assert_every_answer_stored(dsn, server, _ok_ids(calls))
+    _assert_answered_means_recorded(dsn, server, _ok_ids(calls))
+    assert not spill_files(server), "a spill file was written"
 
 
-def test_sigterm_drains_decisions_the_log_has_not_written_yet(pg_dsn: str, start_pg: StartPgServer) -> None:
-    """While another transaction holds a lock that blocks inserts into `decisions`, 60 decisions are answered
-    and SIGTERM is sent at once. The server keeps running while its decision log cannot write (it drains, it
-    does not drop), exits 0 soon after the lock is released, and every answered decision is then in the table
-    exactly once (no spill file)."""
+def test_sigterm_lets_answers_waiting_for_their_commit_finish(pg_dsn: str, start_pg: StartPgServer) -> None:
+    """While another transaction holds a lock that blocks inserts into `decisions`, eight Decide calls wait for
+    their records' commit (--db-timeout 5) and SIGTERM arrives. The server keeps running and answers nothing
+    while it cannot record; once the lock is released every waiting call is answered OK, the server exits 0
+    soon after, and every answered decision is in the table once, marked sent (no spill file)."""
     seed_sync(pg_dsn, COUNT, datetime.now(UTC))
-    server = start_pg(pg_dsn, "--drain-seconds", "30")
+    server = start_pg(pg_dsn, "--db-timeout", "5", "--drain-seconds", "30", "--grace-seconds", "20")
     warm = [server.decide(f"CUST-{n:06d}", Channel.AGENT_DESKTOP).decision_id for n in range(1, 6)]
-    deadline = time.monotonic() + 10
-    while fetchval(pg_dsn, "SELECT count(*) FROM decisions") < len(warm) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert fetchval(pg_dsn, "SELECT count(*) FROM decisions") == len(warm)
+    assert fetchval(pg_dsn, "SELECT count(*) FROM decisions") == len(warm)  # durable before answered
 
     stub = server.stub
-    with TableLock(pg_dsn) as lock:
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            requests = [
-                decide_request(f"CUST-{n % COUNT + 1:06d}", (Channel.AGENT_DESKTOP, Channel.OUTBOUND_DIALER)[n % 2])
-                for n in range(60)
-            ]
-            answered = [r.decision_id for r in pool.map(lambda r: stub.Decide(r, timeout=5), requests)]
-        server.close_channels()
+    requests = [decide_request(f"CUST-{n % COUNT + 1:06d}", CHANNELS[n % 2]) for n in range(8)]
+    with TableLock(pg_dsn) as lock, concurrent.futures.ThreadPoolExecutor(8) as pool:
+        waiting = [pool.submit(stub.Decide, r, timeout=15) for r in requests]
+        time.sleep(0.5)
         server.process.send_signal(signal.SIGTERM)
         time.sleep(1.5)
-        assert server.process.poll() is None, "the server exited while its decision log could not write"
+        assert server.process.poll() is None, "the server exited while answers waited for their records"
+        assert not any(f.done() for f in waiting), "a call was answered before its record was durable"
         assert fetchval(pg_dsn, "SELECT count(*) FROM decisions") == len(warm)
         lock.release()
         released = time.monotonic()
-        code = server.process.wait(30)
+        answered = [f.result(timeout=10).decision_id for f in waiting]
+    server.close_channels()
+    code = server.process.wait(30)
     assert code == 0, server.log_text()
     assert time.monotonic() - released < 10
-    _assert_every_answer_stored(pg_dsn, server, [*warm, *answered])
-    assert server.log_events()[-1]["decisions_logged"] == len(warm) + len(answered)
+    _assert_answered_means_recorded(pg_dsn, server, [*warm, *answered])
+    assert server.log_events()[-1]["decisions_recorded"] == len(warm) + len(answered)
+    assert not spill_files(server), "a spill file was written"
 
 
-def test_sigterm_past_the_drain_timeout_spills_and_replay_stores_them(pg_dsn: str, start_pg: StartPgServer) -> None:
-    """When the decision log still cannot write after --drain-seconds 1, SIGTERM still ends the process (exit 0)
-    within a few seconds, having written the unsent decisions to a decisions-unsent-*.jsonl file next to the
-    decision log path; `nba db replay` then stores exactly the answered decisions, and a second replay adds none."""
+def test_a_store_stuck_past_the_drain_time_answers_nothing_it_cannot_record(
+    pg_dsn: str, start_pg: StartPgServer
+) -> None:
+    """With inserts into `decisions` blocked, calls come back UNAVAILABLE within about --db-timeout (1 s) rather
+    than OK; SIGTERM then still ends the process (exit 0) within a few seconds (--grace-seconds 1,
+    --drain-seconds 1). Once the lock is gone, the table holds every decision answered OK marked sent and none
+    of the refused ones marked sent; any spill file replays without complaint and changes nothing of that."""
     seed_sync(pg_dsn, COUNT, datetime.now(UTC))
-    server = start_pg(pg_dsn, "--drain-seconds", "1")
-    with TableLock(pg_dsn):
-        answered = [
-            server.decide(f"CUST-{n:06d}", (Channel.AGENT_DESKTOP, Channel.OUTBOUND_DIALER)[n % 2]).decision_id
-            for n in range(1, 41)
-        ]
+    server = start_pg(pg_dsn, "--drain-seconds", "1", "--grace-seconds", "1")
+    answered = [server.decide(f"CUST-{n:06d}", CHANNELS[n % 2]).decision_id for n in range(1, 11)]
+    stub = server.stub
+    with TableLock(pg_dsn), concurrent.futures.ThreadPoolExecutor(6) as pool:
+        started = time.monotonic()
+        refused = list(
+            pool.map(
+                lambda n: _code(stub, decide_request(f"CUST-{n:06d}", CHANNELS[n % 2])),
+                range(20, 26),
+            )
+        )
+        assert refused == [grpc.StatusCode.UNAVAILABLE] * 6, refused
+        assert time.monotonic() - started < 3.0
         signalled = time.monotonic()
         code = _stop(server, timeout=30)
         took = time.monotonic() - signalled
     assert code == 0, server.log_text()
-    assert took < 10, f"shutdown took {took:.1f} s with a 1 s drain timeout"
-    spilled = next(e for e in server.log_events() if e.get("event") == "decision_log_spilled")
-    files = sorted(server.decision_log.parent.glob("decisions-unsent-*.jsonl"))
-    assert [str(f) for f in files] == [spilled["path"]]
-    lines = [json.loads(line) for line in files[0].read_text("utf-8").splitlines()]
-    assert sorted(r["decision_id"] for r in lines) == sorted(answered)
-    assert fetchval(pg_dsn, "SELECT count(*) FROM decisions") == 0
+    assert took < 10, f"shutdown took {took:.1f} s with 1 s of grace and 1 s of drain time"
 
-    for inserted in (len(answered), 0):
+    for path in spill_files(server):
         result = subprocess.run(
-            [str(NBA_SCRIPT), "db", "replay", "--dsn", pg_dsn, str(files[0])],
+            [str(NBA_SCRIPT), "db", "replay", "--dsn", pg_dsn, str(path)],
             capture_output=True,
             text=True,
             timeout=60,
             env=server_env(),
             check=False,
         )
-        assert result.returncode == 0, result.stderr
-        assert f"{len(answered)} decisions read, {inserted} inserted" in result.stdout
-    assert sorted(decision_ids(pg_dsn)) == sorted(answered)
+        assert result.returncode == 0, (result.stdout, result.stderr)
+    # An INSERT still waiting for the lock when the server left must have been cancelled, not committed.
+    time.sleep(0.5)
+    stored = _assert_answered_means_recorded(pg_dsn, server, answered)
+    assert len(stored) <= len(answered) + 6
+
+
+def _code(stub: object, request: object) -> grpc.StatusCode:
+    try:
+        stub.Decide(request, timeout=10)  # type: ignore[attr-defined]
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK

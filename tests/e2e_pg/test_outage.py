@@ -17,11 +17,12 @@ from tests.e2e_pg._pg_support import (
     NOT_SERVING,
     SERVING,
     decide_request,
-    decision_ids,
     frozen,
     health_status,
     pg_args,
+    pg_env,
     seed_sync,
+    sent_ids,
     wait_for_health,
 )
 from tests.e2e_pg.conftest import StartPgServer
@@ -45,7 +46,7 @@ def test_database_down_gives_unavailable_not_serving_and_recovers_by_itself(
     """With PostgreSQL stopped under a running server (--db-timeout 1): Decide with a 3 s deadline comes back
     UNAVAILABLE (not DEADLINE_EXCEEDED) within 2 s, saying the database is unavailable; gRPC health reports
     NOT_SERVING within 3 s; once PostgreSQL is started again, without touching the server, health is SERVING
-    again and Decide answers OK (with a decision stored in the table)."""
+    again and Decide answers OK. The table holds exactly the two decisions answered, marked sent."""
     seed_sync(pg_cluster.nba_dsn, COUNT, datetime.now(UTC))
     server = start_pg(pg_cluster.nba_dsn)
     stub = server.stub
@@ -73,7 +74,7 @@ def test_database_down_gives_unavailable_not_serving_and_recovers_by_itself(
     events = [e.get("event") for e in server.log_events()]
     assert "store_readiness_changed" in events
 
-    assert sorted(decision_ids(pg_cluster.nba_dsn)) == sorted([first.decision_id, second.decision_id])
+    assert sent_ids(pg_cluster.nba_dsn) == sorted([first.decision_id, second.decision_id])
 
 
 def test_a_hung_database_gives_unavailable_within_the_deadline(
@@ -82,7 +83,7 @@ def test_a_hung_database_gives_unavailable_within_the_deadline(
     """With PostgreSQL suspended (connections accepted, nothing answered, as with a hung server or a network
     partition), Decide with a 3 s deadline still comes back UNAVAILABLE, not DEADLINE_EXCEEDED, within about
     2 s (--db-timeout 1 bounds getting a connection and the query each); health turns NOT_SERVING; once
-    PostgreSQL resumes, the server serves again by itself and every decision answered is stored once."""
+    PostgreSQL resumes, the server serves again by itself and exactly the decisions answered are stored as sent."""
     seed_sync(pg_cluster.nba_dsn, COUNT, datetime.now(UTC))
     server = start_pg(pg_cluster.nba_dsn)
     stub = server.stub
@@ -99,7 +100,7 @@ def test_a_hung_database_gives_unavailable_within_the_deadline(
     wait_for_health(server, SERVING, within=5.0)
     answered.append(stub.Decide(decide_request("CUST-000006", Channel.AGENT_DESKTOP), timeout=5).decision_id)
     assert server.stop() == 0, server.log_text()
-    assert sorted(decision_ids(pg_cluster.nba_dsn)) == sorted(answered)
+    assert sent_ids(pg_cluster.nba_dsn) == sorted(answered)
 
 
 def test_starts_not_serving_while_the_database_is_down_then_serves(
@@ -129,11 +130,11 @@ def test_refuses_to_start_on_an_unmigrated_schema(pg_empty_dsn: str, tmp_path: P
     """Against a database without the schema, `nba serve --store postgres` exits with code 2 and a message
     that names the missing migration and tells to run `nba db migrate`; it never logs `serving`."""
     result = subprocess.run(
-        server_command(tmp_path, *pg_args(pg_empty_dsn)),
+        server_command(tmp_path, *pg_args()),
         capture_output=True,
         text=True,
         timeout=60,
-        env=server_env(),
+        env={**server_env(), **pg_env(pg_empty_dsn)},
         cwd=tmp_path,
         check=False,
     )

@@ -39,7 +39,8 @@ def test_decide_ingest_outcome_and_one_audit_row_per_decision(pg_dsn: str, start
     """Against a seeded database: Decide answers on both channels exactly what the local reference predicts
     for the seeded profiles; an IngestEvent makes its rule fire in the next decision (and is stored as an
     events row); RecordOutcome ACCEPTED for an action capped at one contact removes it from the next decision
-    (and is stored as a contacts row). After SIGTERM, `decisions` holds exactly one row per decision answered,
+    (and is stored as a contacts row; a later CONVERTED updates that one row and both are in `outcomes`).
+    After SIGTERM, `decisions` holds exactly one row per decision answered, marked sent,
     with the ruleset name, version and hash, the rules fired with the values they read, the dropped candidates
     with their reasons, the actions as answered, a positive latency and the answer's decision time."""
     seeded_at = datetime.now(UTC)
@@ -145,6 +146,24 @@ def test_decide_ingest_outcome_and_one_audit_row_per_decision(pg_dsn: str, start
         uuid.UUID(decision.decision_id),
     )
     assert [tuple(r) for r in contacts] == [(customer, offered, "agent_desktop", "accepted", "customer keen")]
+    # A second report for the same offer updates its one contact and adds an audit row.
+    outcome = nba_pb2.RecordOutcomeRequest(
+        decision_id=decision.decision_id, action_id=offered, outcome=nba_pb2.CONVERTED
+    )
+    assert server.stub.RecordOutcome(outcome, timeout=10).customer_id == customer
+    contacts = fetch(
+        pg_dsn, "SELECT outcome, reached FROM contacts WHERE decision_id = $1", uuid.UUID(decision.decision_id)
+    )
+    assert [tuple(r) for r in contacts] == [("converted", True)]
+    audit = fetch(
+        pg_dsn,
+        "SELECT customer_id, action_id, outcome, note FROM outcomes WHERE decision_id = $1 ORDER BY outcome_id",
+        uuid.UUID(decision.decision_id),
+    )
+    assert [tuple(r) for r in audit] == [
+        (customer, offered, "accepted", "customer keen"),
+        (customer, offered, "converted", ""),
+    ]
 
     assert server.stop() == 0, server.log_text()
 
@@ -167,6 +186,7 @@ def test_decide_ingest_outcome_and_one_audit_row_per_decision(pg_dsn: str, start
         assert row["decided_at"] == response.decided_at.ToDatetime(tzinfo=UTC)
         assert row["engine"] == "durable_rules"
         assert row["latency_ms"] > 0
+        assert row["delivery"] == "sent"
         actions = json.loads(row["actions"])
         assert [(a["action_id"], a["rule_id"], a["script"], a["priority"]) for a in actions] == [
             (a.action_id, a.rule_id, a.script, a.priority) for a in response.actions

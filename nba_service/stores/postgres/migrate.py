@@ -13,14 +13,10 @@ from importlib import resources
 
 import asyncpg
 
-from nba_service.errors import NbaError
+from nba_service.errors import MigrationError
 
-_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 _LOCK_KEY = 0x6E6261  # "nba": one migrator at a time across replicas
-
-
-class MigrationError(NbaError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +33,7 @@ class Migration:
 def migrations() -> list[Migration]:
     found: list[Migration] = []
     for entry in resources.files("nba_service.stores.postgres").joinpath("migrations").iterdir():
-        match = _FILE.match(entry.name)
+        match = _FILE.fullmatch(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)

@@ -1,9 +1,11 @@
 """The production profile store: live profiles from a PostgreSQL database that other systems share.
 
 One prepared statement returns the whole live profile in one round trip: attributes, consents and
-do-not-call folded into the attributes the rulesets read, the newest unexpired event of each type,
-and the contact history inside the longest frequency-cap window. Any failure to reach the database
-becomes `Unavailable`, quickly, so a decision never hangs past its deadline.
+do-not-call folded into the attributes the rulesets read, the newest unexpired event of each type the
+ruleset declares, and the contact history (one row per offered action) inside the longest frequency-cap
+window. The read's cost therefore depends on the ruleset, not on how many events or outcomes a customer
+has piled up. Any failure to reach the database becomes `Unavailable`, quickly, so a decision never
+hangs past its deadline.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,12 +22,23 @@ import asyncpg
 import structlog
 
 from nba_service.domain.model import Channel
-from nba_service.domain.profile import AttributeValue, Contact, Event, OutcomeKind, Profile
-from nba_service.errors import NotFound, Unavailable
+from nba_service.domain.profile import (
+    CONTACTED_OUTCOMES,
+    AttributeValue,
+    Contact,
+    Event,
+    Outcome,
+    OutcomeKind,
+    Profile,
+)
+from nba_service.errors import InvalidArgument, NotFound, Unavailable
 from nba_service.stores.postgres.migrate import migrations
 
 log = structlog.get_logger(__name__)
 
+# The newest live event per *declared* type: one index scan (events_customer_type_time) per type the
+# ruleset reads, so thousands of events of other types cost the read nothing and can never crowd out a
+# live trigger. Contacts are one row per offered action, so an offer answered many times is read once.
 PROFILE_SQL = """
 SELECT c.attributes,
        (SELECT coalesce(jsonb_object_agg('consent_' || k.purpose, k.granted), '{}'::jsonb)
@@ -33,17 +46,41 @@ SELECT c.attributes,
        EXISTS (SELECT 1 FROM do_not_call d WHERE d.customer_id = c.customer_id) AS do_not_call,
        (SELECT coalesce(jsonb_agg(jsonb_build_object('type', e.type, 'time', e.time, 'attributes', e.attributes,
                                                      'expires_at', e.expires_at) ORDER BY e.time), '[]'::jsonb)
-          FROM (SELECT DISTINCT ON (type) type, time, attributes, expires_at
-                  FROM events
-                 WHERE customer_id = c.customer_id AND (expires_at IS NULL OR expires_at > $2)
-                 ORDER BY type, time DESC) e) AS events,
+          FROM unnest($4::text[]) AS t(type)
+          CROSS JOIN LATERAL (
+                SELECT v.type, v.time, v.attributes, v.expires_at
+                  FROM events v
+                 WHERE v.customer_id = c.customer_id AND v.type = t.type
+                   AND (v.expires_at IS NULL OR v.expires_at > $2)
+                 ORDER BY v.time DESC
+                 LIMIT 1) e) AS events,
        (SELECT coalesce(jsonb_agg(jsonb_build_object('action_id', h.action_id, 'channel', h.channel, 'time', h.time,
-                                                     'outcome', h.outcome, 'decision_id', h.decision_id)
+                                                     'outcome', h.outcome, 'decision_id', h.decision_id,
+                                                     'reached', h.reached)
                                   ORDER BY h.time), '[]'::jsonb)
           FROM contacts h WHERE h.customer_id = c.customer_id AND h.time > $3) AS contacts
   FROM customers c
  WHERE c.customer_id = $1
 """
+
+_CONTACTED_SQL = ", ".join(f"'{kind.value}'" for kind in sorted(CONTACTED_OUTCOMES))
+# One statement, so one round trip and one transaction: the offer's contact row takes the latest outcome
+# (by its time; a later report wins a tie) and stays reached once any outcome reached the customer, and
+# the audit row is appended. A foreign-key failure (unknown customer) leaves neither.
+ADD_OUTCOME_SQL = f"""
+WITH contact AS (
+    INSERT INTO contacts AS k (customer_id, decision_id, action_id, channel, time, outcome, note, reached)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    ON CONFLICT (decision_id, action_id) WHERE decision_id IS NOT NULL DO UPDATE
+       SET outcome = CASE WHEN excluded.time >= k.time THEN excluded.outcome ELSE k.outcome END,
+           note = CASE WHEN excluded.time >= k.time THEN excluded.note ELSE k.note END,
+           time = greatest(k.time, excluded.time),
+           reached = coalesce(k.reached, k.outcome IN ({_CONTACTED_SQL})) OR excluded.reached
+    RETURNING 1
+)
+INSERT INTO outcomes (decision_id, customer_id, action_id, channel, outcome, time, note)
+SELECT $2, $1, $3, $4, $6, $5, $7 FROM contact
+"""  # noqa: S608 - the interpolated list is the fixed outcome names
 
 _SCHEMA_VERSION = "SELECT max(version) FROM schema_migrations"
 
@@ -95,12 +132,15 @@ class PostgresProfileStore:
         pool: asyncpg.Pool,
         *,
         history: timedelta,
+        event_types: Iterable[str],
         timeout: float = 1.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._pool = pool
         self._schema_version = max(m.version for m in migrations())
         self._history = history
+        # Only the types the ruleset reads: an undeclared type can never change a decision.
+        self._event_types = sorted(set(event_types))
         self._timeout = timeout
         self._clock = clock
 
@@ -122,7 +162,9 @@ class PostgresProfileStore:
         now = self._clock()
 
         async def read(conn: asyncpg.Connection, budget: float) -> Any:
-            return await conn.fetchrow(PROFILE_SQL, customer_id, now, now - self._history, timeout=budget)
+            return await conn.fetchrow(
+                PROFILE_SQL, customer_id, now, now - self._history, self._event_types, timeout=budget
+            )
 
         row = await self._run("reading a profile", read)
         if row is None:
@@ -146,6 +188,7 @@ class PostgresProfileStore:
                 _time(c["time"]),
                 OutcomeKind(c["outcome"]),
                 c["decision_id"] or "",
+                reached=c["reached"],
             )
             for c in row["contacts"]
         )
@@ -173,25 +216,30 @@ class PostgresProfileStore:
             raise NotFound(f"customer {customer_id!r} not found") from exc
         return str(event_id)
 
-    async def add_contact(self, customer_id: str, contact: Contact) -> None:
-        async def insert(conn: asyncpg.Connection, budget: float) -> None:
+    async def add_outcome(self, outcome: Outcome) -> None:
+        try:
+            decision_id = uuid.UUID(outcome.decision_id)
+        except ValueError as exc:
+            raise InvalidArgument.of("decision_id", f"{outcome.decision_id!r} is not a decision id") from exc
+
+        async def upsert(conn: asyncpg.Connection, budget: float) -> None:
             await conn.execute(
-                "INSERT INTO contacts (customer_id, decision_id, action_id, channel, time, outcome, note)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                customer_id,
-                uuid.UUID(contact.decision_id) if contact.decision_id else None,
-                contact.action_id,
-                contact.channel.value,
-                contact.time,
-                contact.outcome.value,
-                contact.note,
+                ADD_OUTCOME_SQL,
+                outcome.customer_id,
+                decision_id,
+                outcome.action_id,
+                outcome.channel.value,
+                outcome.time,
+                outcome.outcome.value,
+                outcome.note,
+                outcome.outcome in CONTACTED_OUTCOMES,
                 timeout=budget,
             )
 
         try:
-            await self._run("storing an outcome", insert)
+            await self._run("storing an outcome", upsert)
         except asyncpg.ForeignKeyViolationError as exc:
-            raise NotFound(f"customer {customer_id!r} not found") from exc
+            raise NotFound(f"customer {outcome.customer_id!r} not found") from exc
 
     async def ready(self) -> bool:
         """Reachable and migrated: a database restored without the schema must not look healthy."""

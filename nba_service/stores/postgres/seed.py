@@ -10,7 +10,8 @@ reads back into exactly the same `Profile`:
 - `events`: one row per event, keyed by a UUID derived from the seed, customer id and position
   (except an event that expires the instant it happens, which no reader could ever see and the
   table's CHECK forbids: the generator draws a few mortgage rates expiring in 0 days);
-- `contacts`: one row per entry of contact history (generated ones have no decision id and an empty note).
+- `contacts`: one row per entry of contact history (generated ones have no decision id, an empty note and
+  no `reached`, which the profile store reads as "judge by the outcome").
 
 Batches are generated while the previous batch is being copied, and loaded with COPY, all in one
 transaction, so an interrupted seed leaves nothing behind and can simply be run again.
@@ -30,7 +31,7 @@ from typing import Final
 import asyncpg
 
 from nba_service.domain.profile import AttributeValue, Profile
-from nba_service.errors import InvalidArgument, NbaError
+from nba_service.errors import InvalidArgument, SchemaNotMigrated, SeedError, SeedRefused
 from nba_service.stores.postgres.migrate import pending
 from nba_service.synthetic import DEFAULT_SEED, MAX_CUSTOMERS, generate_profiles
 
@@ -50,21 +51,9 @@ _CUSTOMER_COLUMNS: Final = ("customer_id", "attributes")
 _CONSENT_COLUMNS: Final = ("customer_id", "purpose", "granted")
 _DO_NOT_CALL_COLUMNS: Final = ("customer_id", "source")
 _EVENT_COLUMNS: Final = ("event_id", "customer_id", "type", "time", "attributes", "expires_at")
-_CONTACT_COLUMNS: Final = ("customer_id", "decision_id", "action_id", "channel", "time", "outcome", "note")
+_CONTACT_COLUMNS: Final = ("customer_id", "decision_id", "action_id", "channel", "time", "outcome", "note", "reached")
 
 Row = tuple[object, ...]
-
-
-class SeedError(NbaError):
-    """The database is not in a state the seed can load into."""
-
-
-class SchemaNotMigrated(SeedError):
-    pass
-
-
-class SeedRefused(SeedError):
-    """The database already holds data, and `force` was not given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +126,7 @@ class Batch:
                     contact.time,
                     contact.outcome.value,
                     contact.note,
+                    contact.reached,
                 )
             )
 

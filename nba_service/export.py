@@ -1,0 +1,54 @@
+"""`nba decisions export`: the decision and outcome records of whichever store is configured, as JSON lines.
+
+Auditors and other tools read one documented, versioned format (`nba.record/1`, see
+`nba_service.domain.records`) and need no SQL; spill files and dead letters use the same format.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+from nba_service.domain.ports import RecordExport
+from nba_service.errors import InvalidArgument, NotFound
+from nba_service.settings import Settings
+from nba_service.stores.sqlite import SqliteStore
+
+
+async def export_records(
+    settings: Settings,
+    write: Callable[[str], None],
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    customer_id: str | None = None,
+) -> int:
+    """Writes one JSON line per record, oldest first; returns how many were written."""
+    source: RecordExport
+    close: Callable[[], Awaitable[None]]
+    if settings.store == "postgres":
+        # asyncpg only when asked for
+        from nba_service.stores.postgres.decision_log import PostgresRecordExport  # noqa: PLC0415
+        from nba_service.stores.postgres.profiles import create_pool  # noqa: PLC0415
+
+        if not settings.dsn:
+            raise InvalidArgument.of("NBA_DSN", "is required to export from PostgreSQL")
+        pool = await create_pool(settings.dsn, max_size=1, connect_timeout=max(2.0, settings.db_timeout))
+        source, close = PostgresRecordExport(pool), pool.close
+    else:
+        if not settings.db_path.exists():
+            raise NotFound(
+                f"no embedded database at {settings.db_path} (run `nba serve` here first, or give --db-path)"
+            )
+        store = SqliteStore(settings.db_path, event_types=(), history=timedelta(days=1), timeout=settings.db_timeout)
+        await store.open()
+        source, close = store, store.close
+    count = 0
+    try:
+        async for item in source.export(since, until, customer_id):
+            write(json.dumps(item, ensure_ascii=False, separators=(",", ":"), default=str))
+            count += 1
+    finally:
+        await close()
+    return count

@@ -1,0 +1,535 @@
+"""The embedded store: one SQLite file (WAL mode) holding what the PostgreSQL store holds.
+
+It lets a newcomer run real decisions with no database server, keeps events, outcomes and decision
+records across restarts, and lets several worker processes serve one file at once (SQLite serialises
+their writes; WAL lets reads go on during a write).
+
+No call touches the file from the event loop: even a read can block on a stalled disk (SQLite writes
+read marks into its memory-mapped `-shm` file), and a frozen loop could neither answer UNAVAILABLE nor
+stop on SIGTERM. Reads run on a few reader threads, writes on one writer thread, each with its own
+connection and every call under the `--db-timeout` budget. Commits use `synchronous=FULL`: a decision
+record survives SIGKILL and power loss alike once its answer has left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from nba_service.domain.model import Channel
+from nba_service.domain.profile import CONTACTED_OUTCOMES, Contact, Event, Outcome, OutcomeKind, Profile
+from nba_service.domain.records import (
+    DecisionRecord,
+    DecisionSummary,
+    Delivery,
+    DeliveryUpdate,
+    outcome_to_json,
+)
+from nba_service.errors import NotFound, Unavailable
+
+log = structlog.get_logger(__name__)
+
+SCHEMA_VERSION = 1
+READER_THREADS = 4
+CONSENT_PREFIX = "consent_"
+DO_NOT_CALL = "do_not_call"
+
+_SCHEMA = (
+    """CREATE TABLE customers (
+        customer_id TEXT PRIMARY KEY CHECK (length(customer_id) BETWEEN 1 AND 64),
+        attributes  TEXT NOT NULL CHECK (json_type(attributes) = 'object'),
+        updated_at  TEXT NOT NULL)""",
+    """CREATE TABLE consents (
+        customer_id TEXT NOT NULL REFERENCES customers ON DELETE CASCADE,
+        purpose     TEXT NOT NULL,
+        granted     INTEGER NOT NULL CHECK (granted IN (0, 1)),
+        PRIMARY KEY (customer_id, purpose)) WITHOUT ROWID""",
+    """CREATE TABLE do_not_call (
+        customer_id TEXT PRIMARY KEY REFERENCES customers ON DELETE CASCADE,
+        listed_at   TEXT NOT NULL,
+        source      TEXT NOT NULL DEFAULT '')""",
+    """CREATE TABLE events (
+        event_id    TEXT PRIMARY KEY,
+        customer_id TEXT NOT NULL REFERENCES customers ON DELETE CASCADE,
+        type        TEXT NOT NULL,
+        time        TEXT NOT NULL,
+        attributes  TEXT NOT NULL CHECK (json_type(attributes) = 'object'),
+        expires_at  TEXT CHECK (expires_at IS NULL OR expires_at > time))""",
+    "CREATE INDEX events_customer_type_time ON events (customer_id, type, time DESC)",
+    """CREATE TABLE contacts (
+        contact_id  INTEGER PRIMARY KEY,
+        customer_id TEXT NOT NULL REFERENCES customers ON DELETE CASCADE,
+        decision_id TEXT,
+        action_id   TEXT NOT NULL,
+        channel     TEXT NOT NULL CHECK (channel IN ('agent_desktop', 'outbound_dialer')),
+        time        TEXT NOT NULL,
+        outcome     TEXT NOT NULL,
+        reached     INTEGER NOT NULL CHECK (reached IN (0, 1)),
+        note        TEXT NOT NULL DEFAULT '')""",
+    "CREATE UNIQUE INDEX contacts_offer ON contacts (decision_id, action_id) WHERE decision_id IS NOT NULL",
+    "CREATE INDEX contacts_customer_time ON contacts (customer_id, time)",
+    """CREATE TABLE outcomes (
+        outcome_id  INTEGER PRIMARY KEY,
+        decision_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        action_id   TEXT NOT NULL,
+        channel     TEXT NOT NULL,
+        outcome     TEXT NOT NULL,
+        time        TEXT NOT NULL,
+        note        TEXT NOT NULL DEFAULT '',
+        recorded_at TEXT NOT NULL)""",
+    "CREATE INDEX outcomes_time ON outcomes (time)",
+    """CREATE TABLE decisions (
+        decision_id TEXT PRIMARY KEY,
+        decided_at  TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        delivery    TEXT NOT NULL DEFAULT 'sent'
+                    CHECK (delivery IN ('sent', 'deadline_exceeded', 'cancelled', 'failed')),
+        record      TEXT NOT NULL,
+        written_at  TEXT NOT NULL)""",
+    "CREATE INDEX decisions_time ON decisions (decided_at)",
+    "CREATE INDEX decisions_customer_time ON decisions (customer_id, decided_at)",
+    "CREATE TABLE probe (id INTEGER PRIMARY KEY, written_at TEXT NOT NULL)",
+    """CREATE TABLE dead_letters (
+        id           INTEGER PRIMARY KEY,
+        decision_id  TEXT,
+        error        TEXT NOT NULL,
+        record       TEXT NOT NULL,
+        set_aside_at TEXT NOT NULL)""",
+)
+
+_EVENTS_SQL = """
+SELECT e.type, e.time, e.attributes, e.expires_at FROM json_each(?3) AS t
+  JOIN events AS e ON e.rowid = (
+       SELECT x.rowid FROM events AS x
+        WHERE x.customer_id = ?1 AND x.type = t.value AND (x.expires_at IS NULL OR x.expires_at > ?2)
+        ORDER BY x.time DESC LIMIT 1)
+ ORDER BY e.time
+"""
+_CONTACTS_SQL = """
+SELECT action_id, channel, time, outcome, decision_id, reached FROM contacts
+ WHERE customer_id = ? AND time > ? ORDER BY time
+"""
+_UPSERT_CONTACT = """
+INSERT INTO contacts (customer_id, decision_id, action_id, channel, time, outcome, reached, note)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (decision_id, action_id) WHERE decision_id IS NOT NULL DO UPDATE SET
+    time = max(contacts.time, excluded.time),
+    outcome = CASE WHEN excluded.time >= contacts.time THEN excluded.outcome ELSE contacts.outcome END,
+    note = CASE WHEN excluded.time >= contacts.time THEN excluded.note ELSE contacts.note END,
+    reached = contacts.reached OR excluded.reached
+"""
+# The refusals a record can cause by its content alone; anything else means the store is failing.
+_REFUSALS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, UnicodeError, ValueError)
+
+T = TypeVar("T")
+
+
+def stamp(moment: datetime) -> str:
+    """One fixed-width UTC spelling, so SQLite compares times correctly as text."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _record_text(record: DecisionRecord, *, ascii_only: bool = False) -> str:
+    return json.dumps(record.to_json(), ensure_ascii=ascii_only, separators=(",", ":"), default=str)
+
+
+class SqliteStore:
+    """ProfileStore, RecordSink and RecordExport over one SQLite file."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        event_types: Sequence[str],
+        history: timedelta,
+        timeout: float = 1.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.path = path
+        self._event_types = json.dumps(sorted(set(event_types)))
+        self._history = history
+        self._timeout = timeout
+        self._clock = clock
+        self._thread_prefix = f"sqlite-{id(self):x}"
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"{self._thread_prefix}-writer")
+        self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix=f"{self._thread_prefix}-reader")
+        self._local = threading.local()
+        self._write_conn: sqlite3.Connection | None = None
+        self._writes_pending = 0
+        self._open = False
+
+    # ------------------------------------------------------------------ opening and seeding
+
+    async def open(self, seed: Callable[[], Iterable[Profile]] | None = None) -> int:
+        """Opens the file, creating and seeding it on first start; returns how many customers it holds.
+
+        Several workers may open a new file at once: the schema and the seed are made under SQLite's
+        write lock, and whoever comes second finds them done.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        customers = await self._in_writer(lambda conn: _prepare(conn, seed, self._clock()))
+        self._open = True
+        return customers
+
+    def _write_connection(self) -> sqlite3.Connection:
+        if self._write_conn is None:
+            conn = _connect(self.path, busy_ms=int(self._timeout * 1000))
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            self._write_conn = conn
+        return self._write_conn
+
+    async def _in_writer(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            conn = self._write_connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        def done(_: asyncio.Future[T]) -> None:
+            self._writes_pending -= 1
+
+        self._writes_pending += 1
+        future = asyncio.get_running_loop().run_in_executor(self._writer, run)
+        future.add_done_callback(done)
+        return await future
+
+    async def _in_reader(self, what: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        """One read in one snapshot, on a reader thread, within the time budget."""
+        if not self._open:
+            raise Unavailable("the embedded database is not open")
+
+        def run() -> T:
+            conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = _connect(self.path, busy_ms=int(self._timeout * 1000))
+                self._local.conn = conn
+            conn.execute("BEGIN")
+            try:
+                return work(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"the embedded database cannot be read ({what}): {exc}") from exc
+        except TimeoutError as exc:
+            raise Unavailable(f"the embedded database did not answer within {self._timeout:g} s ({what})") from exc
+
+    # ------------------------------------------------------------------ ProfileStore
+
+    async def get_profile(self, customer_id: str) -> Profile:
+        now = self._clock()
+
+        def read(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+            row = conn.execute("SELECT attributes FROM customers WHERE customer_id = ?", (customer_id,)).fetchone()
+            if row is None:
+                return None
+            return (
+                row,
+                conn.execute("SELECT purpose, granted FROM consents WHERE customer_id = ?", (customer_id,)).fetchall(),
+                conn.execute("SELECT 1 FROM do_not_call WHERE customer_id = ?", (customer_id,)).fetchone(),
+                conn.execute(_EVENTS_SQL, (customer_id, stamp(now), self._event_types)).fetchall(),
+                conn.execute(_CONTACTS_SQL, (customer_id, stamp(now - self._history))).fetchall(),
+            )
+
+        found = await self._in_reader("reading a profile", read)
+        if found is None:
+            raise NotFound(f"customer {customer_id!r} not found")
+        row, consents, listed, events, contacts = found
+        attributes = json.loads(row[0])
+        attributes.update({CONSENT_PREFIX + purpose: bool(granted) for purpose, granted in consents})
+        attributes[DO_NOT_CALL] = listed is not None
+        return Profile(
+            customer_id,
+            attributes,
+            tuple(
+                Event(kind, _time(at), json.loads(values), _time(until) if until else None)
+                for kind, at, values, until in events
+            ),
+            tuple(
+                Contact(action, Channel(channel), _time(at), OutcomeKind(outcome), decision or "", reached=bool(hit))
+                for action, channel, at, outcome, decision, hit in contacts
+            ),
+        )
+
+    async def add_event(self, customer_id: str, event: Event) -> str:
+        event_id = str(uuid.uuid4())
+        row = (
+            event_id,
+            customer_id,
+            event.type,
+            stamp(event.time),
+            json.dumps(dict(event.attributes), ensure_ascii=False),
+            stamp(event.expires_at) if event.expires_at is not None else None,
+        )
+
+        def insert(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM customers WHERE customer_id = ?", (customer_id,)).fetchone() is None:
+                raise NotFound(f"customer {customer_id!r} not found")
+            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", row)
+
+        await self._write("storing an event", insert)
+        return event_id
+
+    async def add_outcome(self, outcome: Outcome) -> None:
+        recorded = stamp(self._clock())
+        contact = (
+            outcome.customer_id,
+            outcome.decision_id,
+            outcome.action_id,
+            outcome.channel.value,
+            stamp(outcome.time),
+            outcome.outcome.value,
+            int(outcome.outcome in CONTACTED_OUTCOMES),
+            outcome.note,
+        )
+        audit = (
+            outcome.decision_id,
+            outcome.customer_id,
+            outcome.action_id,
+            outcome.channel.value,
+            outcome.outcome.value,
+            stamp(outcome.time),
+            outcome.note,
+            recorded,
+        )
+
+        def upsert(conn: sqlite3.Connection) -> None:
+            conn.execute(_UPSERT_CONTACT, contact)
+            conn.execute(
+                "INSERT INTO outcomes (decision_id, customer_id, action_id, channel, outcome, time, note, recorded_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                audit,
+            )
+
+        await self._write("storing an outcome", upsert)
+
+    async def _write(self, what: str, work: Callable[[sqlite3.Connection], None]) -> None:
+        try:
+            await asyncio.wait_for(self._in_writer(work), self._timeout)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"the embedded database cannot be written ({what}): {exc}") from exc
+        except TimeoutError as exc:
+            raise Unavailable(f"the embedded database did not answer within {self._timeout:g} s ({what})") from exc
+
+    async def ready(self) -> bool:
+        try:
+            await self._in_reader("health check", lambda conn: conn.execute("SELECT 1 FROM customers LIMIT 1"))
+        except Unavailable:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Closes within the time budget: a thread stuck on a stalled disk is left behind, not waited for."""
+        self._open = False
+
+        def shut() -> None:
+            if self._write_conn is not None:
+                self._write_conn.close()
+                self._write_conn = None
+
+        with contextlib.suppress(TimeoutError, sqlite3.Error):
+            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._writer, shut), self._timeout)
+        self._writer.shutdown(wait=False, cancel_futures=True)
+        self._readers.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self._join_threads, time.monotonic() + self._timeout)
+
+    def _join_threads(self, until: float) -> None:
+        """Waits for this store's threads to end; after the deadline, only ones stuck on the disk remain."""
+        for thread in [t for t in threading.enumerate() if t.name.startswith(self._thread_prefix)]:
+            thread.join(max(0.0, until - time.monotonic()))
+
+    # ------------------------------------------------------------------ RecordSink
+
+    async def write(self, records: Sequence[DecisionRecord], updates: Sequence[DeliveryUpdate]) -> None:
+        written = stamp(self._clock())
+        rows = [
+            (r.decision_id, stamp(r.decided_at), r.customer_id, r.delivery.value, _record_text(r), written)
+            for r in records
+        ]
+        changes = [(u.delivery.value, u.decision_id) for u in updates]
+
+        def commit(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT OR IGNORE INTO decisions VALUES (?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany("UPDATE decisions SET delivery = ? WHERE decision_id = ?", changes)
+
+        await self._in_writer(commit)
+
+    async def dead_letter(self, record: DecisionRecord, error: str) -> None:
+        row = (record.decision_id, error, _record_text(record, ascii_only=True), stamp(self._clock()))
+        await self._in_writer(
+            lambda conn: conn.execute(
+                "INSERT INTO dead_letters (decision_id, error, record, set_aside_at) VALUES (?, ?, ?, ?)", row
+            )
+        )
+
+    def is_refusal(self, error: BaseException) -> bool:
+        return isinstance(error, _REFUSALS)
+
+    async def probe(self) -> None:
+        if self._writes_pending:  # the writer thread is still stuck on an earlier write
+            raise Unavailable("the embedded database is still busy with an earlier write")
+        moment = stamp(self._clock())
+        await self._in_writer(
+            lambda conn: conn.execute("INSERT OR REPLACE INTO probe (id, written_at) VALUES (1, ?)", (moment,))
+        )
+
+    async def find(self, decision_id: str) -> DecisionSummary | None:
+        row = await self._in_reader(
+            "finding a decision",
+            lambda conn: conn.execute(
+                "SELECT customer_id, record, delivery FROM decisions WHERE decision_id = ?", (decision_id,)
+            ).fetchone(),
+        )
+        if row is None:
+            return None
+        record = json.loads(row[1])
+        return DecisionSummary(
+            decision_id,
+            row[0],
+            Channel(record["channel"]),
+            tuple(a["action_id"] for a in record["actions"]),
+            _time(record["decided_at"]),
+            Delivery(row[2]),
+        )
+
+    # ------------------------------------------------------------------ RecordExport
+
+    async def export(
+        self, since: datetime | None, until: datetime | None, customer_id: str | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        items = await asyncio.to_thread(self._export_all, since, until, customer_id)
+        for item in items:
+            yield item
+
+    def _export_all(
+        self, since: datetime | None, until: datetime | None, customer_id: str | None
+    ) -> list[dict[str, Any]]:
+        where, args = ["1 = 1"], []
+        if since is not None:
+            where.append("{t} >= ?")
+            args.append(stamp(since))
+        if until is not None:
+            where.append("{t} < ?")
+            args.append(stamp(until))
+        if customer_id is not None:
+            where.append("customer_id = ?")
+            args.append(customer_id)
+        clause = " AND ".join(where)
+        conn = _connect(self.path, busy_ms=int(self._timeout * 1000))
+        try:
+            conn.execute("BEGIN")
+            decisions = conn.execute(
+                f"SELECT decided_at, record, delivery FROM decisions WHERE {clause.format(t='decided_at')}"  # noqa: S608
+                " ORDER BY decided_at, decision_id",
+                args,
+            ).fetchall()
+            outcomes = conn.execute(
+                "SELECT time, decision_id, customer_id, action_id, channel, outcome, note FROM outcomes "  # noqa: S608
+                f"WHERE {clause.format(t='time')} ORDER BY time, outcome_id",
+                args,
+            ).fetchall()
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        items: list[tuple[str, int, dict[str, Any]]] = []
+        for at, text, delivery in decisions:
+            record = json.loads(text)
+            record["delivery"] = delivery
+            items.append((at, 0, record))
+        for at, decision_id, customer, action_id, channel, kind, note in outcomes:
+            outcome = Outcome(decision_id, customer, action_id, Channel(channel), OutcomeKind(kind), _time(at), note)
+            items.append((at, 1, outcome_to_json(outcome)))
+        items.sort(key=lambda item: (item[0], item[1]))
+        return [item[2] for item in items]
+
+
+def _connect(path: Path, *, busy_ms: int) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {max(busy_ms, 1)}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection, seed: Callable[[], Iterable[Profile]] | None, now: datetime) -> int:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise Unavailable(f"the embedded database was made by a newer version (schema {version} > {SCHEMA_VERSION})")
+    if version == 0:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        if seed is not None:
+            _load(conn, seed(), now)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        log.info("embedded_database_created", customers=_count(conn))
+    return _count(conn)
+
+
+def _count(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM customers").fetchone()[0])
+
+
+def _load(conn: sqlite3.Connection, profiles: Iterable[Profile], now: datetime) -> None:
+    """Loads a population the way the PostgreSQL seeder splits it: consents and do-not-call in their tables."""
+    created = stamp(now)
+    for profile in profiles:
+        attributes = dict(profile.attributes)
+        ident = profile.customer_id
+        listed = attributes.pop(DO_NOT_CALL, False) is True
+        consents = [
+            (ident, name.removeprefix(CONSENT_PREFIX), int(bool(attributes.pop(name))))
+            for name in [n for n in attributes if n.startswith(CONSENT_PREFIX)]
+        ]
+        conn.execute("INSERT INTO customers VALUES (?, ?, ?)", (ident, json.dumps(attributes), created))
+        if listed:
+            conn.execute("INSERT INTO do_not_call VALUES (?, ?, 'sample')", (ident, created))
+        conn.executemany("INSERT INTO consents VALUES (?, ?, ?)", consents)
+        conn.executemany(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    str(uuid.uuid4()),
+                    ident,
+                    e.type,
+                    stamp(e.time),
+                    json.dumps(dict(e.attributes)),
+                    stamp(e.expires_at) if e.expires_at else None,
+                )
+                for e in profile.events
+                if e.expires_at is None or e.expires_at > e.time
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO contacts (customer_id, decision_id, action_id, channel, time, outcome, reached)"
+            " VALUES (?, NULL, ?, ?, ?, ?, ?)",
+            [
+                (ident, c.action_id, c.channel.value, stamp(c.time), c.outcome.value, int(c.counts))
+                for c in profile.contacts
+            ],
+        )
