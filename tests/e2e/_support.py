@@ -172,16 +172,24 @@ def server_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("NBA_")}
 
 
-def start_server(workdir: Path, *extra_args: str) -> ServerHandle:
-    """Starts `nba serve` on a free port and returns once its `serving` log event names the address."""
+def start_server(
+    workdir: Path, *extra_args: str, env: dict[str, str] | None = None, database: Path | None = None
+) -> ServerHandle:
+    """Starts `nba serve` on a free port and returns once its `serving` log event names the address.
+
+    `env` adds variables (e.g. `NBA_DB_PATH`, which `server_env()` strips from the parent's); `database` is
+    the database the server was told to use, when it is not `workdir/var/nba.db`."""
     workdir.mkdir(parents=True, exist_ok=True)
-    database = workdir / "var" / "nba.db"
     server_log = workdir / "server.log"
-    command = server_command(workdir, *extra_args)
-    env = server_env()
     spawned_at = utcnow()
     with server_log.open("wb") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, cwd=workdir, env=env)
+        process = subprocess.Popen(
+            server_command(workdir, *extra_args),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            cwd=workdir,
+            env={**server_env(), **(env or {})},
+        )
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         serving = next((e for e in read_json_lines(server_log) if e.get("event") == "serving"), None)
@@ -194,7 +202,9 @@ def start_server(workdir: Path, *extra_args: str) -> ServerHandle:
             process.wait(5)
             pytest.fail(f"nba serve did not log 'serving' within {START_TIMEOUT_S}s; log:\n{server_log.read_text()}")
         time.sleep(0.02)
-    return ServerHandle(process, serving["address"], database, server_log, spawned_at, utcnow())
+    return ServerHandle(
+        process, serving["address"], database or workdir / "var" / "nba.db", server_log, spawned_at, utcnow()
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -301,36 +311,3 @@ def is_plain_name(value: object) -> bool:
     if not isinstance(value, str) or not value.strip() or len(value) > 60 or value != " ".join(value.split()):
         return False
     return all(ch.isprintable() and not ch.isdigit() and ch not in "{}<>@/\\" for ch in value)
-
-
-def start_server_with(
-    workdir: Path, *extra_args: str, env: dict[str, str] | None = None, database: Path | None = None
-) -> ServerHandle:
-    """`start_server` with extra environment variables (e.g. `NBA_DB_PATH`, which `server_env()` strips from
-    the parent's) and the database the server was told to use, when it is not `workdir/var/nba.db`."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    server_log = workdir / "server.log"
-    spawned_at = utcnow()
-    with server_log.open("wb") as stderr:
-        process = subprocess.Popen(
-            server_command(workdir, *extra_args),
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            cwd=workdir,
-            env={**server_env(), **(env or {})},
-        )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        serving = next((e for e in read_json_lines(server_log) if e.get("event") == "serving"), None)
-        if serving is not None:
-            break
-        if process.poll() is not None:
-            pytest.fail(f"nba serve exited with {process.returncode} before serving; log:\n{server_log.read_text()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            process.wait(5)
-            pytest.fail(f"nba serve did not log 'serving' within {START_TIMEOUT_S}s; log:\n{server_log.read_text()}")
-        time.sleep(0.02)
-    return ServerHandle(
-        process, serving["address"], database or workdir / "var" / "nba.db", server_log, spawned_at, utcnow()
-    )

@@ -35,7 +35,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nba_service._proto.nba.v1 import nba_pb2, nba_pb2_grpc
-from tests.e2e._support import NBA_SCRIPT, ServerHandle, export_lines, server_env, start_server_with
+from tests.e2e._support import NBA_SCRIPT, ServerHandle, export_lines, server_env, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +110,7 @@ class Rig:
         if database is not None:
             settings["db_path"] = database
         args, env = _settings(settings)
-        handle = start_server_with(workdir, *args, env=env, database=database)
+        handle = start_server(workdir, *args, env=env, database=database)
         self.servers.append(handle)
         return handle
 

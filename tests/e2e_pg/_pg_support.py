@@ -1,6 +1,6 @@
 """Helpers for the PostgreSQL end-to-end tests: seeding, SQL from sync code, load, and what to expect.
 
-The server is the real `nba serve --store postgres` process started by `tests.e2e._support.start_server_with`;
+The server is the real `nba serve --store postgres` process started by `tests.e2e._support.start_server`;
 the expectations come from the synthetic generator (the population `seed` loaded) evaluated in this process
 with the reference evaluator and the policy code, only where the answer cannot depend on the exact moment.
 """
@@ -33,7 +33,7 @@ from nba_service.domain.records import DroppedCandidate
 from nba_service.domain.reference import ReferenceEvaluator
 from nba_service.stores.postgres.seed import SeedReport, seed
 from nba_service.synthetic import DEFAULT_SEED, generate_profiles
-from tests.e2e._support import PB_CHANNEL, RULESET_PATH, ProfileEdit, ServerHandle, start_server_with
+from tests.e2e._support import PB_CHANNEL, RULESET_PATH, ProfileEdit, ServerHandle, start_server
 from tests.pg import ThrowawayCluster, run_sync
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -340,4 +340,4 @@ class Expectations:
 
 def start_pg_server(workdir: Path, dsn: str, *extra: str) -> ServerHandle:
     """`nba serve --store postgres` on `dsn` (through NBA_DSN), spilling into `spill_dir(server)`."""
-    return start_server_with(workdir, *pg_args("--spill-dir", str(workdir / "spill"), *extra), env=pg_env(dsn))
+    return start_server(workdir, *pg_args("--spill-dir", str(workdir / "spill"), *extra), env=pg_env(dsn))

@@ -164,11 +164,12 @@ _dumps = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
 def _row(record: DecisionRecord) -> tuple[Any, ...]:
-    """Built from the record's fields directly: `asdict` on the hot writer path cost 3x as much."""
+    """The columns of one `decisions` row: the record's own JSON form, split where the table splits it."""
     try:
         decision_id = uuid.UUID(record.decision_id)
     except (ValueError, TypeError, AttributeError) as exc:
         raise RecordUnstorable(f"decision id {record.decision_id!r} is not a UUID") from exc
+    data = record.to_json()
     return (
         decision_id,
         record.decided_at,
@@ -178,35 +179,12 @@ def _row(record: DecisionRecord) -> tuple[Any, ...]:
         record.ruleset.version,
         record.ruleset.hash,
         record.engine,
-        _dumps(
-            [
-                {"rule_id": f.rule_id, "action_id": f.action_id, "priority": f.priority, "values": f.values}
-                for f in record.rules_fired
-            ]
-        ),
-        _dumps(
-            [
-                {"rule_id": d.rule_id, "action_id": d.action_id, "reason": d.reason, "detail": d.detail}
-                for d in record.dropped
-            ]
-        ),
-        _dumps(
-            [
-                {
-                    "action_id": a.action_id,
-                    "script": a.script,
-                    "priority": a.priority,
-                    "category": a.category,
-                    "reason": a.reason,
-                    "rule_id": a.rule_id,
-                    "valid_until": a.valid_until.isoformat(),
-                }
-                for a in record.actions
-            ]
-        ),
+        _dumps(data["rules_fired"]),
+        _dumps(data["dropped"]),
+        _dumps(data["actions"]),
         record.latency_ms,
-        _dumps({"reason": record.context_reason, "attributes": record.context}),
-        _dumps(list(record.profile_problems)),
+        _dumps(data["context"]),
+        _dumps(data["profile_problems"]),
         record.delivery.value,
     )
 
