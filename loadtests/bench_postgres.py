@@ -327,8 +327,9 @@ class PhaseResult:
     wall_end: float = 0.0
 
 
-async def open_loop(stub: Any, requests: Sequence[Any], rate: float, deadline_s: float) -> PhaseResult:
-    """Sends `requests` at `rate` per second on a fixed schedule, never waiting for answers."""
+async def open_loop(stubs: Sequence[Any], requests: Sequence[Any], rate: float, deadline_s: float) -> PhaseResult:
+    """Sends `requests` at `rate` per second on a fixed schedule, never waiting for answers; call i goes out
+    on connection i mod len(stubs), as many agent desktops would spread over a server's workers."""
     import grpc
 
     result = PhaseResult(planned=len(requests))
@@ -336,7 +337,7 @@ async def open_loop(stub: Any, requests: Sequence[Any], rate: float, deadline_s:
     interval_ns = 1e9 / rate
     in_flight = 0
 
-    async def call(request: Any, due: int) -> None:
+    async def call(stub: Any, request: Any, due: int) -> None:
         nonlocal in_flight
         sent = clock()
         in_flight += 1
@@ -365,7 +366,7 @@ async def open_loop(stub: Any, requests: Sequence[Any], rate: float, deadline_s:
         delay = due - clock()
         if delay > 0:
             await asyncio.sleep(delay / 1e9)
-        tasks.append(asyncio.create_task(call(request, due)))
+        tasks.append(asyncio.create_task(call(stubs[index % len(stubs)], request, due)))
         if index == 0:
             result.first_sent_ns = clock()
     result.last_sent_ns = clock()
@@ -402,14 +403,23 @@ async def drive(pipe: Connection, address: str, options: dict[str, Any]) -> None
     gc.collect()
     gc.freeze()
     gc.disable()
-    async with grpc.aio.insecure_channel(address) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=10)
-        stub = nba_pb2_grpc.NextBestActionStub(channel)
-        warm = await open_loop(stub, warmup, rate, timeout)
+    # A local subchannel pool per channel: otherwise gRPC shares one connection among identical channels.
+    channels = [
+        grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(options["connections"])
+    ]
+    try:
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), timeout=10)
+        stubs = [nba_pb2_grpc.NextBestActionStub(channel) for channel in channels]
+        warm = await open_loop(stubs, warmup, rate, timeout)
         await asyncio.sleep(0.2)
         pipe.send(("steady", time.time()))
-        steady_result = await open_loop(stub, steady, rate, timeout)
+        steady_result = await open_loop(stubs, steady, rate, timeout)
         pipe.send(("sent", time.time()))
+    finally:
+        for channel in channels:
+            await channel.close()
     pipe.send(("done", warm, steady_result))
 
 
@@ -430,11 +440,16 @@ def generator_main(pipe: Connection, address: str, options: dict[str, Any]) -> N
 
 
 def cpu_seconds(pid: int) -> float | None:
+    """The process's CPU, its live children's included (`nba serve --workers N` runs a supervisor)."""
     try:
-        times = psutil.Process(pid).cpu_times()
+        process = psutil.Process(pid)
+        total = 0.0
+        for each in [process, *process.children(recursive=True)]:
+            times = each.cpu_times()
+            total += times.user + times.system
     except psutil.Error:
         return None
-    return float(times.user + times.system)
+    return total
 
 
 def busy_seconds() -> tuple[float, float]:
@@ -734,6 +749,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "warmup_seconds": args.warmup,
             "customers": args.customers,
             "timeout": args.timeout,
+            "connections": args.connections,
             "seed": rng.randrange(1 << 30),
         }
         load = run_load(address, server.pid, options, dsn, database)
@@ -814,6 +830,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "wait_for_commit_start_ms": rows["wait_for_commit_start_ms"],
             "cpu": load["cpu"],
             "timeout_s": args.timeout,
+            "connections": args.connections,
+            "server_args": list(args.server_arg),
         },
         "commit_wait": durability,
         "decision_log": {
@@ -893,8 +911,9 @@ def print_report(report: dict[str, Any]) -> None:
     steady, warm, cpu, server = decide["steady"], decide["warmup"], decide["cpu"], report["server"]
     print(
         f"Decide over gRPC: open loop at {steady['target_rate']:g}/s for {steady['sending_seconds']:.1f} s from a "
-        f"separate process (grpc.aio, one channel), random customers, alternating channels, "
-        f"after a {warm['planned']:,}-call warm-up at the same rate; deadline {decide['timeout_s']:g} s"
+        f"separate process (grpc.aio, {decide['connections']} connection(s)), random customers, alternating channels, "
+        f"after a {warm['planned']:,}-call warm-up at the same rate; deadline {decide['timeout_s']:g} s; "
+        f"server arguments: {' '.join(decide['server_args']) or 'none'}"
     )
     _header("per call (ms)")
     print(_row("client latency, from send to answer", steady["latency_ms"]))
@@ -976,6 +995,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--reads", type=int, default=10_000, help="timed profile reads (default 10000)")
     parser.add_argument("--warmup-reads", type=int, default=1_000, help="untimed profile reads first (default 1000)")
     parser.add_argument("--timeout", type=float, default=5.0, help="Decide deadline in seconds (default 5)")
+    parser.add_argument(
+        "--connections", type=int, default=1, help="client connections the calls are spread over (default 1)"
+    )
     parser.add_argument("--seed", type=int, default=20261123, help="random seed for customer choice")
     parser.add_argument(
         "--server-arg",
