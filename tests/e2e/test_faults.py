@@ -220,6 +220,16 @@ def _decide(server: ServerHandle, customer: int, channel: nba_pb2.Channel.ValueT
     return _call(server.stub.Decide, _decide_request(customer, channel))
 
 
+def _decide_ok(server: ServerHandle, customers: range) -> set[str]:
+    """Decides for each customer, every one answered OK; returns the decision ids."""
+    answered = set()
+    for customer in customers:
+        answer = _decide(server, customer)
+        assert answer.code == grpc.StatusCode.OK, answer
+        answered.add(answer.response.decision_id)
+    return answered
+
+
 def _decide_until_ok(server: ServerHandle, customer: int, what: str, within: float = 2.0) -> Answer:
     """The first OK Decide once the fault is gone. UNAVAILABLE (which clients retry) is allowed for `within`
     seconds, for a writer that is still in its retry backoff when the disk comes back; any other code is not."""
@@ -454,11 +464,7 @@ def test_disk_full_answers_unavailable_reports_not_serving_and_recovers(rig: Rig
     server, mount, _ = _start_on_tmpfs(rig)
     health = server.health()
     watch = HealthWatch(server)
-    answered = set()
-    for customer in range(1, 6):
-        answer = _decide(server, customer)
-        assert answer.code == grpc.StatusCode.OK, answer
-        answered.add(answer.response.decision_id)
+    answered = _decide_ok(server, range(1, 6))
 
     filler = _fill(mount)
     started = time.monotonic()
@@ -537,11 +543,7 @@ def test_sigterm_with_disk_full_stops_in_time_and_names_what_it_could_not_write(
     count matches the decision ids named in `decision_records_not_written` or the records in the spill file
     (records-unsent-*.jsonl in --spill-dir). After the disk is freed every decision answered OK is in the export."""
     server, mount, spill = _start_on_tmpfs(rig)
-    answered = set()
-    for customer in range(1, 4):
-        answer = _decide(server, customer)
-        assert answer.code == grpc.StatusCode.OK, answer
-        answered.add(answer.response.decision_id)
+    answered = _decide_ok(server, range(1, 4))
 
     filler = _fill(mount)
     in_flight: list[Answer] = []
@@ -615,11 +617,7 @@ def test_read_only_database_file_answers_unavailable_and_recovers_by_itself(rig:
     )
     health = server.health()
     watch = HealthWatch(server)
-    answered = set()
-    for customer in range(1, 4):
-        answer = _decide(server, customer)
-        assert answer.code == grpc.StatusCode.OK, answer
-        answered.add(answer.response.decision_id)
+    answered = _decide_ok(server, range(1, 4))
 
     files = [server.database, server.database.with_name(server.database.name + "-wal")]
     rig.set_immutable(*files)
@@ -659,11 +657,7 @@ def test_filesystem_turning_read_only_under_the_server(rig: Rig) -> None:
     if not trigger.exists():
         _cannot_run(f"this kernel has no {trigger}")
     watch = HealthWatch(server)
-    answered = set()
-    for customer in range(1, 4):
-        answer = _decide(server, customer)
-        assert answer.code == grpc.StatusCode.OK, answer
-        answered.add(answer.response.decision_id)
+    answered = _decide_ok(server, range(1, 4))
 
     trigger.write_text("fault test\n")
     options = _run("findmnt", "-no", "OPTIONS", str(mount)).stdout.strip().split(",")
@@ -708,11 +702,7 @@ def test_stalled_disk_answers_unavailable_and_sigterm_stops_in_time(rig: Rig) ->
         grace_seconds=DB_TIMEOUT_S,
     )
     watch = HealthWatch(server)
-    answered = set()
-    for customer in range(1, 4):
-        answer = _decide(server, customer)
-        assert answer.code == grpc.StatusCode.OK, answer
-        answered.add(answer.response.decision_id)
+    answered = _decide_ok(server, range(1, 4))
 
     rig.freeze(mount)
     started = time.monotonic()
