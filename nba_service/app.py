@@ -11,11 +11,12 @@ import structlog
 from nba_service.domain.compiler import compile_ruleset
 from nba_service.domain.loader import load_ruleset_dir
 from nba_service.domain.model import Ruleset
+from nba_service.domain.pipeline import ActiveRuleset
 from nba_service.domain.ports import ProfileStore, RecordExport, RecordSink
 from nba_service.domain.reference import ReferenceEvaluator
 from nba_service.engine.durable import DurableEngine
 from nba_service.errors import RulesetInvalid, RulesetProblem, Unavailable
-from nba_service.service import ActiveRuleset, DecisionService
+from nba_service.service import DecisionService
 from nba_service.settings import Settings
 from nba_service.stores.group_commit import GroupCommitWriter
 from nba_service.stores.sqlite import SqliteStore

@@ -10,31 +10,18 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import structlog
 from opentelemetry import trace
 
-from nba_service.domain.arbitration import rank
-from nba_service.domain.compiler import CompiledRuleset
-from nba_service.domain.facts import FactValue, project
-from nba_service.domain.model import Channel, FieldSpec, Ruleset
-from nba_service.domain.policy import Candidate, apply_policies, valid_until
-from nba_service.domain.ports import DecisionLog, Evaluator, ProfileStore
+from nba_service.domain.model import Channel
+from nba_service.domain.pipeline import ActiveRuleset, evaluate
+from nba_service.domain.ports import DecisionLog, ProfileStore
 from nba_service.domain.profile import AttributeValue, Event, Outcome, OutcomeKind
-from nba_service.domain.records import (
-    DecidedAction,
-    Decision,
-    DecisionRecord,
-    Delivery,
-    DeliveryUpdate,
-    FiredRule,
-    RulesetRef,
-)
-from nba_service.domain.reference import ReferenceEvaluator
-from nba_service.domain.scripts import render
-from nba_service.errors import DeadlineExceeded, EngineFailure, InvalidArgument, NotFound, Problems
+from nba_service.domain.records import Decision, DecisionRecord, Delivery, DeliveryUpdate
+from nba_service.errors import DeadlineExceeded, InvalidArgument, NotFound, Problems
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("nba_service")
@@ -51,22 +38,6 @@ MAX_CONTEXT_VALUE = 500
 MAX_EVENT_ATTRIBUTES = 50
 MAX_EVENT_STRING = 1000
 MAX_ID_LENGTH = 64
-
-
-@dataclass(frozen=True, slots=True)
-class ActiveRuleset:
-    """One compiled version; a decision holds on to it from start to end, so a switch is atomic."""
-
-    ruleset: Ruleset
-    compiled: CompiledRuleset
-    engine: Evaluator
-    reference: ReferenceEvaluator
-    fact_fields: Mapping[str, FieldSpec]
-    engine_name: str
-
-    @property
-    def ref(self) -> RulesetRef:
-        return RulesetRef(self.ruleset.meta.name, self.ruleset.meta.version, self.ruleset.content_hash)
 
 
 def validate_customer_id(customer_id: str, problems: Problems) -> None:
@@ -132,51 +103,25 @@ class DecisionService:
         now = self._clock()
         with tracer.start_as_current_span("profile.read"):
             profile = await self._store.get_profile(customer_id)
-        ruleset = active.ruleset
-        projection = project(ruleset, profile, now, active.fact_fields)
-        engine_name = active.engine_name
-        with tracer.start_as_current_span("rules.evaluate"):
-            try:
-                matched = active.engine.evaluate(projection.facts)
-            except EngineFailure as exc:
-                log.error("engine_failed_using_reference", error=str(exc), customer_id=customer_id)
-                matched = active.reference.evaluate(projection.facts)
-                engine_name = "reference-fallback"
-        with tracer.start_as_current_span("policy"):
-            candidates = [Candidate(i, ruleset.rules[i], ruleset.actions[ruleset.rules[i].action]) for i in matched]
-            kept, dropped = apply_policies(ruleset, profile, projection, channel, now, candidates)
-        with tracer.start_as_current_span("arbitration"):
-            chosen, ranked_out = rank(kept, limit)
-        actions = tuple(
-            DecidedAction(
-                action_id=c.action.id,
-                script=render(c.action, channel, profile.attributes),
-                priority=position,
-                category=c.action.category,
-                reason=c.rule.reason,
-                rule_id=c.rule.id,
-                valid_until=valid_until(ruleset, c, profile, projection, channel, now),
-            )
-            for position, c in enumerate(chosen, start=1)
-        )
-        decision = Decision(_new_id(), now, customer_id, channel, actions, active.ref)
-        fired = tuple(
-            FiredRule(c.rule.id, c.action.id, c.rule.priority, _values_read(c, projection.facts)) for c in candidates
-        )
+        with tracer.start_as_current_span("decide"):
+            result = evaluate(active, profile, channel, now, limit)
+        if result.engine_error is not None:
+            log.error("engine_failed_using_reference", error=result.engine_error, customer_id=customer_id)
+        decision = Decision(_new_id(), now, customer_id, channel, result.actions, active.ref)
         record = DecisionRecord(
             decision_id=decision.decision_id,
             decided_at=now,
             customer_id=customer_id,
             channel=channel,
             ruleset=decision.ruleset,
-            engine=engine_name,
-            rules_fired=fired,
-            dropped=(*dropped, *ranked_out),
-            actions=actions,
+            engine=result.engine,
+            rules_fired=result.rules_fired,
+            dropped=result.dropped,
+            actions=result.actions,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
             context_reason=context_reason,
             context=context_map,
-            profile_problems=tuple(projection.problems),
+            profile_problems=result.profile_problems,
         )
         late = deadline is not None and time.monotonic() >= deadline
         if late:
@@ -308,10 +253,6 @@ def _has_type(value: AttributeValue, field_type: str) -> bool:
 def _shown(text: str) -> str:
     """Echoes caller text in an error without letting a huge value blow up the reply."""
     return repr(text if len(text) <= MAX_ID_LENGTH else text[:MAX_ID_LENGTH] + "...")
-
-
-def _values_read(candidate: Candidate, facts: Mapping[str, FactValue]) -> dict[str, FactValue | None]:
-    return {c.field: facts.get(c.field) for c in candidate.rule.when.conditions()}
 
 
 def _new_id() -> str:

@@ -143,10 +143,10 @@ class TestPolicies:
         """Vulnerable customers still get service actions; lost customers get nothing."""
         chosen, dropped = decide(ruleset, profile(vulnerable=True), Channel.AGENT_DESKTOP)
         assert chosen == ["hello"]
-        assert ("deposit", "suppressed") in dropped
+        assert ("deposit", "suppression") in dropped
         chosen, dropped = decide(ruleset, profile(stage="lost"), Channel.AGENT_DESKTOP)
         assert chosen == []
-        assert ("hello-everyone", "suppressed") in dropped
+        assert ("hello-everyone", "suppression") in dropped
 
     def test_channel_fit(self, ruleset: Ruleset) -> None:
         chosen, dropped = decide(ruleset, profile(), Channel.OUTBOUND_DIALER)
@@ -158,7 +158,7 @@ class TestPolicies:
         old = Event("large_deposit", NOON_LONDON - timedelta(days=3, minutes=1), {"amount": 50000.0})
         chosen, dropped = decide(ruleset, profile(events=[old]), Channel.AGENT_DESKTOP)
         assert "rates" not in chosen
-        assert ("deposit", "trigger_expired") in dropped
+        assert ("deposit", "expired_trigger") in dropped
         expired = Event("large_deposit", NOON_LONDON - timedelta(hours=1), {"amount": 50000.0}, NOON_LONDON)
         assert live_events(profile(events=[expired]), NOON_LONDON) == {}
 

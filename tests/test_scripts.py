@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from nba_service.app import activate
 from nba_service.domain.loader import load_ruleset_file
 from nba_service.domain.model import Action, Channel, Ruleset
+from nba_service.domain.pipeline import ActiveRuleset
 from nba_service.domain.profile import Profile
 from nba_service.domain.scripts import render
-from nba_service.service import ActiveRuleset, DecisionService
+from nba_service.service import DecisionService
 from nba_service.stores.group_commit import GroupCommitWriter
 from nba_service.stores.sqlite import SqliteStore
 from nba_service.synthetic import SAMPLE_PATH, read_sample

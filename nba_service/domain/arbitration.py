@@ -20,12 +20,15 @@ def rank(candidates: list[Candidate], max_actions: int) -> tuple[list[Candidate]
                     candidate.action.id,
                     "duplicate_action",
                     f"already chosen through rule {seen[candidate.action.id]}",
+                    "arbitration",
                 )
             )
             continue
         if len(chosen) >= max_actions:
             dropped.append(
-                DroppedCandidate(candidate.rule.id, candidate.action.id, "ranked_out", f"below the top {max_actions}")
+                DroppedCandidate(
+                    candidate.rule.id, candidate.action.id, "ranked_out", f"below the top {max_actions}", "arbitration"
+                )
             )
             continue
         seen[candidate.action.id] = candidate.rule.id

@@ -24,18 +24,18 @@ class Candidate:
     action: Action
 
 
-def _channel_block(ruleset: Ruleset, profile: Profile, channel: Channel, now: datetime) -> tuple[str, str] | None:
-    """A reason that blocks every action on this channel, or None."""
+def _channel_block(ruleset: Ruleset, profile: Profile, channel: Channel, now: datetime) -> tuple[str, str, str] | None:
+    """(reason, detail, policy id) of what blocks every action on this channel, or None."""
     policies = ruleset.policies
     consent_field = policies.consent.get(channel)
     if consent_field is not None and profile.attributes.get(consent_field) is not True:
-        return "no_consent", f"{consent_field} is not true"
+        return "no_consent", f"{consent_field} is not true", f"consent:{channel.value}"
     if channel is Channel.OUTBOUND_DIALER:
         if policies.do_not_call_field is not None and profile.attributes.get(policies.do_not_call_field) is not False:
             # Unknown do-not-call status is treated as "do not call": the safe side for a dialer.
-            return "do_not_call", f"{policies.do_not_call_field} is not false"
+            return "do_not_call", f"{policies.do_not_call_field} is not false", "do_not_call"
         if policies.quiet_hours is not None and in_quiet_hours(policies.quiet_hours, profile, now):
-            return "quiet_hours", "inside the dialer quiet hours in the customer's time zone"
+            return "quiet_hours", "inside the dialer quiet hours in the customer's time zone", "quiet_hours"
     return None
 
 
@@ -113,8 +113,8 @@ def apply_policies(
     kept: list[Candidate] = []
     dropped: list[DroppedCandidate] = []
 
-    def drop(candidate: Candidate, reason: str, detail: str) -> None:
-        dropped.append(DroppedCandidate(candidate.rule.id, candidate.action.id, reason, detail))
+    def drop(candidate: Candidate, reason: str, detail: str, policy: str = "") -> None:
+        dropped.append(DroppedCandidate(candidate.rule.id, candidate.action.id, reason, detail, "policy", policy))
 
     block = _channel_block(ruleset, profile, channel, now)
     suppressions = [
@@ -128,7 +128,7 @@ def apply_policies(
             continue
         suppression = next((s for s in suppressions if action.category not in s.except_categories), None)
         if suppression is not None:
-            drop(candidate, "suppressed", f"{suppression.id}: {suppression.description}")
+            drop(candidate, "suppression", f"{suppression.id}: {suppression.description}", suppression.id)
             continue
         if channel not in action.scripts:
             drop(candidate, "channel_fit", f"action {action.id} has no script for {channel.value}")
@@ -136,10 +136,10 @@ def apply_policies(
         if action.trigger is not None:
             event = projection.newest_events.get(action.trigger.event)
             if event is None:
-                drop(candidate, "trigger_missing", f"no live {action.trigger.event} event")
+                drop(candidate, "missing_trigger", f"no live {action.trigger.event} event")
                 continue
             if now - event.time > action.trigger.lifetime:
-                drop(candidate, "trigger_expired", f"{action.trigger.event} is older than its lifetime")
+                drop(candidate, "expired_trigger", f"{action.trigger.event} is older than its lifetime")
                 continue
         capped = None
         for cap in ruleset.policies.frequency_caps:
@@ -151,7 +151,7 @@ def apply_policies(
                 capped = cap
                 break
         if capped is not None:
-            drop(candidate, "frequency_cap", f"{capped.id}: at most {capped.max} within {capped.within}")
+            drop(candidate, "frequency_cap", f"{capped.id}: at most {capped.max} within {capped.within}", capped.id)
             continue
         kept.append(candidate)
     return kept, dropped

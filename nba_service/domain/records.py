@@ -66,10 +66,16 @@ class FiredRule:
 
 @dataclass(frozen=True, slots=True)
 class DroppedCandidate:
+    """A candidate not offered: `stage` is where it fell (policy or arbitration), `policy` the id of the
+    contact policy that dropped it (a cap or suppression id, `consent:<channel>`, `do_not_call`,
+    `quiet_hours`), empty when no policy did."""
+
     rule_id: str
     action_id: str
     reason: str
     detail: str
+    stage: str = "policy"
+    policy: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +111,14 @@ class DecisionRecord:
                 for f in self.rules_fired
             ],
             "dropped": [
-                {"rule_id": d.rule_id, "action_id": d.action_id, "reason": d.reason, "detail": d.detail}
+                {
+                    "rule_id": d.rule_id,
+                    "action_id": d.action_id,
+                    "stage": d.stage,
+                    "reason": d.reason,
+                    "policy": d.policy,
+                    "detail": d.detail,
+                }
                 for d in self.dropped
             ],
             "actions": [
@@ -145,7 +158,14 @@ class DecisionRecord:
                     for f in data["rules_fired"]
                 ),
                 dropped=tuple(
-                    DroppedCandidate(str(d["rule_id"]), str(d["action_id"]), str(d["reason"]), str(d["detail"]))
+                    DroppedCandidate(
+                        str(d["rule_id"]),
+                        str(d["action_id"]),
+                        str(d["reason"]),
+                        str(d["detail"]),
+                        str(d.get("stage", "policy")),
+                        str(d.get("policy", "")),
+                    )
                     for d in data["dropped"]
                 ),
                 actions=tuple(

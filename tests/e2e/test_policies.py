@@ -67,7 +67,7 @@ SCENARIOS: dict[str, tuple[Channel, Callable[[Oracle, Profile], bool], str]] = {
     "lost_customer": (
         Channel.AGENT_DESKTOP,
         lambda o, p: p.attributes.get("stage") == "lost" and p.attributes.get("consent_agent_offers") is True,
-        "suppressed",
+        "suppression",
     ),
 }
 
@@ -121,7 +121,7 @@ def test_vulnerable_customers_get_service_and_compliance_only(server: ServerHand
         record = server.wait_for_decisions([response.decision_id])[response.decision_id]
         for dropped in record["dropped"]:
             action = oracle.ruleset.actions[dropped["action_id"]]
-            if action.category not in {"service", "compliance"} and dropped["reason"] == "suppressed":
+            if action.category not in {"service", "compliance"} and dropped["reason"] == "suppression":
                 suppressed_sales += 1
                 assert dropped["detail"].split(":")[0] in {
                     "vulnerable-no-sales",

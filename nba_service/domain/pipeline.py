@@ -1,0 +1,96 @@
+"""The one decision pipeline: facts, rules, contact policy, arbitration and scripts, after the profile read.
+
+A pure function of (active ruleset, profile, channel, time, limit) so that the service, scenario tests,
+shadow runs, diffs and batches all get the same answer from the same code; nothing here reads a clock,
+a store or the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from nba_service.domain.arbitration import rank
+from nba_service.domain.compiler import CompiledRuleset
+from nba_service.domain.facts import FactValue, project
+from nba_service.domain.model import Channel, FieldSpec, Ruleset
+from nba_service.domain.policy import Candidate, apply_policies, valid_until
+from nba_service.domain.ports import Evaluator
+from nba_service.domain.profile import Profile
+from nba_service.domain.records import DecidedAction, DroppedCandidate, FiredRule, RulesetRef
+from nba_service.domain.reference import ReferenceEvaluator
+from nba_service.domain.scripts import render
+from nba_service.errors import EngineFailure
+
+FALLBACK_ENGINE = "reference-fallback"
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveRuleset:
+    """One compiled version; a decision holds on to it from start to end, so a switch is atomic."""
+
+    ruleset: Ruleset
+    compiled: CompiledRuleset
+    engine: Evaluator
+    reference: ReferenceEvaluator
+    fact_fields: Mapping[str, FieldSpec]
+    engine_name: str
+
+    @property
+    def ref(self) -> RulesetRef:
+        return RulesetRef(self.ruleset.meta.name, self.ruleset.meta.version, self.ruleset.content_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Everything one decision produced: what to say, and for the record why, and why not the rest."""
+
+    actions: tuple[DecidedAction, ...]
+    rules_fired: tuple[FiredRule, ...]
+    dropped: tuple[DroppedCandidate, ...]
+    engine: str
+    profile_problems: tuple[str, ...]
+    engine_error: str | None = None
+
+    @property
+    def action_ids(self) -> tuple[str, ...]:
+        return tuple(a.action_id for a in self.actions)
+
+
+def evaluate(active: ActiveRuleset, profile: Profile, channel: Channel, now: datetime, limit: int) -> Evaluation:
+    """`limit` is the most actions to return. An engine failure falls back to the reference evaluator (same
+    answer, slower) and is reported in `engine_error` for the caller to log: a decision never fails on it."""
+    ruleset = active.ruleset
+    projection = project(ruleset, profile, now, active.fact_fields)
+    engine_name = active.engine_name
+    engine_error: str | None = None
+    try:
+        matched = active.engine.evaluate(projection.facts)
+    except EngineFailure as exc:
+        engine_error = str(exc)
+        matched = active.reference.evaluate(projection.facts)
+        engine_name = FALLBACK_ENGINE
+    candidates = [Candidate(i, ruleset.rules[i], ruleset.actions[ruleset.rules[i].action]) for i in matched]
+    kept, dropped = apply_policies(ruleset, profile, projection, channel, now, candidates)
+    chosen, ranked_out = rank(kept, limit)
+    actions = tuple(
+        DecidedAction(
+            action_id=c.action.id,
+            script=render(c.action, channel, profile.attributes),
+            priority=position,
+            category=c.action.category,
+            reason=c.rule.reason,
+            rule_id=c.rule.id,
+            valid_until=valid_until(ruleset, c, profile, projection, channel, now),
+        )
+        for position, c in enumerate(chosen, start=1)
+    )
+    fired = tuple(
+        FiredRule(c.rule.id, c.action.id, c.rule.priority, _values_read(c, projection.facts)) for c in candidates
+    )
+    return Evaluation(actions, fired, (*dropped, *ranked_out), engine_name, tuple(projection.problems), engine_error)
+
+
+def _values_read(candidate: Candidate, facts: Mapping[str, FactValue]) -> dict[str, FactValue | None]:
+    return {c.field: facts.get(c.field) for c in candidate.rule.when.conditions()}
