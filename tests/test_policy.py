@@ -6,13 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from nba_service.domain.arbitration import rank
 from nba_service.domain.facts import live_events, project
 from nba_service.domain.loader import load_ruleset_text
 from nba_service.domain.model import Channel, Ruleset
-from nba_service.domain.policy import Candidate, apply_policies, in_quiet_hours, next_quiet_start, valid_until
+from nba_service.domain.pipeline import evaluate, reference_active
+from nba_service.domain.policy import Candidate, in_quiet_hours, next_quiet_start, valid_until
 from nba_service.domain.profile import Contact, Event, OutcomeKind, Profile
-from nba_service.domain.reference import ReferenceEvaluator
 
 RULESET = """\
 ruleset: {name: policy-test, version: 1.0.0, owner: tests, description: policy tests, valid_for: 4h}
@@ -84,12 +83,8 @@ def profile(**changes: object) -> Profile:
 
 
 def decide(ruleset: Ruleset, customer: Profile, channel: Channel, now: datetime = NOON_LONDON, limit: int = 5):  # type: ignore[no-untyped-def]
-    projection = project(ruleset, customer, now)
-    matched = ReferenceEvaluator(ruleset).evaluate(projection.facts)
-    candidates = [Candidate(i, ruleset.rules[i], ruleset.actions[ruleset.rules[i].action]) for i in matched]
-    kept, dropped = apply_policies(ruleset, customer, projection, channel, now, candidates)
-    chosen, ranked_out = rank(kept, limit)
-    return [c.action.id for c in chosen], {(d.rule_id, d.reason) for d in [*dropped, *ranked_out]}
+    result = evaluate(reference_active(ruleset), customer, channel, now, limit)
+    return list(result.action_ids), {(d.rule_id, d.reason) for d in result.dropped}
 
 
 class TestPolicies:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from nba_service.domain.arbitration import rank
-from nba_service.domain.compiler import CompiledRuleset
+from nba_service.domain.compiler import CompiledRuleset, compile_ruleset
 from nba_service.domain.facts import FactValue, project
 from nba_service.domain.model import Channel, FieldSpec, Ruleset
 from nba_service.domain.policy import Candidate, apply_policies, valid_until
@@ -24,6 +24,7 @@ from nba_service.domain.scripts import render
 from nba_service.errors import EngineFailure
 
 FALLBACK_ENGINE = "reference-fallback"
+REFERENCE_ENGINE = "reference"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,15 @@ class Evaluation:
     @property
     def action_ids(self) -> tuple[str, ...]:
         return tuple(a.action_id for a in self.actions)
+
+
+def reference_active(ruleset: Ruleset) -> ActiveRuleset:
+    """The same pipeline on the plain reference evaluator instead of durable_rules: what the engine is tested
+    against, and a way to decide without loading the engine at all."""
+    reference = ReferenceEvaluator(ruleset)
+    return ActiveRuleset(
+        ruleset, compile_ruleset(ruleset), reference, reference, ruleset.fact_fields(), REFERENCE_ENGINE
+    )
 
 
 def evaluate(active: ActiveRuleset, profile: Profile, channel: Channel, now: datetime, limit: int) -> Evaluation:

@@ -60,3 +60,6 @@ class ReferenceEvaluator:
 
     def evaluate(self, facts: Mapping[str, FactValue]) -> list[int]:
         return [index for index, rule in enumerate(self.ruleset.rules) if when_holds(rule.when, facts)]
+
+    def close(self) -> None:
+        """Nothing to release: the reference holds no engine state."""

@@ -27,11 +27,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ruamel.yaml import YAML
 
 from nba_service._proto.nba.v1 import nba_pb2, nba_pb2_grpc
-from nba_service.domain.arbitration import rank
-from nba_service.domain.facts import project
 from nba_service.domain.loader import load_ruleset_file
 from nba_service.domain.model import Channel
-from nba_service.domain.policy import Candidate, apply_policies
+from nba_service.domain.pipeline import evaluate, reference_active
+from nba_service.domain.policy import Candidate
 from nba_service.domain.profile import Contact, Event, Profile
 from nba_service.domain.reference import ReferenceEvaluator
 from nba_service.export import export_records
@@ -247,6 +246,8 @@ class Oracle:
     def __init__(self) -> None:
         self.ruleset = load_ruleset_file(RULESET_PATH)
         self.reference = ReferenceEvaluator(self.ruleset)
+        self.active = reference_active(self.ruleset)
+        self._index = {rule.id: i for i, rule in enumerate(self.ruleset.rules)}
         self._cache: dict[datetime, dict[str, Profile]] = {}
 
     def profiles(self, anchor: datetime) -> dict[str, Profile]:
@@ -258,13 +259,13 @@ class Oracle:
         return self._cache[anchor]
 
     def evaluate(self, profile: Profile, channel: Channel, now: datetime, limit: int = 20) -> list[Candidate]:
-        projection = project(self.ruleset, profile, now)
-        matched = self.reference.evaluate(projection.facts)
+        """The service's own pipeline, on the reference evaluator instead of durable_rules."""
+        result = evaluate(self.active, profile, channel, now, limit)
         rules = self.ruleset.rules
-        candidates = [Candidate(i, rules[i], self.ruleset.actions[rules[i].action]) for i in matched]
-        kept, _ = apply_policies(self.ruleset, profile, projection, channel, now, candidates)
-        chosen, _ = rank(kept, limit)
-        return chosen
+        return [
+            Candidate(self._index[a.rule_id], rules[self._index[a.rule_id]], self.ruleset.actions[a.action_id])
+            for a in result.actions
+        ]
 
     def stable(
         self,

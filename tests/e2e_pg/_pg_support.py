@@ -23,14 +23,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nba_service._proto.nba.v1 import nba_pb2, nba_pb2_grpc
-from nba_service.domain.arbitration import rank
-from nba_service.domain.facts import project
 from nba_service.domain.loader import load_ruleset_file
 from nba_service.domain.model import Channel
-from nba_service.domain.policy import Candidate, apply_policies
+from nba_service.domain.pipeline import evaluate, reference_active
 from nba_service.domain.profile import Profile
-from nba_service.domain.records import DroppedCandidate
-from nba_service.domain.reference import ReferenceEvaluator
 from nba_service.stores.postgres.seed import SeedReport, seed
 from nba_service.synthetic import DEFAULT_SEED, generate_profiles
 from tests.e2e._support import PB_CHANNEL, RULESET_PATH, ProfileEdit, ServerHandle, start_server
@@ -299,23 +295,18 @@ class Expectations:
 
     def __init__(self, count: int, seeded_at: datetime) -> None:
         self.ruleset = load_ruleset_file(RULESET_PATH)
-        self.reference = ReferenceEvaluator(self.ruleset)
+        self.active = reference_active(self.ruleset)
         self.seeded_at = seeded_at
         self.profiles = {p.customer_id: p for p in generate_profiles(count, seed=DEFAULT_SEED, now=seeded_at)}
 
     def evaluate(self, profile: Profile, channel: Channel, now: datetime, limit: int) -> Expected:
-        projection = project(self.ruleset, profile, now)
-        matched = self.reference.evaluate(projection.facts)
-        rules = self.ruleset.rules
-        candidates = [Candidate(i, rules[i], self.ruleset.actions[rules[i].action]) for i in matched]
-        kept, dropped = apply_policies(self.ruleset, profile, projection, channel, now, candidates)
-        chosen, ranked_out = rank(kept, limit)
-        everything: list[DroppedCandidate] = [*dropped, *ranked_out]
+        """The service's own pipeline, on the reference evaluator instead of durable_rules."""
+        result = evaluate(self.active, profile, channel, now, limit)
         return Expected(
-            [c.action.id for c in chosen],
-            [c.rule.id for c in chosen],
-            [(c.rule.id, c.action.id) for c in candidates],
-            [(d.rule_id, d.action_id, d.reason) for d in everything],
+            [a.action_id for a in result.actions],
+            [a.rule_id for a in result.actions],
+            [(f.rule_id, f.action_id) for f in result.rules_fired],
+            [(d.rule_id, d.action_id, d.reason) for d in result.dropped],
         )
 
     def stable(
