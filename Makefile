@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench bench-pg bench-embedded proto clean
+.PHONY: serve test lint bench bench-pg bench-embedded bench-workers bench-shadow proto clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'" >&2; exit 1; }
@@ -30,8 +30,14 @@ bench: $(STAMP)
 bench-embedded: $(STAMP)
 	$(BIN)/python loadtests/bench_embedded.py
 
+bench-workers: $(STAMP)
+	$(BIN)/python loadtests/bench_workers.py
+
 bench-pg: $(STAMP)
 	$(BIN)/python loadtests/bench_postgres.py
+
+bench-shadow: $(STAMP)
+	$(BIN)/python loadtests/bench_shadow.py
 
 proto: $(STAMP)
 	$(BIN)/python -m nba_service.protogen

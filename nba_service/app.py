@@ -8,6 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from nba_service.deploy.inprocess import InProcessRulesets
+from nba_service.deploy.startup import start_version
+from nba_service.deploy.state import DeployState, VersionInfo
 from nba_service.domain.compiler import compile_ruleset
 from nba_service.domain.loader import load_ruleset_dir
 from nba_service.domain.model import Ruleset
@@ -15,7 +18,7 @@ from nba_service.domain.pipeline import ActiveRuleset
 from nba_service.domain.ports import ProfileStore, RecordExport, RecordSink
 from nba_service.domain.reference import ReferenceEvaluator
 from nba_service.engine.durable import DurableEngine
-from nba_service.errors import RulesetInvalid, RulesetProblem, Unavailable
+from nba_service.errors import FailedPrecondition, RulesetInvalid, RulesetProblem, Unavailable
 from nba_service.service import DecisionService
 from nba_service.settings import Settings
 from nba_service.stores.group_commit import GroupCommitWriter
@@ -48,6 +51,24 @@ def choose_ruleset(rulesets: list[Ruleset], name: str | None, source: str) -> Ru
     return rulesets[0]
 
 
+def choose_shadow(settings: Settings, active: Ruleset) -> Ruleset | None:
+    """The candidate for `--shadow`, chosen from its path as the active one is from `--rulesets`.
+
+    A candidate identical to the active ruleset would agree on every decision and prove nothing, which an
+    operator could take for evidence that a change is safe; it is refused before anything starts.
+    """
+    if settings.shadow is None:
+        return None
+    candidate = choose_ruleset(load_ruleset_dir(settings.shadow), settings.ruleset, str(settings.shadow))
+    if candidate.content_hash == active.content_hash:
+        raise FailedPrecondition(
+            f"--shadow / NBA_SHADOW: {candidate.source} is the active ruleset itself ({active.meta.name} "
+            f"{active.meta.version}, sha256 {active.content_hash[:12]}); a shadow run needs a candidate that "
+            "differs from it"
+        )
+    return candidate
+
+
 @dataclass
 class Application:
     settings: Settings
@@ -55,6 +76,9 @@ class Application:
     store: ProfileStore
     decision_log: GroupCommitWriter
     export: RecordExport
+    version: VersionInfo | None = None
+    rulesets: InProcessRulesets | None = None
+    """Deploys inside this process; None for a supervisor's worker, whose supervisor deploys."""
 
     async def ready(self) -> bool:
         """Serving means both reading profiles and making decision records durable are possible now."""
@@ -64,6 +88,9 @@ class Application:
         await self.decision_log.close()
         await self.store.close()
         self.service.active.engine.close()
+        shadow = self.service.set_shadow(None)
+        if shadow is not None:
+            shadow.engine.close()
 
 
 def contact_history_window(ruleset: Ruleset) -> timedelta:
@@ -88,8 +115,26 @@ async def open_sqlite(settings: Settings, ruleset: Ruleset) -> SqliteStore:
     return store
 
 
+def configured_ruleset(settings: Settings) -> Ruleset:
+    return choose_ruleset(load_ruleset_dir(settings.rulesets), settings.ruleset, str(settings.rulesets))
+
+
 async def build_application(settings: Settings) -> Application:
-    ruleset = choose_ruleset(load_ruleset_dir(settings.rulesets), settings.ruleset, str(settings.rulesets))
+    state = None if settings.deploy_dir is None else DeployState(settings.deploy_dir)
+    # The gate runs before anything opens: a version whose scenarios fail never serves, and fails fast.
+    prepared, version = start_version(configured_ruleset(settings), state, activate)
+    ruleset, active = prepared.ruleset, prepared.active
+    try:
+        return await _build(settings, state, ruleset, active, version)
+    except BaseException:
+        active.engine.close()
+        raise
+
+
+async def _build(
+    settings: Settings, state: DeployState | None, ruleset: Ruleset, active: ActiveRuleset, version: VersionInfo
+) -> Application:
+    candidate = choose_shadow(settings, ruleset)
     store: ProfileStore
     sink: RecordSink
     export: RecordExport
@@ -105,7 +150,7 @@ async def build_application(settings: Settings) -> Application:
     writer = GroupCommitWriter(
         sink, timeout=settings.db_timeout, spill_dir=settings.spill_dir, drain_timeout=settings.drain_seconds
     )
-    active = activate(ruleset)
+    shadow = None if candidate is None else activate(candidate)
     await writer.start()
     log.info(
         "application_ready",
@@ -116,5 +161,15 @@ async def build_application(settings: Settings) -> Application:
         engine_rulesets=len(active.compiled.partitions),
         store=settings.store,
         database=where,
+        shadow=None if candidate is None else f"{candidate.meta.name} {candidate.meta.version}",
+        shadow_hash=None if candidate is None else candidate.content_hash[:12],
     )
-    return Application(settings, DecisionService(store, writer, active), store, writer, export)
+    service = DecisionService(store, writer, active, shadow=shadow)
+    reads = store
+
+    def follow(new: Ruleset) -> None:
+        reads.set_reads(tuple(new.events), contact_history_window(new))
+
+    # A decision reads its version before its profile read, which the database timeout bounds.
+    control = None if state is None else InProcessRulesets(service, state, activate, settings.db_timeout + 1.0, follow)
+    return Application(settings, service, store, writer, export, version, control)

@@ -165,9 +165,12 @@ def _serve(**options: Any) -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     from pydantic import ValidationError  # noqa: PLC0415
 
+    from nba_service.errors import WorkersFailing  # noqa: PLC0415
     from nba_service.log_setup import configure_logging  # noqa: PLC0415
+    from nba_service.runner import leave_stuck_threads, start_failure  # noqa: PLC0415
     from nba_service.runner import serve as run  # noqa: PLC0415
     from nba_service.settings import Settings  # noqa: PLC0415
+    from nba_service.supervisor import supervise  # noqa: PLC0415
     from nba_service.transport.grpc_server import check_can_listen  # noqa: PLC0415
 
     try:
@@ -181,29 +184,20 @@ def _serve(**options: Any) -> None:
         sys.exit(2)
     configure_logging(settings.log_format, settings.log_level)
     try:
-        asyncio.run(run(settings))
-    except RulesetInvalid as exc:
-        click.echo(f"cannot start: the rulesets are invalid:\n{exc}", err=True)
+        if settings.workers > 1:
+            supervise(settings)
+        else:
+            asyncio.run(run(settings))
+    except WorkersFailing as exc:
+        click.echo(f"stopped: {exc}", err=True)
         sys.exit(2)
-    except (OSError, NbaError) as exc:
-        click.echo(f"cannot start: {exc}", err=True)
+    except Exception as exc:
+        problem = start_failure(exc)
+        if problem is None:
+            raise
+        click.echo(f"cannot start: {problem}", err=True)
         sys.exit(2)
-    _leave_stuck_threads()
-
-
-def _leave_stuck_threads() -> None:
-    """A database thread blocked on a stalled disk would hold the interpreter's exit for as long as the disk
-    stalls; shutdown has already said what it could not write, so the process leaves without it."""
-    import threading  # noqa: PLC0415
-
-    import structlog  # noqa: PLC0415
-
-    stuck = [t.name for t in threading.enumerate() if t.name.startswith("sqlite-") and t.is_alive()]
-    if stuck:
-        structlog.get_logger(__name__).error("left_threads_blocked_on_the_database", threads=stuck)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    leave_stuck_threads()
 
 
 def _call(target: str, method: str, request: Any, timeout: float) -> Any:
@@ -369,11 +363,11 @@ def rulesets() -> None:
 def check(paths: tuple[Path, ...], plan: bool) -> None:
     """Validate ruleset files; exit 0 only when every file is valid."""
     from nba_service.domain.compiler import compile_ruleset, describe  # noqa: PLC0415
-    from nba_service.domain.loader import load_ruleset_file  # noqa: PLC0415
+    from nba_service.domain.loader import load_ruleset_file, ruleset_files  # noqa: PLC0415
 
     files: list[Path] = []
     for path in paths:
-        files.extend(sorted(path.glob("*.yaml")) if path.is_dir() else [path])
+        files.extend(ruleset_files(path) if path.is_dir() else [path])  # scenario tests (*.tests.yaml) left out
     failed = 0
     for file in files:
         try:
@@ -398,6 +392,23 @@ def check(paths: tuple[Path, ...], plan: bool) -> None:
     if failed:
         click.echo(f"{failed} of {len(files)} file(s) invalid")
         sys.exit(1)
+
+
+@rulesets.command("test")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path), metavar="[PATH]...")
+@click.option("--strict", is_flag=True, help="Also fail unless every rule and every policy is exercised.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
+def rulesets_test(paths: tuple[Path, ...], strict: bool, as_json: bool) -> None:
+    """Run the scenario tests kept beside each ruleset (NAME.tests.yaml next to NAME.yaml) on the real engine.
+
+    PATH is a ruleset, a tests file or a directory of rulesets; none means the bundled rulesets. Exit 0 when
+    every case passes, 1 when a case fails (with --strict also when a rule or policy is never exercised or a
+    ruleset has no tests), 2 when a file is invalid (every problem is printed with file:line).
+    """
+    from nba_service.scenario_report import run_scenario_tests  # noqa: PLC0415
+    from nba_service.settings import BUNDLED_RULESETS  # noqa: PLC0415
+
+    sys.exit(run_scenario_tests(list(paths) or [BUNDLED_RULESETS], strict=strict, as_json=as_json, echo=click.echo))
 
 
 @main.group()
@@ -627,3 +638,59 @@ def decisions_export(
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(3 if exc.code is ErrorCode.UNAVAILABLE else 2)
     click.echo(f"{count} records exported", err=True)
+
+
+# Defined here rather than beside `rulesets check`: it reads decision records, with the export's options.
+@rulesets.command("shadow-report")
+@click.option("--since", callback=_moment, help="Only decisions at or after this time (ISO 8601; UTC unless given).")
+@click.option("--until", callback=_moment, help="Only decisions before this time.")
+@click.option(
+    "--store",
+    type=click.Choice(["sqlite", "postgres"]),
+    default="sqlite",
+    show_default=True,
+    envvar="NBA_STORE",
+    help="Which store to read [env NBA_STORE]; PostgreSQL's DSN comes from NBA_DSN.",
+)
+@click.option(
+    "--db-path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("var/nba.db"),
+    show_default=True,
+    envvar="NBA_DB_PATH",
+    help="The embedded database [env NBA_DB_PATH].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def shadow_report(since: datetime | None, until: datetime | None, store: str, db_path: Path, as_json: bool) -> None:
+    """How often and where a candidate run with `nba serve --shadow` disagreed with the active ruleset.
+
+    Counts the shadowed decisions, how many agreed (same actions in the same order), and per action how
+    often it was offered by the active ruleset only, by the candidate only, or by both at a different rank,
+    with example decision ids. Exit codes as for `nba decisions export`.
+    """
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from nba_service import shadow_report as reports  # noqa: PLC0415
+    from nba_service.settings import Settings  # noqa: PLC0415
+
+    if since is not None and until is not None and until <= since:
+        raise click.BadParameter("must be after --since", param_hint="--until")
+    try:
+        settings = Settings.model_validate({"store": store, "db_path": db_path})
+    except ValidationError as exc:
+        raise click.UsageError("; ".join(_settings_problem(e) for e in exc.errors())) from exc
+    try:
+        report = asyncio.run(reports.shadow_report(settings, since=since, until=until))
+    except NbaError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(3 if exc.code is ErrorCode.UNAVAILABLE else 2)
+    click.echo(json.dumps(report.to_json(), ensure_ascii=False) if as_json else reports.render(report))
+
+
+def _register_admin_commands() -> None:
+    from nba_service.admin_cli import register  # noqa: PLC0415
+
+    register(rulesets, _TARGET)
+
+
+_register_admin_commands()

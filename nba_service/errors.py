@@ -152,3 +152,19 @@ class SeedRefused(SeedError):
     """The database already holds data, and `force` was not given."""
 
     code = ErrorCode.SEED_REFUSED
+
+
+class CandidateRefused(FailedPrecondition):
+    """A ruleset version that did not pass its checks or its scenario tests; the running version stays."""
+
+
+class NothingToRollBack(FailedPrecondition):
+    """No previous version has been active since the deploy folder was created."""
+
+
+class StartFailed(NbaError):
+    """A supervisor's workers could not start; the message is what follows `cannot start:`."""
+
+
+class WorkersFailing(NbaError):
+    """Workers kept exiting right after being replaced: the supervisor stopped rather than loop forever."""

@@ -26,6 +26,8 @@ def configure_logging(fmt: Literal["console", "json"] = "console", level: str = 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line, newline included: a supervisor's workers share its stderr, and print()'s two writes
+        # (text, then newline) let their lines run into each other when stderr is unbuffered (PYTHONUNBUFFERED).
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )

@@ -10,24 +10,45 @@ import asyncio
 import gc
 import os
 import signal
+import sys
+import threading
 from collections.abc import Callable
 
 import structlog
 
-from nba_service.app import Application, build_application
+from nba_service.app import Application, build_application, configured_ruleset
+from nba_service.deploy.control import RulesetControl
+from nba_service.deploy.inprocess import InProcessRulesets
+from nba_service.deploy.startup import files_digest
+from nba_service.errors import NbaError, RulesetInvalid
 from nba_service.settings import Settings
+from nba_service.transport.grpc_admin import add_admin
 from nba_service.transport.grpc_server import GrpcServer
 
 log = structlog.get_logger(__name__)
 
 
-async def serve(settings: Settings, on_ready: Callable[[GrpcServer], None] | None = None) -> None:
+async def serve(
+    settings: Settings,
+    on_ready: Callable[[GrpcServer, bool], None] | None = None,
+    *,
+    worker: int | None = None,
+    control: RulesetControl | None = None,
+) -> None:
+    """Serves until SIGTERM or SIGINT. `on_ready(server, store_ready)` is called once calls are taken.
+
+    `worker` is this process's index among a supervisor's workers: it then shares the port with the others
+    and logs `worker_serving`, leaving the one `serving` event, which people and tools wait for, to the supervisor.
+    """
     app: Application = await build_application(settings)
     # Start-up objects (rulesets, the sample) live for the whole process: keep full collections off them.
     gc.collect()
     gc.freeze()
     try:
-        server = GrpcServer(app.service, settings.host, settings.port)
+        server = GrpcServer(app.service, settings.host, settings.port, reuse_port=worker is not None)
+        admin = app.rulesets if app.rulesets is not None else control
+        if admin is not None:
+            add_admin(admin, server.server)
     except BaseException:
         await app.close()
         raise
@@ -36,17 +57,24 @@ async def serve(settings: Settings, on_ready: Callable[[GrpcServer], None] | Non
     # Handlers first: a SIGTERM that arrives the moment we report ready must still shut down gracefully.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    background: list[asyncio.Task[None]] = []
+    if app.rulesets is not None:
+        background.append(asyncio.create_task(_follow_configured(app, app.rulesets, loop), name="rulesets-watch"))
     ready = await app.ready()
     await server.start(serving=ready)
-    log.info("serving", address=server.address, pid=os.getpid(), store=settings.store, ready=ready)
+    event = "serving" if worker is None else "worker_serving"
+    log.info(event, address=server.address, pid=os.getpid(), store=settings.store, ready=ready)
     if on_ready is not None:
-        on_ready(server)
-    monitor = asyncio.create_task(_watch_store(app, server, ready), name="store-health")
+        on_ready(server, ready)
+    background.append(asyncio.create_task(_watch_store(app, server, ready), name="store-health"))
     try:
         await stopping.wait()
     finally:
         log.info("shutting_down", grace_seconds=settings.grace_seconds)
-        monitor.cancel()
+        for task in background:
+            task.cancel()
+        if worker is not None:
+            server.leave_port()
         await server.stop(settings.grace_seconds)
         await app.close()
         stats = app.decision_log.stats
@@ -56,6 +84,34 @@ async def serve(settings: Settings, on_ready: Callable[[GrpcServer], None] | Non
             dead_letters=stats.dead_letters,
             not_written=len(stats.unwritten),
         )
+
+
+async def _follow_configured(app: Application, rulesets: InProcessRulesets, loop: asyncio.AbstractEventLoop) -> None:
+    """Deploys the configured rulesets when their files change (polled) or on SIGHUP."""
+    settings = app.settings
+    hup = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, hup.set)
+    digest = await asyncio.to_thread(files_digest, settings.rulesets)
+    interval = settings.watch_seconds or None
+    try:
+        while True:
+            try:
+                await asyncio.wait_for(hup.wait(), interval)
+                origin = "sighup"
+            except TimeoutError:
+                origin = "folder"
+            hup.clear()
+            try:
+                current = await asyncio.to_thread(files_digest, settings.rulesets)
+            except OSError as exc:
+                log.warning("rulesets_unreadable", path=str(settings.rulesets), error=str(exc))
+                continue
+            if origin == "folder" and current == digest:
+                continue
+            digest = current
+            await rulesets.follow_configured(lambda: configured_ruleset(settings), origin)
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
 
 
 async def _watch_store(app: Application, server: GrpcServer, ready: bool, interval: float = 0.5) -> None:
@@ -71,3 +127,26 @@ async def _watch_store(app: Application, server: GrpcServer, ready: bool, interv
             log.warning("store_readiness_changed", ready=now_ready, store=app.settings.store)
             await server.set_serving(now_ready)
             ready = now_ready
+
+
+def start_failure(exc: BaseException) -> str | None:
+    """What `cannot start: ...` says for a failure to start, or None for a bug (which keeps its traceback).
+
+    One wording for the lone server and for a supervisor's workers, which report it to the supervisor.
+    """
+    if isinstance(exc, RulesetInvalid):
+        return f"the rulesets are invalid:\n{exc}"
+    if isinstance(exc, OSError | NbaError):
+        return str(exc)
+    return None
+
+
+def leave_stuck_threads() -> None:
+    """A database thread blocked on a stalled disk would hold the interpreter's exit for as long as the disk
+    stalls; shutdown has already said what it could not write, so the process leaves without it."""
+    stuck = [t.name for t in threading.enumerate() if t.name.startswith("sqlite-") and t.is_alive()]
+    if stuck:
+        log.error("left_threads_blocked_on_the_database", threads=stuck)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -204,3 +204,93 @@ class TestPolicies:
         assert valid_until(
             ruleset, rates, near_end, end_projection, Channel.AGENT_DESKTOP, NOON_LONDON
         ) == NOON_LONDON + timedelta(hours=1)
+
+
+SAME_DECISION_RULESET = """\
+ruleset: {name: same-decision-caps, version: 1.0.0, owner: tests, description: caps in one decision, valid_for: 4h}
+fields:
+  - {name: stage, type: string}
+actions:
+  - {id: refer-a, category: referral, scripts: {agent_desktop: "Ask for a referral.", outbound_dialer: "Ask."}}
+  - {id: refer-b, category: referral, scripts: {agent_desktop: "Ask for a referral again.", outbound_dialer: "Ask."}}
+  - {id: tip-a, category: cross_sell, scripts: {agent_desktop: "Share a tip.", outbound_dialer: "Share a tip."}}
+  - {id: tip-b, category: cross_sell, scripts: {agent_desktop: "Share another tip.", outbound_dialer: "Share a tip."}}
+  - {id: thanks, category: loyalty, scripts: {agent_desktop: "Say thank you.", outbound_dialer: "Say thank you."}}
+rules:
+  - {id: r-refer-a, description: d, reason: r, priority: 90, action: refer-a, when: {all: [{field: stage, op: exists}]}}
+  - {id: r-refer-b, description: d, reason: r, priority: 80, action: refer-b, when: {all: [{field: stage, op: exists}]}}
+  - {id: r-tip-a, description: d, reason: r, priority: 70, action: tip-a, when: {all: [{field: stage, op: exists}]}}
+  - {id: r-tip-b, description: d, reason: r, priority: 60, action: tip-b, when: {all: [{field: stage, op: exists}]}}
+  - {id: r-thanks, description: d, reason: r, priority: 50, action: thanks, when: {all: [{field: stage, op: exists}]}}
+policies:
+  frequency_caps:
+    - {id: referral-once, category: referral, max: 1, within: 60d}
+    - {id: cross-sell-twice, category: cross_sell, max: 2, within: 30d}
+    - {id: thanks-once, action: thanks, max: 1, within: 30d}
+    - {id: dialer-daily, channel: outbound_dialer, max: 1, within: 1d}
+"""
+
+
+@pytest.fixture(scope="module")
+def caps_ruleset() -> Ruleset:
+    return load_ruleset_text(SAME_DECISION_RULESET, "same-decision-caps.yaml")
+
+
+class TestCapsWithinOneDecision:
+    """Every action in an answer becomes a contact once delivered, so caps count the ones chosen above it too."""
+
+    @staticmethod
+    def run(ruleset: Ruleset, contacts: tuple[Contact, ...] = (), channel: Channel = Channel.AGENT_DESKTOP):  # type: ignore[no-untyped-def]
+        customer = Profile("CUST-2", {"stage": "maintenance"}, (), contacts)
+        return evaluate(reference_active(ruleset), customer, channel, NOON_LONDON, 10)
+
+    def test_second_action_of_a_max_one_category_is_dropped(self, caps_ruleset: Ruleset) -> None:
+        result = self.run(caps_ruleset)
+        assert "refer-a" in result.action_ids
+        assert "refer-b" not in result.action_ids
+        [drop] = [d for d in result.dropped if d.action_id == "refer-b"]
+        assert (drop.rule_id, drop.reason, drop.stage, drop.policy) == (
+            "r-refer-b",
+            "frequency_cap",
+            "arbitration",
+            "referral-once",
+        )
+        assert "same decision" in drop.detail
+
+    def test_max_two_with_one_contact_in_history_keeps_one_of_two(self, caps_ruleset: Ruleset) -> None:
+        past = Contact("tip-a", Channel.AGENT_DESKTOP, NOON_LONDON - timedelta(days=3), OutcomeKind.ACCEPTED, "d0")
+        result = self.run(caps_ruleset, (past,))
+        assert [a for a in result.action_ids if a.startswith("tip-")] == ["tip-a"]
+        [drop] = [d for d in result.dropped if d.action_id == "tip-b"]
+        assert (drop.reason, drop.stage, drop.policy) == ("frequency_cap", "arbitration", "cross-sell-twice")
+        assert "1 in the contact history" in drop.detail
+        # Without the past contact both fit under the cap of two.
+        assert [a for a in self.run(caps_ruleset).action_ids if a.startswith("tip-")] == ["tip-a", "tip-b"]
+
+    def test_unrelated_caps_are_unaffected(self, caps_ruleset: Ruleset) -> None:
+        """Only caps that apply to both the chosen actions and the candidate count them: on the agent desktop
+        the dialer cap, the cross-sell cap and the per-action cap never see the referral chosen above."""
+        result = self.run(caps_ruleset)
+        assert result.action_ids == ("refer-a", "tip-a", "tip-b", "thanks")
+        assert [(d.action_id, d.policy) for d in result.dropped] == [("refer-b", "referral-once")]
+
+    def test_channel_cap_counts_the_decision_on_its_own_channel(self, caps_ruleset: Ruleset) -> None:
+        """At most one outbound call a day: a dialer answer carries one action, the rest are dropped by the cap."""
+        result = self.run(caps_ruleset, channel=Channel.OUTBOUND_DIALER)
+        assert result.action_ids == ("refer-a",)
+        assert {d.action_id: (d.reason, d.stage) for d in result.dropped} == {
+            "refer-b": ("frequency_cap", "arbitration"),
+            "tip-a": ("frequency_cap", "arbitration"),
+            "tip-b": ("frequency_cap", "arbitration"),
+            "thanks": ("frequency_cap", "arbitration"),
+        }
+
+    def test_a_capped_candidate_takes_no_place_and_a_full_answer_ranks_out(self, caps_ruleset: Ruleset) -> None:
+        customer = Profile("CUST-2", {"stage": "maintenance"}, (), ())
+        result = evaluate(reference_active(caps_ruleset), customer, Channel.AGENT_DESKTOP, NOON_LONDON, 2)
+        assert result.action_ids == ("refer-a", "tip-a")
+        assert [(d.action_id, d.reason) for d in result.dropped] == [
+            ("refer-b", "frequency_cap"),
+            ("tip-b", "ranked_out"),
+            ("thanks", "ranked_out"),
+        ]

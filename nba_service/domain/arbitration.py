@@ -2,16 +2,52 @@
 
 from __future__ import annotations
 
-from nba_service.domain.policy import Candidate
+from datetime import datetime
+
+from nba_service.domain.model import Channel, FrequencyCap, Ruleset
+from nba_service.domain.policy import Candidate, _cap_applies, _cap_count
+from nba_service.domain.profile import Profile
 from nba_service.domain.records import DroppedCandidate
 
 
-def rank(candidates: list[Candidate], max_actions: int) -> tuple[list[Candidate], list[DroppedCandidate]]:
-    """Highest priority first, then file order of the rule, one entry per action, at most `max_actions`."""
+def rank(
+    candidates: list[Candidate],
+    max_actions: int,
+    *,
+    ruleset: Ruleset,
+    profile: Profile,
+    channel: Channel,
+    now: datetime,
+) -> tuple[list[Candidate], list[DroppedCandidate]]:
+    """Highest priority first, then file order of the rule, one entry per action, at most `max_actions`.
+
+    Frequency caps also count the actions already chosen above a candidate in this same decision: every
+    action in the answer becomes a contact once it is delivered, so two referral asks in one answer breach
+    "at most one referral ask" just as two answers would. Policy has already checked each candidate against
+    the contact history alone; here a candidate is dropped (`frequency_cap`, stage `arbitration`) when the
+    history plus the actions chosen before it would already reach a cap's max. A capped candidate takes no
+    place in the answer; once the answer is full, the rest are `ranked_out` whatever their caps.
+    """
     ordered = sorted(candidates, key=lambda c: (-c.rule.priority, c.rule_index, c.action.id))
     chosen: list[Candidate] = []
     dropped: list[DroppedCandidate] = []
     seen: dict[str, str] = {}
+    history: dict[str, int] = {}
+
+    def breached_cap(candidate: Candidate) -> tuple[FrequencyCap, int, int] | None:
+        """(cap, contacts in the history, actions chosen in this decision) of the first cap it would breach."""
+        for cap in ruleset.policies.frequency_caps:
+            if not _cap_applies(cap, candidate.action, channel):
+                continue
+            in_decision = sum(1 for c in chosen if _cap_applies(cap, c.action, channel))
+            if in_decision == 0:
+                continue  # nothing chosen yet counts for this cap: policy's check against the history stands
+            if cap.id not in history:
+                history[cap.id] = _cap_count(cap, ruleset, profile, now)
+            if history[cap.id] + in_decision >= cap.max:
+                return cap, history[cap.id], in_decision
+        return None
+
     for candidate in ordered:
         if candidate.action.id in seen:
             dropped.append(
@@ -28,6 +64,21 @@ def rank(candidates: list[Candidate], max_actions: int) -> tuple[list[Candidate]
             dropped.append(
                 DroppedCandidate(
                     candidate.rule.id, candidate.action.id, "ranked_out", f"below the top {max_actions}", "arbitration"
+                )
+            )
+            continue
+        breach = breached_cap(candidate)
+        if breach is not None:
+            cap, past, in_decision = breach
+            dropped.append(
+                DroppedCandidate(
+                    candidate.rule.id,
+                    candidate.action.id,
+                    "frequency_cap",
+                    f"{cap.id}: at most {cap.max} within {cap.within}; {past} in the contact history and "
+                    f"{in_decision} already chosen in this same decision",
+                    "arbitration",
+                    cap.id,
                 )
             )
             continue

@@ -53,6 +53,8 @@ MAX_EXACT_INTEGER = 2**53
 MAX_STRING_CONSTANT = 1000
 _DURATION = re.compile(r"(\d+)([mhd])")  # fullmatch: `$` would accept "3d\n"
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+# Scenario tests sit beside their ruleset (`<name>.tests.yaml` next to `<name>.yaml`) and are never rulesets.
+TESTS_SUFFIX = ".tests.yaml"
 
 
 @cache
@@ -69,9 +71,14 @@ def load_ruleset_file(path: Path) -> Ruleset:
     return load_ruleset_text(data, str(path))
 
 
+def ruleset_files(directory: Path) -> list[Path]:
+    """The rulesets of a directory: every `*.yaml` but the scenario tests kept beside them."""
+    return sorted(p for p in directory.glob("*.yaml") if not p.name.endswith(TESTS_SUFFIX))
+
+
 def load_ruleset_dir(path: Path) -> list[Ruleset]:
     """Loads every `*.yaml` under a directory (or the one file given), failing with all problems of all files."""
-    files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    files = ruleset_files(path) if path.is_dir() else [path]
     if not files:
         raise RulesetInvalid([RulesetProblem(str(path), None, "", "no ruleset files (*.yaml) found")])
     rulesets: list[Ruleset] = []

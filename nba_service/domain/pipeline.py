@@ -83,7 +83,7 @@ def evaluate(active: ActiveRuleset, profile: Profile, channel: Channel, now: dat
         engine_name = FALLBACK_ENGINE
     candidates = [Candidate(i, ruleset.rules[i], ruleset.actions[ruleset.rules[i].action]) for i in matched]
     kept, dropped = apply_policies(ruleset, profile, projection, channel, now, candidates)
-    chosen, ranked_out = rank(kept, limit)
+    chosen, ranked_out = rank(kept, limit, ruleset=ruleset, profile=profile, channel=channel, now=now)
     actions = tuple(
         DecidedAction(
             action_id=c.action.id,

@@ -173,3 +173,17 @@ def valid_until(
             if event.expires_at is not None:
                 limit = min(limit, event.expires_at)
     return limit
+
+
+def policy_ids(ruleset: Ruleset) -> list[str]:
+    """Every id a dropped candidate's `policy` can carry under this ruleset, in the order the file declares them,
+    so scenario coverage can say which contact policies no case ever saw act."""
+    policies = ruleset.policies
+    ids = [f"consent:{channel.value}" for channel in policies.consent]
+    if policies.do_not_call_field is not None:
+        ids.append("do_not_call")
+    if policies.quiet_hours is not None:
+        ids.append("quiet_hours")
+    ids.extend(cap.id for cap in policies.frequency_caps)
+    ids.extend(suppression.id for suppression in policies.suppressions)
+    return ids

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from nba_service.domain.facts import FactValue
 from nba_service.domain.profile import Event, Outcome, Profile
-from nba_service.domain.records import DecisionRecord, DecisionSummary, DeliveryUpdate
+from nba_service.domain.records import DecisionRecord, DecisionSummary, DeliveryUpdate, RecordUpdate, ShadowUpdate
 
 
 class ProfileStore(Protocol):
@@ -22,6 +22,10 @@ class ProfileStore(Protocol):
 
     async def add_outcome(self, outcome: Outcome) -> None:
         """Stores an outcome durably: one contact per offered action (its latest outcome), plus the audit row."""
+        ...
+
+    def set_reads(self, event_types: Sequence[str], history: timedelta) -> None:
+        """Which event types and how much contact history a profile read returns from now on."""
         ...
 
     async def ready(self) -> bool:
@@ -40,6 +44,11 @@ class DecisionLog(Protocol):
         """Queues a correction for a durable record whose answer never reached the caller."""
         ...
 
+    def defer(self, update: ShadowUpdate) -> None:
+        """Queues an addition to a durable record that nobody waits for: it rides with a later commit rather
+        than costing a waiting answer a commit of its own."""
+        ...
+
     async def find(self, decision_id: str) -> DecisionSummary | None: ...
 
     def healthy(self) -> bool:
@@ -54,7 +63,7 @@ class DecisionLog(Protocol):
 class RecordSink(Protocol):
     """Where a group-commit writer makes records durable: one transaction per call."""
 
-    async def write(self, records: Sequence[DecisionRecord], updates: Sequence[DeliveryUpdate]) -> None:
+    async def write(self, records: Sequence[DecisionRecord], updates: Sequence[RecordUpdate]) -> None:
         """Stores all records and applies all updates in one transaction, or raises."""
         ...
 

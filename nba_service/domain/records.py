@@ -79,6 +79,40 @@ class DroppedCandidate:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowRun:
+    """What a candidate ruleset, run beside the active one on the same profile, would have answered.
+
+    Evidence for promoting or rejecting the candidate, never part of the answer. `agreed` means the same
+    action ids in the same order; a candidate that failed (`error`) is counted as not agreeing, because
+    nothing shows that it would have.
+    """
+
+    ruleset: RulesetRef
+    agreed: bool
+    action_ids: tuple[str, ...]
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ruleset": {"name": self.ruleset.name, "version": self.ruleset.version, "hash": self.ruleset.hash},
+            "agreed": self.agreed,
+            "actions": list(self.action_ids),
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ShadowRun:
+        ruleset = data["ruleset"]
+        error = data.get("error")
+        return cls(
+            RulesetRef(str(ruleset["name"]), str(ruleset["version"]), str(ruleset["hash"])),
+            bool(data["agreed"]),
+            tuple(str(a) for a in data["actions"]),
+            None if error is None else str(error),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class DecisionRecord:
     decision_id: str
     decided_at: datetime
@@ -94,6 +128,9 @@ class DecisionRecord:
     context: dict[str, str] = field(default_factory=dict)
     profile_problems: tuple[str, ...] = ()
     delivery: Delivery = Delivery.SENT
+    # What a candidate run beside the active ruleset would have answered. None when no candidate ran; the
+    # service writes it as a `ShadowUpdate` once the answer has left, so a fresh record may not have it yet.
+    shadow: ShadowRun | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record in the versioned export format (built field by field: `asdict` cost 3x as much)."""
@@ -137,6 +174,7 @@ class DecisionRecord:
             "context": {"reason": self.context_reason, "attributes": dict(self.context)},
             "profile_problems": list(self.profile_problems),
             "delivery": self.delivery.value,
+            "shadow": None if self.shadow is None else self.shadow.to_json(),
         }
 
     @classmethod
@@ -185,6 +223,8 @@ class DecisionRecord:
                 context={str(k): str(v) for k, v in (context.get("attributes") or {}).items()},
                 profile_problems=tuple(str(p) for p in data.get("profile_problems", ())),
                 delivery=Delivery(data.get("delivery", Delivery.SENT.value)),
+                # Absent in records written before shadow runs existed: those ran no candidate.
+                shadow=None if data.get("shadow") is None else ShadowRun.from_json(data["shadow"]),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a decision record: missing or malformed {exc}") from exc
@@ -222,6 +262,35 @@ class DeliveryUpdate:
             return cls(str(data["decision_id"]), Delivery(data["delivery"]))
         except KeyError as exc:
             raise ValueError(f"not a delivery record: missing {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowUpdate:
+    """A candidate's verdict, added to a record already durable: the candidate runs after the answer has
+    left, so that it can never add to the answer's latency (see `DecisionService.decide`)."""
+
+    decision_id: str
+    shadow: ShadowRun
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": RECORD_FORMAT,
+            "kind": "shadow",
+            "decision_id": self.decision_id,
+            "shadow": self.shadow.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ShadowUpdate:
+        _check_format(data, "shadow")
+        try:
+            return cls(str(data["decision_id"]), ShadowRun.from_json(data["shadow"]))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a shadow record: missing or malformed {exc}") from exc
+
+
+# What may change in a record after it is durable: its delivery, and the shadow run that followed its answer.
+RecordUpdate = DeliveryUpdate | ShadowUpdate
 
 
 def outcome_to_json(outcome: Outcome) -> dict[str, Any]:

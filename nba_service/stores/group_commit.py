@@ -11,6 +11,10 @@ or written (database away, disk full, read-only file) the batch is kept and retr
 writer reports itself unhealthy, and waiting answers fail with `Unavailable` at their time limit:
 a record that gave up waiting is withdrawn, or corrected to `failed` if its commit raced the limit,
 so no record claims an answer nobody received.
+
+Additions nobody waits for (a shadow run's verdict, `defer`) do not wake the writer: they ride with the
+next batch of records, or go on their own after `DEFER_SECONDS` when no decision comes, so under load they
+cost no commit, and no fsync, of their own.
 """
 
 from __future__ import annotations
@@ -28,13 +32,21 @@ from pathlib import Path
 import structlog
 
 from nba_service.domain.ports import RecordSink
-from nba_service.domain.records import DecisionRecord, DecisionSummary, Delivery, DeliveryUpdate
+from nba_service.domain.records import (
+    DecisionRecord,
+    DecisionSummary,
+    Delivery,
+    DeliveryUpdate,
+    RecordUpdate,
+    ShadowUpdate,
+)
 from nba_service.errors import Unavailable
 
 log = structlog.get_logger(__name__)
 
 BATCH_SIZE = 500
 QUEUE_LIMIT = 10_000
+DEFER_SECONDS = 0.25
 
 
 @dataclass(slots=True)
@@ -73,7 +85,9 @@ class GroupCommitWriter:
         self._batch_size = batch_size
         self._queue_limit = queue_limit
         self._entries: deque[_Entry] = deque()
-        self._updates: list[DeliveryUpdate] = []
+        self._updates: list[RecordUpdate] = []
+        self._deferred: list[ShadowUpdate] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._healthy = True
@@ -82,7 +96,7 @@ class GroupCommitWriter:
 
     @property
     def queued(self) -> int:
-        return len(self._entries) + len(self._updates)
+        return len(self._entries) + len(self._updates) + len(self._deferred)
 
     def healthy(self) -> bool:
         return self._healthy and not self._closing
@@ -117,9 +131,25 @@ class GroupCommitWriter:
     async def find(self, decision_id: str) -> DecisionSummary | None:
         return await self._sink.find(decision_id)
 
-    def mark(self, update: DeliveryUpdate) -> None:
+    def mark(self, update: RecordUpdate) -> None:
         self._updates.append(update)
         self._wake.set()
+
+    def defer(self, update: ShadowUpdate) -> None:
+        if self._closing:  # the drain is the last commit: it must carry this, or the spill must
+            self.mark(update)
+            return
+        self._deferred.append(update)
+        if self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(DEFER_SECONDS, self._flush_deferred)
+
+    def _flush_deferred(self) -> None:
+        """No decision came to carry the deferred additions: they go in a commit of their own."""
+        self._flush_timer = None
+        if self._deferred:
+            self._updates.extend(self._deferred)
+            self._deferred.clear()
+            self._wake.set()
 
     async def _run(self) -> None:
         delay = 0.02
@@ -138,7 +168,8 @@ class GroupCommitWriter:
                         delay = await self._probe(delay)
                 continue
             batch = self._take()
-            updates, self._updates = self._updates, []
+            updates: list[RecordUpdate] = [*self._updates, *self._deferred]
+            self._updates, self._deferred = [], []
             if not batch and not updates:  # every waiting record was withdrawn: nothing to prove
                 continue
             try:
@@ -188,7 +219,7 @@ class GroupCommitWriter:
                 batch.append(entry)
         return batch
 
-    async def _write(self, batch: list[_Entry], updates: Sequence[DeliveryUpdate]) -> None:
+    async def _write(self, batch: list[_Entry], updates: Sequence[RecordUpdate]) -> None:
         try:
             await self._sink.write([e.record for e in batch], updates)
         except Exception as exc:
@@ -227,6 +258,9 @@ class GroupCommitWriter:
         if self._task is None:
             return
         self._closing = True
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        self._flush_deferred()
         self._wake.set()
         try:
             async with asyncio.timeout(self._drain_timeout):

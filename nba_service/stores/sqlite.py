@@ -35,6 +35,7 @@ from nba_service.domain.records import (
     DecisionSummary,
     Delivery,
     DeliveryUpdate,
+    RecordUpdate,
     outcome_to_json,
 )
 from nba_service.errors import NotFound, Unavailable
@@ -176,6 +177,11 @@ class SqliteStore:
         self._open = False
 
     # ------------------------------------------------------------------ opening and seeding
+
+    def set_reads(self, event_types: Sequence[str], history: timedelta) -> None:
+        """What a profile read returns from now on: a newly deployed version may read other event types."""
+        self._event_types = json.dumps(sorted(set(event_types)))
+        self._history = history
 
     async def open(self, seed: Callable[[], Iterable[Profile]] | None = None) -> int:
         """Opens the file, creating and seeding it on first start; returns how many customers it holds.
@@ -367,17 +373,31 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ RecordSink
 
-    async def write(self, records: Sequence[DecisionRecord], updates: Sequence[DeliveryUpdate]) -> None:
+    async def write(self, records: Sequence[DecisionRecord], updates: Sequence[RecordUpdate]) -> None:
         written = stamp(self._clock())
         rows = [
             (r.decision_id, stamp(r.decided_at), r.customer_id, r.delivery.value, _record_text(r), written)
             for r in records
         ]
-        changes = [(u.delivery.value, u.decision_id) for u in updates]
+        changes = [(u.delivery.value, u.decision_id) for u in updates if isinstance(u, DeliveryUpdate)]
+        # The record column is the record's JSON line: the shadow run goes into it, so the export needs no join.
+        # ASCII-escaped, so any error text binds; json_valid, so a record Python wrote with NaN in it (not JSON to
+        # SQLite) cannot fail the whole commit.
+        shadows = [
+            (json.dumps(u.shadow.to_json(), separators=(",", ":")), u.decision_id)
+            for u in updates
+            if not isinstance(u, DeliveryUpdate)
+        ]
 
         def commit(conn: sqlite3.Connection) -> None:
             conn.executemany("INSERT OR IGNORE INTO decisions VALUES (?, ?, ?, ?, ?, ?)", rows)
             conn.executemany("UPDATE decisions SET delivery = ? WHERE decision_id = ?", changes)
+            if shadows:
+                conn.executemany(
+                    "UPDATE decisions SET record = json_set(record, '$.shadow', json(?))"
+                    " WHERE decision_id = ? AND json_valid(record)",
+                    shadows,
+                )
 
         await self._in_writer(commit)
 

@@ -6,6 +6,8 @@ import errno
 import functools
 import os
 import socket
+import stat
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -201,28 +203,33 @@ class NextBestActionServicer(nba_pb2_grpc.NextBestActionServicer):
         return nba_pb2.IngestEventResponse(event_id=event_id)
 
 
-def add_servicer(servicer: NextBestActionServicer, server: grpc.aio.Server) -> None:
-    """Registers the handlers as the generated `add_NextBestActionServicer_to_server` does, but with request
+def add_servicer(
+    servicer: object, server: grpc.aio.Server, module: Any = nba_pb2, service: str = "NextBestAction"
+) -> None:
+    """Registers the handlers as the generated `add_*Servicer_to_server` does, but with request
     deserializers that never raise: grpcio answers a deserializer's exception with UNKNOWN and the Python
     exception in the message, where a caller should get INVALID_ARGUMENT in plain words (see `_edge`)."""
+    descriptor = module.DESCRIPTOR.services_by_name[service]
     handlers: dict[str, grpc.RpcMethodHandler] = {}
-    for method in nba_pb2.DESCRIPTOR.services_by_name["NextBestAction"].methods:
+    for method in descriptor.methods:
         if method.client_streaming or method.server_streaming:
             raise TypeError(f"{method.full_name}: only unary methods are registered here")
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
-            request_deserializer=lenient_deserializer(getattr(nba_pb2, method.input_type.name)),
-            response_serializer=getattr(nba_pb2, method.output_type.name).SerializeToString,
+            request_deserializer=lenient_deserializer(getattr(module, method.input_type.name)),
+            response_serializer=getattr(module, method.output_type.name).SerializeToString,
         )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(descriptor.full_name, handlers),))
+    server.add_registered_method_handlers(descriptor.full_name, handlers)
 
 
-def check_can_listen(host: str, port: int) -> None:
+def check_can_listen(host: str, port: int, *, reuse_port: bool = False) -> None:
     """Raises OSError("cannot listen on HOST:PORT: address already in use") when the port is taken.
 
     gRPC's own bind failure says only "Failed to bind" and puts the reason in its C-core log; asking the OS
     first gives the reason in one plain line. Port 0 and names that do not resolve are left to gRPC.
+    With `reuse_port` the probe joins the port as a worker does, so the supervisor's reservation and the other
+    workers' listeners are no conflict, and anything else holding the port still is.
     """
     if port == 0:
         return
@@ -234,6 +241,8 @@ def check_can_listen(host: str, port: int) -> None:
     for family, kind, proto, _, address in addresses:
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT is no conflict
+            if reuse_port:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 probe.bind(address)
             except OSError as exc:
@@ -242,10 +251,16 @@ def check_can_listen(host: str, port: int) -> None:
 
 
 class GrpcServer:
-    """The server with health and reflection; `stop` lets in-flight calls finish and refuses new ones."""
+    """The server with health and reflection; `stop` lets in-flight calls finish and refuses new ones.
 
-    def __init__(self, service: DecisionService, host: str, port: int) -> None:
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 1 << 20)])
+    `reuse_port` is for a supervisor's workers: each listens on the same port (SO_REUSEPORT) and the kernel
+    spreads new connections over them. A lone server leaves it off, so a second one on its port is refused.
+    """
+
+    def __init__(self, service: DecisionService, host: str, port: int, *, reuse_port: bool = False) -> None:
+        self.server = grpc.aio.server(
+            options=[("grpc.so_reuseport", int(reuse_port)), ("grpc.max_receive_message_length", 1 << 20)]
+        )
         add_servicer(NextBestActionServicer(service), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -254,7 +269,7 @@ class GrpcServer:
             self.server,
         )
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        check_can_listen(host, port)
+        check_can_listen(host, port, reuse_port=reuse_port)
         try:
             self.port = self.server.add_insecure_port(bind)
         except RuntimeError as exc:  # grpcio raises instead of returning 0 when the bind fails
@@ -276,6 +291,28 @@ class GrpcServer:
     async def stop(self, grace: float) -> None:
         await self.set_serving(False)
         await self.server.stop(grace)
+
+    def leave_port(self) -> None:
+        """Takes no new connection from now on and goes on serving the ones it has (Linux only).
+
+        For a worker that stops while others keep serving the port: grpc.aio closes its listener and sends
+        GOAWAY in one step, and clients reconnecting at once can land in the closing listener's queue, where
+        the kernel resets them. Leaving first sends every new connection to the other workers. gRPC has no call
+        for it, so its listening socket is found among this process's descriptors and shut down, not closed:
+        the descriptor stays gRPC's.
+        """
+        if sys.platform != "linux":
+            return
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                if not stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                    continue
+                with socket.socket(fileno=os.dup(int(name))) as sock:
+                    ours = sock.family in (socket.AF_INET, socket.AF_INET6) and sock.getsockname()[1] == self.port
+                    if ours and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                        sock.shutdown(socket.SHUT_RD)
+            except OSError:  # gone meanwhile, not a TCP socket, or a second descriptor of one already shut down
+                continue
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()

@@ -152,7 +152,9 @@ class ServerHandle:
 
 
 def server_command(workdir: Path, *extra_args: str) -> list[str]:
-    """The `nba serve` command line for a server whose files live in `workdir`."""
+    """The `nba serve` command line for a server whose files live in `workdir`: one process unless the test
+    asks for workers (`--workers N`), so that what a test sees is one server's doing."""
+    workers = () if "--workers" in extra_args else ("--workers", "1")
     return [
         str(NBA_SCRIPT),
         "serve",
@@ -163,6 +165,7 @@ def server_command(workdir: Path, *extra_args: str) -> list[str]:
         # The one bundled file, named explicitly: a second file dropped into rulesets/ must not stop the tests.
         "--rulesets",
         str(RULESET_PATH),
+        *workers,
         *extra_args,
     ]
 
@@ -243,8 +246,9 @@ def with_contact(contact_factory: Callable[[datetime], Contact]) -> ProfileEdit:
 class Oracle:
     """What the service should decide for a sample customer, computed in this process."""
 
-    def __init__(self) -> None:
-        self.ruleset = load_ruleset_file(RULESET_PATH)
+    def __init__(self, path: Path = RULESET_PATH) -> None:
+        """`path`: another ruleset than the bundled one, e.g. a shadow candidate, on the same sample."""
+        self.ruleset = load_ruleset_file(path)
         self.reference = ReferenceEvaluator(self.ruleset)
         self.active = reference_active(self.ruleset)
         self._index = {rule.id: i for i, rule in enumerate(self.ruleset.rules)}

@@ -39,6 +39,8 @@ from nba_service.domain.records import (
     DecisionSummary,
     Delivery,
     DeliveryUpdate,
+    RecordUpdate,
+    ShadowUpdate,
     outcome_to_json,
 )
 from nba_service.errors import Unavailable
@@ -62,8 +64,9 @@ _COLUMNS = (
     "context",
     "profile_problems",
     "delivery",
+    "shadow",
 )
-_JSON_COLUMNS = frozenset({"rules_fired", "dropped", "actions", "context", "profile_problems"})
+_JSON_COLUMNS = frozenset({"rules_fired", "dropped", "actions", "context", "profile_problems", "shadow"})
 _TYPES = (
     "uuid",
     "timestamptz",
@@ -77,6 +80,7 @@ _TYPES = (
     "text",
     "text",
     "float8",
+    "text",
     "text",
     "text",
     "text",
@@ -104,6 +108,13 @@ _INSERT_ONE = (
 _UPDATE = """
 UPDATE decisions d SET delivery = u.delivery
   FROM unnest($1::uuid[], $2::text[]) AS u(decision_id, delivery)
+ WHERE d.decision_id = u.decision_id
+RETURNING d.decision_id
+"""
+# A shadow run's verdict, added after the answer (see `DecisionService.decide`).
+_SHADOW = """
+UPDATE decisions d SET shadow = u.shadow::jsonb
+  FROM unnest($1::uuid[], $2::text[]) AS u(decision_id, shadow)
  WHERE d.decision_id = u.decision_id
 RETURNING d.decision_id
 """
@@ -186,33 +197,42 @@ def _row(record: DecisionRecord) -> tuple[Any, ...]:
         _dumps(data["context"]),
         _dumps(data["profile_problems"]),
         record.delivery.value,
+        None if data["shadow"] is None else _dumps(data["shadow"]),  # SQL NULL, not JSON null: no candidate ran
     )
 
 
-def _update_rows(updates: Sequence[DeliveryUpdate]) -> tuple[list[uuid.UUID], list[str]]:
+def _update_rows(updates: Sequence[RecordUpdate]) -> tuple[list[uuid.UUID], list[str]]:
     """The last correction per decision wins; one that names no UUID can match no row and is dropped."""
     latest: dict[uuid.UUID, str] = {}
     for update in updates:
         try:
-            latest[uuid.UUID(update.decision_id)] = update.delivery.value
+            key = uuid.UUID(update.decision_id)
         except (ValueError, TypeError, AttributeError):
-            log.warning("delivery_update_ignored", decision_id=update.decision_id, reason="not a decision id")
+            log.warning(
+                "delivery_update_ignored",
+                decision_id=update.decision_id,
+                reason="not a decision id",
+                kind="delivery" if isinstance(update, DeliveryUpdate) else "shadow",
+            )
+            continue
+        latest[key] = update.delivery.value if isinstance(update, DeliveryUpdate) else _dumps(update.shadow.to_json())
     return list(latest), list(latest.values())
 
 
 async def write_records(
     conn: asyncpg.Connection,
     records: Sequence[DecisionRecord],
-    updates: Sequence[DeliveryUpdate],
+    updates: Sequence[RecordUpdate],
     *,
     budget: float | None = None,
 ) -> tuple[int, set[uuid.UUID]]:
-    """One transaction: stores the records (once each) and applies the corrections.
+    """One transaction: stores the records (once each) and applies the corrections and shadow runs.
 
-    Returns how many records were new and the decision ids a correction matched.
+    Returns how many records were new and the decision ids an update matched.
     """
     rows = [_row(r) for r in records]
-    ids, deliveries = _update_rows(updates)
+    ids, deliveries = _update_rows([u for u in updates if isinstance(u, DeliveryUpdate)])
+    shadow_ids, shadows = _update_rows([u for u in updates if isinstance(u, ShadowUpdate)])
     inserted = 0
     matched: set[uuid.UUID] = set()
     started = time.monotonic()
@@ -221,7 +241,7 @@ async def write_records(
         return None if budget is None else max(0.05, budget - (time.monotonic() - started))
 
     async with contextlib.AsyncExitStack() as stack:
-        if rows and ids:
+        if bool(rows) + bool(ids) + bool(shadow_ids) > 1:
             await stack.enter_async_context(conn.transaction())
         if len(rows) == 1:
             status = await conn.execute(_INSERT_ONE, *rows[0], timeout=left())
@@ -232,6 +252,8 @@ async def write_records(
             inserted = int(status.split()[-1])
         if ids:
             matched = {r[0] for r in await conn.fetch(_UPDATE, ids, deliveries, timeout=left())}
+        if shadow_ids:
+            matched |= {r[0] for r in await conn.fetch(_SHADOW, shadow_ids, shadows, timeout=left())}
     return inserted, matched
 
 
@@ -260,7 +282,7 @@ class PostgresRecordSink:
         # database, and cutting it off cancels its statement, so no row claims an answer that was refused.
         self._timeout = timeout
 
-    async def write(self, records: Sequence[DecisionRecord], updates: Sequence[DeliveryUpdate]) -> None:
+    async def write(self, records: Sequence[DecisionRecord], updates: Sequence[RecordUpdate]) -> None:
         started = time.monotonic()
         # No time limit on the acquire itself (it cost a quarter of a one-record commit's CPU): the pool
         # waits for a read that must end within its own limit, or connects within the pool's connect timeout.
@@ -328,6 +350,7 @@ def decision_json(row: asyncpg.Record) -> dict[str, Any]:
         "context": _json(row["context"]),
         "profile_problems": _json(row["profile_problems"]),
         "delivery": row["delivery"],
+        "shadow": _json(row["shadow"]),
     }
     # Through the record type, so the export can never drift from the one format.
     return DecisionRecord.from_json(data).to_json()
@@ -421,7 +444,7 @@ class FileReplay:
     inserted: int = 0
     updates: int = 0
     updated: int = 0
-    moot: int = 0  # corrections saying "not delivered" for decisions that were never stored
+    moot: int = 0  # "not delivered" corrections, or shadow runs, for decisions that were never stored
     problems: list[ReplayProblem] = field(default_factory=list)
 
     @property
@@ -437,10 +460,10 @@ class FileReplay:
 class _Parsed:
     report: FileReplay
     records: list[tuple[int, DecisionRecord]] = field(default_factory=list)
-    updates: list[tuple[int, DeliveryUpdate]] = field(default_factory=list)
+    updates: list[tuple[int, RecordUpdate]] = field(default_factory=list)
 
 
-def _read_line(chunk: bytes) -> DecisionRecord | DeliveryUpdate:
+def _read_line(chunk: bytes) -> DecisionRecord | RecordUpdate:
     """One line in the record format; ValueError (JSON, encoding and format errors are all ValueErrors)."""
     item = json.loads(chunk.decode("utf-8"))
     if not isinstance(item, dict):
@@ -450,9 +473,11 @@ def _read_line(chunk: bytes) -> DecisionRecord | DeliveryUpdate:
         return DecisionRecord.from_json(item)
     if kind == "delivery":
         return DeliveryUpdate.from_json(item)
+    if kind == "shadow":
+        return ShadowUpdate.from_json(item)
     if item.get("format") != RECORD_FORMAT:
         raise ValueError(f"unknown record format {item.get('format')!r} (this version reads {RECORD_FORMAT!r})")
-    raise ValueError(f"a {kind!r} record is not replayed (only decision and delivery records are)")
+    raise ValueError(f"a {kind!r} record is not replayed (only decision, delivery and shadow records are)")
 
 
 def _parse(path: Path, data: bytes) -> _Parsed:
@@ -525,8 +550,9 @@ async def replay(conn: asyncpg.Connection, paths: Sequence[Path]) -> list[FileRe
             for number, update in batch:
                 if _uuid(update.decision_id) in matched:
                     continue
-                if update.delivery is not Delivery.SENT:
-                    # "Never delivered" for a record that was never stored: nothing claims otherwise.
+                if isinstance(update, ShadowUpdate) or update.delivery is not Delivery.SENT:
+                    # "Never delivered" for a record that was never stored: nothing claims otherwise; and a
+                    # shadow run is evidence about a candidate, with nothing to attach to.
                     parsed.report.moot += 1
                 else:
                     parsed.report.problems.append(

@@ -144,6 +144,11 @@ class PostgresProfileStore:
         self._timeout = timeout
         self._clock = clock
 
+    def set_reads(self, event_types: Iterable[str], history: timedelta) -> None:
+        """What a profile read returns from now on: a newly deployed version may read other event types."""
+        self._event_types = sorted(set(event_types))
+        self._history = history
+
     async def _run(self, what: str, call: Callable[[asyncpg.Connection, float], Any]) -> Any:
         """One database call within one time budget, waiting for a connection included.
 

@@ -1,0 +1,156 @@
+"""Deploys inside one serving process (`--workers 1`).
+
+The switch is one assignment on the event loop, so every decision runs on one version from start to end.
+durable_rules keeps about 1.5 MiB of each version it has evaluated even after `delete_ruleset`
+(../shared/notes/durable-rules.md), so a single process grows with every distinct version it loads;
+serving with workers replaces whole processes instead and stays flat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+
+from nba_service.deploy.control import Status, Switch, WorkerInfo
+from nba_service.deploy.gate import Candidate, parse, prepare
+from nba_service.deploy.state import DeployRecord, DeployState, Refusal, VersionInfo, now
+from nba_service.domain.model import Ruleset
+from nba_service.domain.pipeline import ActiveRuleset
+from nba_service.errors import (
+    CandidateRefused,
+    FieldProblem,
+    InvalidArgument,
+    NbaError,
+    NothingToRollBack,
+    RulesetInvalid,
+)
+from nba_service.service import DecisionService
+
+log = structlog.get_logger(__name__)
+
+
+class InProcessRulesets:
+    def __init__(
+        self,
+        service: DecisionService,
+        state: DeployState,
+        load: Callable[[Ruleset], ActiveRuleset],
+        retire_after: float,
+        on_switch: Callable[[Ruleset], None],
+    ) -> None:
+        self._service = service
+        self._state = state
+        self._load = load
+        self._retire_after = retire_after
+        self._on_switch = on_switch
+        self._lock = asyncio.Lock()
+
+    async def follow_configured(self, configured: Callable[[], Ruleset], origin: str) -> None:
+        """Deploys the configured files when they hold another version than they did when last considered;
+        a refusal is logged and recorded once, not retried until the files change again."""
+        async with self._lock:
+            try:
+                ruleset = await asyncio.to_thread(configured)
+            except RulesetInvalid as exc:
+                record = self._state.read()
+                problems = tuple(FieldProblem("ruleset.content", str(p)) for p in exc.ruleset_problems)
+                self._refuse(record, None, "the configured rulesets are invalid", problems, origin)
+                return
+            record = self._state.read()
+            if ruleset.content_hash == record.configured_hash:
+                return
+            self._state.write(replace(record, configured_hash=ruleset.content_hash))
+            with contextlib.suppress(NbaError):  # a refusal is recorded and logged by _activate
+                self._activate(Candidate.from_file(Path(ruleset.source)), origin)
+
+    async def activate(self, candidate: Candidate, origin: str) -> Switch:
+        async with self._lock:
+            return self._activate(candidate, origin)
+
+    async def rollback(self) -> Switch:
+        async with self._lock:
+            previous = self._state.read().previous
+            if previous is None:
+                raise NothingToRollBack("there is no previous version to roll back to")
+            candidate = Candidate.from_file(Path(previous.path))
+            return self._activate(candidate, "rollback")
+
+    async def status(self) -> Status:
+        return self._status(self._state.read())
+
+    def _status(self, record: DeployRecord) -> Status:
+        worker = WorkerInfo(0, os.getpid(), record.active)
+        return Status(record.active, record.previous, (worker,), record.last_refusal)
+
+    def _activate(self, candidate: Candidate, origin: str) -> Switch:
+        record = self._state.read()
+        try:
+            ruleset = parse(candidate)
+        except RulesetInvalid as exc:
+            problems = tuple(FieldProblem("ruleset.content", str(p)) for p in exc.ruleset_problems)
+            self._refuse(record, None, f"{candidate.file_name} is not a valid ruleset", problems, origin)
+            raise InvalidArgument.many(problems) from exc
+        current = self._service.active.ruleset
+        if ruleset.meta.name != current.meta.name:
+            problem = f"ruleset {ruleset.meta.name!r} is not the one this service serves ({current.meta.name!r})"
+            self._refuse(record, ruleset, problem, (), origin)
+            raise InvalidArgument.of("ruleset.content", problem)
+        if ruleset.content_hash == current.content_hash:
+            return Switch(self._status(record), unchanged=True)
+        try:
+            prepared = prepare(candidate, ruleset, self._load)
+        except CandidateRefused as exc:
+            self._refuse(record, ruleset, exc.message, exc.problems, origin)
+            raise
+        kept = self._state.keep(ruleset.meta.name, ruleset.content_hash, candidate.content, candidate.tests)
+        info = VersionInfo(
+            ruleset.meta.name,
+            ruleset.meta.version,
+            ruleset.content_hash,
+            now(),
+            origin,
+            prepared.scenarios_passed,
+            str(kept),
+        )
+        record = self._state.switched(record, info)
+        self._state.write(record)
+        self._on_switch(ruleset)
+        old = self._service.activate(prepared.active)
+        # A decision that read its version before the switch may still evaluate on it while its profile read
+        # finishes; that read is bounded by the database timeout.
+        asyncio.get_running_loop().call_later(self._retire_after, old.engine.close)
+        log.info(
+            "ruleset_activated",
+            origin=origin,
+            ruleset=info.name,
+            version=info.version,
+            hash=info.hash[:12],
+            scenarios_passed=info.scenarios_passed,
+            previous=record.previous.shown() if record.previous else None,
+        )
+        return Switch(self._status(record), unchanged=False)
+
+    def _refuse(
+        self,
+        record: DeployRecord,
+        ruleset: Ruleset | None,
+        reason: str,
+        problems: tuple[FieldProblem, ...],
+        origin: str,
+    ) -> None:
+        refusal = Refusal(
+            ruleset.meta.name if ruleset else "",
+            ruleset.meta.version if ruleset else "",
+            ruleset.content_hash if ruleset else "",
+            reason,
+            tuple(f"{p.field}: {p.problem}" for p in problems),
+            now(),
+        )
+        self._state.write(self._state.refused(record, refusal))
+        log.error("ruleset_refused", origin=origin, reason=reason, problems=list(refusal.problems)[:20])
