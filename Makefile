@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench bench-pg bench-embedded bench-workers bench-shadow proto clean
+.PHONY: serve test lint bench bench-pg bench-embedded bench-workers bench-shadow bench-reload proto clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'" >&2; exit 1; }
@@ -38,6 +38,9 @@ bench-pg: $(STAMP)
 
 bench-shadow: $(STAMP)
 	$(BIN)/python loadtests/bench_shadow.py
+
+bench-reload: $(STAMP)
+	$(BIN)/python loadtests/bench_reload.py
 
 proto: $(STAMP)
 	$(BIN)/python -m nba_service.protogen

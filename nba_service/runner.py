@@ -18,24 +18,25 @@ import structlog
 
 from nba_service.app import Application, build_application, configured_ruleset
 from nba_service.deploy.control import RulesetControl
-from nba_service.deploy.inprocess import InProcessRulesets
-from nba_service.deploy.startup import files_digest
+from nba_service.deploy.startup import follow_configured_files
+from nba_service.deploy.state import VersionInfo
 from nba_service.errors import NbaError, RulesetInvalid
 from nba_service.settings import Settings
 from nba_service.transport.grpc_admin import add_admin
-from nba_service.transport.grpc_server import GrpcServer
+from nba_service.transport.grpc_server import CONNECTION_AGE_S, GrpcServer
 
 log = structlog.get_logger(__name__)
+LEAVE_PORT_SETTLE_S = 0.3
 
 
 async def serve(
     settings: Settings,
-    on_ready: Callable[[GrpcServer, bool], None] | None = None,
+    on_ready: Callable[[GrpcServer, bool, VersionInfo | None], None] | None = None,
     *,
     worker: int | None = None,
     control: RulesetControl | None = None,
 ) -> None:
-    """Serves until SIGTERM or SIGINT. `on_ready(server, store_ready)` is called once calls are taken.
+    """Serves until SIGTERM or SIGINT. `on_ready(server, store_ready, version)` is called once calls are taken.
 
     `worker` is this process's index among a supervisor's workers: it then shares the port with the others
     and logs `worker_serving`, leaving the one `serving` event, which people and tools wait for, to the supervisor.
@@ -59,13 +60,18 @@ async def serve(
         loop.add_signal_handler(sig, stopping.set)
     background: list[asyncio.Task[None]] = []
     if app.rulesets is not None:
-        background.append(asyncio.create_task(_follow_configured(app, app.rulesets, loop), name="rulesets-watch"))
+        rulesets = app.rulesets
+
+        async def follow(origin: str) -> None:
+            await rulesets.follow_configured(lambda: configured_ruleset(settings), origin)
+
+        background.append(asyncio.create_task(follow_configured_files(settings, follow, loop), name="rulesets-watch"))
     ready = await app.ready()
     await server.start(serving=ready)
     event = "serving" if worker is None else "worker_serving"
     log.info(event, address=server.address, pid=os.getpid(), store=settings.store, ready=ready)
     if on_ready is not None:
-        on_ready(server, ready)
+        on_ready(server, ready, app.version)
     background.append(asyncio.create_task(_watch_store(app, server, ready), name="store-health"))
     try:
         await stopping.wait()
@@ -75,6 +81,10 @@ async def serve(
             task.cancel()
         if worker is not None:
             server.leave_port()
+            # grpc.aio cancels the calls it has not started when it stops (grpc/grpc#41785). Having left the port,
+            # the worker waits until its connections have aged out (GOAWAY, then the clients reconnect to the
+            # other workers), so that stopping finds no call on its way in.
+            await asyncio.sleep(min(CONNECTION_AGE_S * 1.1 + LEAVE_PORT_SETTLE_S, settings.grace_seconds))
         await server.stop(settings.grace_seconds)
         await app.close()
         stats = app.decision_log.stats
@@ -84,34 +94,6 @@ async def serve(
             dead_letters=stats.dead_letters,
             not_written=len(stats.unwritten),
         )
-
-
-async def _follow_configured(app: Application, rulesets: InProcessRulesets, loop: asyncio.AbstractEventLoop) -> None:
-    """Deploys the configured rulesets when their files change (polled) or on SIGHUP."""
-    settings = app.settings
-    hup = asyncio.Event()
-    loop.add_signal_handler(signal.SIGHUP, hup.set)
-    digest = await asyncio.to_thread(files_digest, settings.rulesets)
-    interval = settings.watch_seconds or None
-    try:
-        while True:
-            try:
-                await asyncio.wait_for(hup.wait(), interval)
-                origin = "sighup"
-            except TimeoutError:
-                origin = "folder"
-            hup.clear()
-            try:
-                current = await asyncio.to_thread(files_digest, settings.rulesets)
-            except OSError as exc:
-                log.warning("rulesets_unreadable", path=str(settings.rulesets), error=str(exc))
-                continue
-            if origin == "folder" and current == digest:
-                continue
-            digest = current
-            await rulesets.follow_configured(lambda: configured_ruleset(settings), origin)
-    finally:
-        loop.remove_signal_handler(signal.SIGHUP)
 
 
 async def _watch_store(app: Application, server: GrpcServer, ready: bool, interval: float = 0.5) -> None:

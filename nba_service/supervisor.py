@@ -23,13 +23,18 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
+from nba_service.deploy.control import WorkerInfo
+from nba_service.deploy.startup import follow_configured_files
+from nba_service.deploy.state import DeployState, VersionInfo
+from nba_service.deploy.supervised import Generation, SupervisorDeploys
 from nba_service.errors import StartFailed, WorkersFailing
 from nba_service.settings import Settings
-from nba_service.worker import SETTINGS_ENV
+from nba_service.worker import DEPLOY_SOCKET_ENV, SETTINGS_ENV
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +58,8 @@ class Worker:
     reaped: asyncio.Future[None]
     ready: bool | None = None  # the store's readiness when it reported ready; None until then
     error: str = ""  # the last start failure it reported
+    problems: tuple[str, ...] = ()  # and each problem it named (failing scenarios, invalid lines)
+    version: VersionInfo | None = None  # the ruleset version it serves, as it reported when ready
     retiring: bool = False  # stopped on purpose: its exit is no failure
     returncode: int | None = None
 
@@ -145,6 +152,11 @@ class Supervisor:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.deploys = (
+            None if settings.deploy_dir is None else SupervisorDeploys(settings, DeployState(settings.deploy_dir))
+        )
+        self._failed: Worker | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
         self._workers: dict[int, Worker] = {}  # the serving generation, by index
         self._live: set[Worker] = set()  # every worker process not reaped yet, of any generation
         self._generation = 0
@@ -167,11 +179,22 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.request_roll(self.settings))
+        watch: asyncio.Task[None] | None = None
+        if self.deploys is None:
+            loop.add_signal_handler(signal.SIGHUP, lambda: self.request_roll(self.settings))
         try:
             if await self._start():
+                if self.deploys is not None:
+                    watch = asyncio.create_task(
+                        follow_configured_files(self.deploys.configured, self.deploys.follow_configured, loop),
+                        name="rulesets-watch",
+                    )
                 await self._stopping.wait()
         finally:
+            if watch is not None:
+                watch.cancel()
+            if self.deploys is not None:
+                await self.deploys.close()
             await self._shutdown()
         log.info("stopped", pid=os.getpid(), workers=len(self._workers))
         if self._gave_up is not None:
@@ -185,14 +208,29 @@ class Supervisor:
         await prepare(self.settings)
         if self._stopping.is_set():
             return False
-        workers = [await self._spawn(i, self.settings, self._generation) for i in range(self.settings.workers)]
+        settings = self.settings
+        if self.deploys is not None:
+            path, _ = self.deploys.first_version()
+            settings = self.deploys.worker_settings(path)
+        workers = [await self._spawn(i, settings, self._generation) for i in range(settings.workers)]
         failed = await self._until_ready(workers)
+        fallback = None
+        if failed is not None and self.deploys is not None:
+            fallback = self.deploys.fallback(settings.rulesets, failed.failure(), failed.problems)
+        if failed is not None and fallback is not None and self.deploys is not None:
+            await self._retire(workers)
+            settings = self.deploys.worker_settings(fallback)
+            workers = [await self._spawn(i, settings, self._generation) for i in range(settings.workers)]
+            failed = await self._until_ready(workers)
         if failed is not None:
-            raise StartFailed(failed.failure())
+            raise StartFailed("\n  ".join((failed.failure(), *failed.problems)))
+        self.settings = settings
         if self._stopping.is_set():
             return False
         self._workers = {w.index: w for w in workers}
         self._serving = True
+        if self.deploys is not None:
+            await self.deploys.started(self)  # before `serving`: whoever waits for it may deploy at once
         log.info(
             "serving",
             address=_shown(self.settings.host, self.settings.port),
@@ -221,7 +259,19 @@ class Supervisor:
             await self.roll(settings)
             settings, self._roll_next = self._roll_next, None
 
-    async def roll(self, settings: Settings) -> bool:
+    def recycle(self) -> None:
+        self.request_roll(self.settings)
+
+    def generation(self) -> Generation:
+        return Generation(tuple(WorkerInfo(i, w.pid, w.version) for i, w in sorted(self._workers.items())))
+
+    def failed_generation(self) -> Generation:
+        failed = self._failed
+        if failed is None:
+            return Generation((), "the new workers did not start")
+        return Generation((), failed.failure(), failed.problems)
+
+    async def roll(self, settings: Settings, before_retire: Callable[[], Awaitable[None]] | None = None) -> bool:
         """Replaces every worker by one started with `settings`. The old workers serve until all the new ones
         do (they share the port, so no call is refused); if a new one fails, the old ones go on serving."""
         generation = self._generation + 1
@@ -236,6 +286,7 @@ class Supervisor:
         if self._stopping.is_set():
             return False
         if failed is not None:
+            self._failed = failed
             await self._retire(new)
             log.error(
                 "reload_refused",
@@ -251,7 +302,13 @@ class Supervisor:
         self._generation, self.settings = generation, settings
         self._workers = {w.index: w for w in new}
         log.info("reload_done", worker_pids=self.pids, replaced=sorted(w.pid for w in old))
-        await self._retire(old)
+        if before_retire is not None:
+            await before_retire()  # while the old workers still run: one of them may be waiting to answer
+        # In the background: an old worker may be serving a call (another deploy, say) that waits for this roll's
+        # caller to finish; the old ones stop gracefully whatever comes next.
+        retiring = asyncio.create_task(self._retire(old), name=f"retire-generation-{generation - 1}")
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
         return True
 
     async def _spawn(self, index: int, settings: Settings, generation: int) -> Worker:
@@ -267,7 +324,7 @@ class Supervisor:
                 str(os.getpid()),
                 stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
-                env={**os.environ, SETTINGS_ENV: worker_settings(settings).model_dump_json()},
+                env={**os.environ, SETTINGS_ENV: worker_settings(settings).model_dump_json(), **self._deploy_env()},
                 # Out of the terminal's process group: Ctrl-C reaches the supervisor only, which stops the
                 # workers in order instead of interrupting one in the middle of starting.
                 start_new_session=True,
@@ -284,6 +341,9 @@ class Supervisor:
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
         return worker
+
+    def _deploy_env(self) -> dict[str, str]:
+        return {} if self.deploys is None else {DEPLOY_SOCKET_ENV: self.deploys.address}
 
     async def _watch(self, worker: Worker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -309,10 +369,13 @@ class Supervisor:
             return
         if kind == "ready":
             worker.ready = bool(message.get("ready"))
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                worker.version = VersionInfo.from_json(message["version"])
             if not worker.settled.done():
                 worker.settled.set_result(None)
         elif kind == "failed":
             worker.error = str(message.get("error", ""))
+            worker.problems = tuple(str(p) for p in message.get("problems") or ())
         else:
             log.debug("worker_message_ignored", worker=worker.index, type=kind)
 
@@ -417,6 +480,7 @@ class Supervisor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         await self._retire(list(self._live))
         await asyncio.gather(*self._watchers, return_exceptions=True)
 

@@ -22,6 +22,7 @@ import sys
 from typing import Any
 
 SETTINGS_ENV = "_NBA_WORKER_SETTINGS"
+DEPLOY_SOCKET_ENV = "_NBA_DEPLOY_SOCKET"  # where admin calls go: the supervisor deploys, not the worker
 _PR_SET_PDEATHSIG = 1
 
 
@@ -46,21 +47,34 @@ def main() -> None:
 
     import structlog  # noqa: PLC0415 - after the check above: a worker of a dead supervisor leaves at once
 
+    from nba_service.deploy.remote import SupervisedRulesets  # noqa: PLC0415
+    from nba_service.errors import NbaError  # noqa: PLC0415
     from nba_service.log_setup import configure_logging  # noqa: PLC0415
     from nba_service.runner import leave_stuck_threads, serve, start_failure  # noqa: PLC0415
     from nba_service.settings import Settings  # noqa: PLC0415
 
     settings = Settings.model_validate_json(os.environ.pop(SETTINGS_ENV))
+    deploys = os.environ.pop(DEPLOY_SOCKET_ENV, None)
     structlog.contextvars.bind_contextvars(worker=index)
     configure_logging(settings.log_format, settings.log_level)
     with socket.socket(fileno=control_fd) as control:
         try:
-            asyncio.run(serve(settings, lambda _server, ready: report(control, "ready", ready=ready), worker=index))
+            asyncio.run(
+                serve(
+                    settings,
+                    lambda _server, ready, version: report(
+                        control, "ready", ready=ready, version=version.to_json() if version else None
+                    ),
+                    worker=index,
+                    control=None if deploys is None else SupervisedRulesets(deploys),
+                )
+            )
         except Exception as exc:
             problem = start_failure(exc)
             if problem is None:
                 raise
-            report(control, "failed", error=problem)
+            problems = [f"{p.field}: {p.problem}" for p in exc.problems] if isinstance(exc, NbaError) else []
+            report(control, "failed", error=problem, problems=problems)
             sys.exit(2)
     leave_stuck_threads()
 

@@ -3,6 +3,7 @@ its own scenario tests, all through the very pipeline that will answer calls."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,10 +11,11 @@ from pathlib import Path
 from nba_service.domain.loader import TESTS_SUFFIX, load_ruleset_text
 from nba_service.domain.model import Ruleset
 from nba_service.domain.pipeline import ActiveRuleset
-from nba_service.domain.scenarios import CaseResult, load_scenarios_text, run_case
+from nba_service.domain.scenarios import CaseResult, Scenario, load_scenarios_text, run_case
 from nba_service.errors import CandidateRefused, FieldProblem, RulesetInvalid
 
 MAX_REPORTED_FAILURES = 20
+CASES_PER_TURN = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,29 +48,57 @@ def parse(candidate: Candidate) -> Ruleset:
 def prepare(candidate: Candidate, ruleset: Ruleset, load: Callable[[Ruleset], ActiveRuleset]) -> Prepared:
     """Loads the version and runs its scenarios; raises CandidateRefused naming each failing case (and
     releases what it loaded), so a version that fails its own tests never answers a call."""
-    scenarios = []
-    if candidate.tests is not None:
-        tests_name = candidate.file_name.removesuffix(".yaml") + TESTS_SUFFIX
-        try:
-            scenarios = load_scenarios_text(candidate.tests, ruleset, tests_name)
-        except RulesetInvalid as exc:
-            raise CandidateRefused(
-                f"the scenario tests of {_shown(ruleset)} are invalid",
-                tuple(FieldProblem("ruleset.tests_content", str(p)) for p in exc.ruleset_problems),
-            ) from exc
+    scenarios = load_scenarios(candidate, ruleset)
     active = load(ruleset)
     try:
-        failed = [result for result in (run_case(active, s) for s in scenarios) if not result.passed]
+        results = [run_case(active, s) for s in scenarios]
     except BaseException:
         active.engine.close()
         raise
+    return verdict(ruleset, active, results)
+
+
+async def prepare_in_service(
+    candidate: Candidate, ruleset: Ruleset, load: Callable[[Ruleset], ActiveRuleset]
+) -> Prepared:
+    """`prepare` inside a serving process: the text is read on a thread and the cases run a few at a time, so
+    decisions go on being answered meanwhile (the engine itself belongs to the event loop's thread)."""
+    scenarios = await asyncio.to_thread(load_scenarios, candidate, ruleset)
+    active = load(ruleset)
+    results: list[CaseResult] = []
+    try:
+        for index, scenario in enumerate(scenarios):
+            results.append(run_case(active, scenario))
+            if index % CASES_PER_TURN == CASES_PER_TURN - 1:
+                await asyncio.sleep(0)
+    except BaseException:
+        active.engine.close()
+        raise
+    return verdict(ruleset, active, results)
+
+
+def load_scenarios(candidate: Candidate, ruleset: Ruleset) -> list[Scenario]:
+    if candidate.tests is None:
+        return []
+    tests_name = candidate.file_name.removesuffix(".yaml") + TESTS_SUFFIX
+    try:
+        return load_scenarios_text(candidate.tests, ruleset, tests_name)
+    except RulesetInvalid as exc:
+        raise CandidateRefused(
+            f"the scenario tests of {_shown(ruleset)} are invalid",
+            tuple(FieldProblem("ruleset.tests_content", str(p)) for p in exc.ruleset_problems),
+        ) from exc
+
+
+def verdict(ruleset: Ruleset, active: ActiveRuleset, results: list[CaseResult]) -> Prepared:
+    failed = [result for result in results if not result.passed]
     if failed:
         active.engine.close()
         raise CandidateRefused(
-            f"{_shown(ruleset)} failed {len(failed)} of {len(scenarios)} scenario tests; the running version stays",
+            f"{_shown(ruleset)} failed {len(failed)} of {len(results)} scenario tests; the running version stays",
             tuple(FieldProblem(f"scenarios[{r.scenario.name}]", _failure(r)) for r in failed[:MAX_REPORTED_FAILURES]),
         )
-    return Prepared(ruleset, active, len(scenarios))
+    return Prepared(ruleset, active, len(results))
 
 
 def _failure(result: CaseResult) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 
 from nba_service.deploy.control import Status, Switch, WorkerInfo
-from nba_service.deploy.gate import Candidate, parse, prepare
+from nba_service.deploy.gate import Candidate, parse, prepare_in_service
 from nba_service.deploy.state import DeployRecord, DeployState, Refusal, VersionInfo, now
 from nba_service.domain.model import Ruleset
 from nba_service.domain.pipeline import ActiveRuleset
@@ -67,11 +67,11 @@ class InProcessRulesets:
                 return
             self._state.write(replace(record, configured_hash=ruleset.content_hash))
             with contextlib.suppress(NbaError):  # a refusal is recorded and logged by _activate
-                self._activate(Candidate.from_file(Path(ruleset.source)), origin)
+                await self._activate(Candidate.from_file(Path(ruleset.source)), origin)
 
     async def activate(self, candidate: Candidate, origin: str) -> Switch:
         async with self._lock:
-            return self._activate(candidate, origin)
+            return await self._activate(candidate, origin)
 
     async def rollback(self) -> Switch:
         async with self._lock:
@@ -79,7 +79,7 @@ class InProcessRulesets:
             if previous is None:
                 raise NothingToRollBack("there is no previous version to roll back to")
             candidate = Candidate.from_file(Path(previous.path))
-            return self._activate(candidate, "rollback")
+            return await self._activate(candidate, "rollback")
 
     async def status(self) -> Status:
         return self._status(self._state.read())
@@ -88,10 +88,10 @@ class InProcessRulesets:
         worker = WorkerInfo(0, os.getpid(), record.active)
         return Status(record.active, record.previous, (worker,), record.last_refusal)
 
-    def _activate(self, candidate: Candidate, origin: str) -> Switch:
+    async def _activate(self, candidate: Candidate, origin: str) -> Switch:
         record = self._state.read()
         try:
-            ruleset = parse(candidate)
+            ruleset = await asyncio.to_thread(parse, candidate)
         except RulesetInvalid as exc:
             problems = tuple(FieldProblem("ruleset.content", str(p)) for p in exc.ruleset_problems)
             self._refuse(record, None, f"{candidate.file_name} is not a valid ruleset", problems, origin)
@@ -104,7 +104,7 @@ class InProcessRulesets:
         if ruleset.content_hash == current.content_hash:
             return Switch(self._status(record), unchanged=True)
         try:
-            prepared = prepare(candidate, ruleset, self._load)
+            prepared = await prepare_in_service(candidate, ruleset, self._load)
         except CandidateRefused as exc:
             self._refuse(record, ruleset, exc.message, exc.problems, origin)
             raise

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Callable
+import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from nba_service.domain.loader import TESTS_SUFFIX
 from nba_service.domain.model import Ruleset
 from nba_service.domain.pipeline import ActiveRuleset
 from nba_service.errors import CandidateRefused, NbaError
+from nba_service.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -83,3 +86,33 @@ def files_digest(path: Path) -> str:
 def _info(ruleset: Ruleset, origin: str, passed: int, path: str) -> VersionInfo:
     meta = ruleset.meta
     return VersionInfo(meta.name, meta.version, ruleset.content_hash, now(), origin, passed, path)
+
+
+async def follow_configured_files(
+    settings: Settings, follow: Callable[[str], Awaitable[None]], loop: asyncio.AbstractEventLoop
+) -> None:
+    """Calls `follow("folder")` when the configured ruleset files change (polled every `watch_seconds`) and
+    `follow("sighup")` on SIGHUP; whoever owns the deploys decides what a change means."""
+    hup = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, hup.set)
+    digest = await asyncio.to_thread(files_digest, settings.rulesets)
+    interval = settings.watch_seconds or None
+    try:
+        while True:
+            try:
+                await asyncio.wait_for(hup.wait(), interval)
+                origin = "sighup"
+            except TimeoutError:
+                origin = "folder"
+            hup.clear()
+            try:
+                current = await asyncio.to_thread(files_digest, settings.rulesets)
+            except OSError as exc:
+                log.warning("rulesets_unreadable", path=str(settings.rulesets), error=str(exc))
+                continue
+            if origin == "folder" and current == digest:
+                continue
+            digest = current
+            await follow(origin)
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)

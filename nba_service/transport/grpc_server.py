@@ -250,6 +250,10 @@ def check_can_listen(host: str, port: int, *, reuse_port: bool = False) -> None:
                     raise OSError(f"cannot listen on {shown}: {os.strerror(exc.errno).lower()}") from exc
 
 
+CONNECTION_AGE_S = 2.0
+CONNECTION_AGE_GRACE_S = 300.0  # beyond any call we serve: an aged connection only stops taking new calls
+
+
 class GrpcServer:
     """The server with health and reflection; `stop` lets in-flight calls finish and refuses new ones.
 
@@ -258,9 +262,18 @@ class GrpcServer:
     """
 
     def __init__(self, service: DecisionService, host: str, port: int, *, reuse_port: bool = False) -> None:
-        self.server = grpc.aio.server(
-            options=[("grpc.so_reuseport", int(reuse_port)), ("grpc.max_receive_message_length", 1 << 20)]
-        )
+        options: list[tuple[str, int]] = [
+            ("grpc.so_reuseport", int(reuse_port)),
+            ("grpc.max_receive_message_length", 1 << 20),
+        ]
+        if reuse_port:
+            # A worker's connections are closed gracefully (GOAWAY, calls in flight finish) after a few seconds, so
+            # a retiring worker that has left the port can wait until none is left instead of cancelling calls.
+            options += [
+                ("grpc.max_connection_age_ms", int(CONNECTION_AGE_S * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(CONNECTION_AGE_GRACE_S * 1000)),
+            ]
+        self.server = grpc.aio.server(options=options)
         add_servicer(NextBestActionServicer(service), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

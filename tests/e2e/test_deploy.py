@@ -56,13 +56,15 @@ def activate(server: ServerHandle, path: Path) -> admin_pb2.ActivateResponse:
         tests_content=tests.read_text(encoding="utf-8") if tests.exists() else "",
     )
     response: admin_pb2.ActivateResponse = admin(server).Activate(
-        admin_pb2.ActivateRequest(ruleset=source), timeout=120
+        admin_pb2.ActivateRequest(ruleset=source), timeout=120, wait_for_ready=True
     )
     return response
 
 
 def status(server: ServerHandle) -> admin_pb2.StatusResponse:
-    response: admin_pb2.StatusResponse = admin(server).Status(admin_pb2.StatusRequest(), timeout=10)
+    response: admin_pb2.StatusResponse = admin(server).Status(
+        admin_pb2.StatusRequest(), timeout=10, wait_for_ready=True
+    )
     return response
 
 
@@ -77,6 +79,28 @@ def wait_for_version(server: ServerHandle, version: str, timeout: float = 30.0) 
         time.sleep(0.2)
 
 
+def decide(server: ServerHandle, customer: str) -> nba_pb2.DecideResponse:
+    """Waits for a ready connection: a connection attempt reset by a worker that is leaving the port (a rolling
+    replacement) is the transport's hiccup, not the decision's."""
+    request = nba_pb2.DecideRequest(customer_id=customer, channel=PB_CHANNEL[Channel.AGENT_DESKTOP])
+    response: nba_pb2.DecideResponse = server.stub.Decide(request, timeout=10, wait_for_ready=True)
+    return response
+
+
+def answered_by(server: ServerHandle, customer: str, version: str, timeout: float = 30.0) -> nba_pb2.DecideResponse:
+    """The first answer from `version`. In one process that is the first answer after the switch; with
+    workers, a connection made to an old worker just before it stopped may still get the old version's
+    answer (which names that version) for a moment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = decide(server, customer)
+        if answer.ruleset.version == version:
+            return answer
+        assert time.monotonic() < deadline, f"still answered by {answer.ruleset.version}"
+        server.close_channels()
+        time.sleep(0.1)
+
+
 def current_version() -> str:
     match = re.search(r"(?m)^  version: (.*)$", RULESET_PATH.read_text(encoding="utf-8"))
     assert match is not None
@@ -87,22 +111,28 @@ def start(tmp_path: Path, *args: str) -> ServerHandle:
     return start_server(tmp_path / "server", *args)
 
 
+# One process swaps the engine in place; workers deploy by starting a new generation on the new version.
+WORKERS = pytest.mark.parametrize("workers", ["1", "2"], ids=["single-process", "two-workers"])
+
+
 def some_customers(server: ServerHandle, count: int = 20) -> list[str]:
     """Sample customers who get at least one action on the desktop: their answers show the version."""
     found = []
     for number in range(1, 400):
         customer = f"CUST-{number:06d}"
-        if server.decide(customer, Channel.AGENT_DESKTOP).actions:
+        if decide(server, customer).actions:
             found.append(customer)
         if len(found) == count:
             return found
     pytest.fail("too few sample customers get an action")
 
 
-def test_activate_serves_the_new_version_and_records_it(tmp_path: Path) -> None:
-    server = start(tmp_path)
+@WORKERS
+def test_activate_serves_the_new_version_and_records_it(tmp_path: Path, workers: str) -> None:
+    server = start(tmp_path, "--workers", workers)
     try:
         before = status(server)
+        assert len(before.workers) == int(workers)
         assert before.active.version == current_version()
         assert before.active.source == "start-up"
         assert before.active.scenarios_passed >= 40, "the bundled scenarios gate the start-up version"
@@ -110,10 +140,10 @@ def test_activate_serves_the_new_version_and_records_it(tmp_path: Path) -> None:
         response = activate(server, candidate)
         assert response.active.version == "9.0.0"
         assert not response.unchanged
+        assert [w.ruleset.version for w in response.workers] == ["9.0.0"] * int(workers)
         assert response.previous.hash == before.active.hash
         customer = some_customers(server, 1)[0]
-        answer = server.decide(customer, Channel.AGENT_DESKTOP)
-        assert answer.ruleset.version == "9.0.0"
+        answer = answered_by(server, customer, "9.0.0")
         assert all(a.reason.endswith(V2_MARK) for a in answer.actions)
         record = server.wait_for_decisions([answer.decision_id])[answer.decision_id]
         assert record["ruleset"]["hash"] == response.active.hash
@@ -123,8 +153,9 @@ def test_activate_serves_the_new_version_and_records_it(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_a_candidate_that_fails_its_scenarios_is_refused_and_the_old_version_keeps_serving(tmp_path: Path) -> None:
-    server = start(tmp_path)
+@WORKERS
+def test_a_candidate_failing_its_scenarios_is_refused_and_the_old_version_serves(tmp_path: Path, workers: str) -> None:
+    server = start(tmp_path, "--workers", workers)
     try:
         before = status(server)
         candidate = variant(tmp_path / "bad", version="9.9.9", edit=later_quiet_hours)
@@ -136,10 +167,11 @@ def test_a_candidate_that_fails_its_scenarios_is_refused_and_the_old_version_kee
         assert any(field.startswith("scenarios[") for field in problems), problems
         after = status(server)
         assert after.active.hash == before.active.hash
+        assert [w.pid for w in after.workers] == [w.pid for w in before.workers], "the serving workers stay"
         assert after.last_refusal.candidate.version == "9.9.9"
         assert after.last_refusal.problems, "the refusal names the failing scenarios"
         customer = some_customers(server, 1)[0]
-        assert server.decide(customer, Channel.AGENT_DESKTOP).ruleset.hash == before.active.hash
+        assert decide(server, customer).ruleset.hash == before.active.hash
         assert any(e.get("event") == "ruleset_refused" for e in server.log_events())
     finally:
         server.stop()
@@ -164,8 +196,9 @@ def test_an_invalid_file_is_refused_with_its_line(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_rollback_and_a_restart_keep_the_deployed_version(tmp_path: Path) -> None:
-    server = start(tmp_path)
+@WORKERS
+def test_rollback_and_a_restart_keep_the_deployed_version(tmp_path: Path, workers: str) -> None:
+    server = start(tmp_path, "--workers", workers)
     workdir = server.server_log.parent
     try:
         with pytest.raises(grpc.RpcError) as nothing:
@@ -173,25 +206,26 @@ def test_rollback_and_a_restart_keep_the_deployed_version(tmp_path: Path) -> Non
         assert nothing.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         original = status(server).active
         activate(server, variant(tmp_path / "v2", version="9.0.0", edit=marked_reasons))
-        back = admin(server).Rollback(admin_pb2.RollbackRequest(), timeout=120)
+        back = admin(server).Rollback(admin_pb2.RollbackRequest(), timeout=120, wait_for_ready=True)
         assert back.active.hash == original.hash
         assert back.active.source == "rollback"
         assert back.previous.version == "9.0.0"
-        forward = admin(server).Rollback(admin_pb2.RollbackRequest(), timeout=120)
+        forward = admin(server).Rollback(admin_pb2.RollbackRequest(), timeout=120, wait_for_ready=True)
         assert forward.active.version == "9.0.0", "a second rollback undoes the first"
     finally:
         server.stop()
-    restarted = start_server(workdir)
+    restarted = start_server(workdir, "--workers", workers)
     try:
         assert status(restarted).active.version == "9.0.0", "a restart must not undo a deploy"
     finally:
         restarted.stop()
 
 
-def test_sighup_and_a_changed_folder_deploy_the_configured_files(tmp_path: Path) -> None:
+@WORKERS
+def test_sighup_and_a_changed_folder_deploy_the_configured_files(tmp_path: Path, workers: str) -> None:
     folder = tmp_path / "rulesets"
     configured = variant(folder, version=current_version())
-    server = start(tmp_path, "--rulesets", str(configured), "--watch-seconds", "0.5")
+    server = start(tmp_path, "--rulesets", str(configured), "--watch-seconds", "0.5", "--workers", workers)
     try:
         variant(folder, version="9.1.0", edit=marked_reasons)
         watched = wait_for_version(server, "9.1.0")
@@ -207,8 +241,9 @@ def test_sighup_and_a_changed_folder_deploy_the_configured_files(tmp_path: Path)
         server.stop()
 
 
-def test_twenty_reloads_under_load_fail_no_call_and_mix_no_versions(tmp_path: Path) -> None:
-    server = start(tmp_path)
+@WORKERS
+def test_twenty_reloads_under_load_fail_no_call_and_mix_no_versions(tmp_path: Path, workers: str) -> None:
+    server = start(tmp_path, "--workers", workers)
     try:
         customers = some_customers(server)
         v1 = status(server).active
@@ -243,7 +278,8 @@ def test_twenty_reloads_under_load_fail_no_call_and_mix_no_versions(tmp_path: Pa
             thread.start()
         hashes = set()
         try:
-            for reload in range(20):
+            # Twenty in one process; ten with workers, where each deploy starts two processes (the suite's time).
+            for reload in range(20 if workers == "1" else 10):
                 response = activate(server, v2_path if reload % 2 == 0 else v1_path)
                 assert not response.unchanged
                 hashes.add(response.active.hash)

@@ -228,20 +228,18 @@ def test_sighup_under_load_fails_no_call(start_fresh_server: Any) -> None:
 
 
 def test_sighup_with_an_invalid_ruleset_keeps_the_old_workers_serving(start_fresh_server: Any, tmp_path: Path) -> None:
-    """A ruleset file broken before SIGHUP: the new workers cannot start, the supervisor logs `reload_refused`
-    with the worker's exit and its error, stops the new generation and keeps the old workers, which go on
-    answering. Once the file is fixed, the next SIGHUP replaces them."""
+    """A ruleset file broken before SIGHUP: the supervisor refuses it (`ruleset_refused`, every problem with its
+    line) before starting any worker, and the old workers go on answering. Once the file is fixed, the next
+    SIGHUP (nothing new to deploy) still replaces every worker."""
     rulesets = tmp_path / "retail-banking.yaml"
     shutil.copy(RULESET_PATH, rulesets)
     server = start_fresh_server("--workers", "2", "--rulesets", str(rulesets))
     old = _pids(server)
     rulesets.write_text("ruleset: {name: broken}\n", encoding="utf-8")
     server.process.send_signal(signal.SIGHUP)
-    refused = wait_for_event(server, "reload_refused")
-    assert "exited with code 2 before serving" in refused["reason"]
-    assert refused["error"].startswith("the rulesets are invalid")
-    assert "'rules' is a required property" in refused["error"]
-    assert refused["serving"] == old
+    refused = wait_for_event(server, "ruleset_refused")
+    assert refused["reason"] == "the configured rulesets are invalid"
+    assert any("'rules' is a required property" in p for p in refused["problems"]), refused
     assert _children(server) == sorted(old)
     channels = channels_by_worker(server, old)
     try:
