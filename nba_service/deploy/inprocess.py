@@ -2,7 +2,8 @@
 
 The switch is one assignment on the event loop, so every decision runs on one version from start to end.
 durable_rules keeps about 1.5 MiB of each version it has evaluated even after `delete_ruleset`
-(../shared/notes/durable-rules.md), so a single process grows with every distinct version it loads;
+(../shared/notes/durable-rules.md), so a single process grows with every deploy
+(about 1.66 MiB each, measured by loadtests/bench_reload.py);
 serving with workers replaces whole processes instead and stays flat.
 """
 
