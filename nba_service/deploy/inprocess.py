@@ -20,7 +20,7 @@ import structlog
 
 from nba_service.deploy.control import Status, Switch, WorkerInfo
 from nba_service.deploy.gate import Candidate, parse, prepare_in_service
-from nba_service.deploy.state import DeployRecord, DeployState, Refusal, VersionInfo, now
+from nba_service.deploy.state import DeployRecord, DeployState, VersionInfo, now
 from nba_service.domain.model import Ruleset
 from nba_service.domain.pipeline import ActiveRuleset
 from nba_service.errors import (
@@ -61,7 +61,7 @@ class InProcessRulesets:
             except RulesetInvalid as exc:
                 record = self._state.read()
                 problems = tuple(FieldProblem("ruleset.content", str(p)) for p in exc.ruleset_problems)
-                self._refuse(record, None, "the configured rulesets are invalid", problems, origin)
+                self._state.refuse(record, None, "the configured rulesets are invalid", problems, origin)
                 return
             record = self._state.read()
             if ruleset.content_hash == record.configured_hash:
@@ -95,19 +95,19 @@ class InProcessRulesets:
             ruleset = await asyncio.to_thread(parse, candidate)
         except RulesetInvalid as exc:
             problems = tuple(FieldProblem("ruleset.content", str(p)) for p in exc.ruleset_problems)
-            self._refuse(record, None, f"{candidate.file_name} is not a valid ruleset", problems, origin)
+            self._state.refuse(record, None, f"{candidate.file_name} is not a valid ruleset", problems, origin)
             raise InvalidArgument.many(problems) from exc
         current = self._service.active.ruleset
         if ruleset.meta.name != current.meta.name:
             problem = f"ruleset {ruleset.meta.name!r} is not the one this service serves ({current.meta.name!r})"
-            self._refuse(record, ruleset, problem, (), origin)
+            self._state.refuse(record, ruleset, problem, (), origin)
             raise InvalidArgument.of("ruleset.content", problem)
         if ruleset.content_hash == current.content_hash:
             return Switch(self._status(record), unchanged=True)
         try:
             prepared = await prepare_in_service(candidate, ruleset, self._load)
         except CandidateRefused as exc:
-            self._refuse(record, ruleset, exc.message, exc.problems, origin)
+            self._state.refuse(record, ruleset, exc.message, exc.problems, origin)
             raise
         kept = self._state.keep(ruleset.meta.name, ruleset.content_hash, candidate.content, candidate.tests)
         info = VersionInfo(
@@ -136,22 +136,3 @@ class InProcessRulesets:
             previous=record.previous.shown() if record.previous else None,
         )
         return Switch(self._status(record), unchanged=False)
-
-    def _refuse(
-        self,
-        record: DeployRecord,
-        ruleset: Ruleset | None,
-        reason: str,
-        problems: tuple[FieldProblem, ...],
-        origin: str,
-    ) -> None:
-        refusal = Refusal(
-            ruleset.meta.name if ruleset else "",
-            ruleset.meta.version if ruleset else "",
-            ruleset.content_hash if ruleset else "",
-            reason,
-            tuple(f"{p.field}: {p.problem}" for p in problems),
-            now(),
-        )
-        self._state.write(self._state.refused(record, refusal))
-        log.error("ruleset_refused", origin=origin, reason=reason, problems=list(refusal.problems)[:20])

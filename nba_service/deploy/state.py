@@ -14,8 +14,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from nba_service.domain.loader import TESTS_SUFFIX
+from nba_service.domain.model import Ruleset
+from nba_service.errors import FieldProblem
 from nba_service.stores.group_commit import write_file_atomically
+
+log = structlog.get_logger(__name__)
 
 STATE_FILE = "state.json"
 
@@ -116,6 +122,26 @@ class DeployState:
 
     def refused(self, record: DeployRecord, refusal: Refusal) -> DeployRecord:
         return replace(record, last_refusal=refusal)
+
+    def refuse(
+        self,
+        record: DeployRecord,
+        ruleset: Ruleset | None,
+        reason: str,
+        problems: tuple[FieldProblem, ...],
+        origin: str,
+    ) -> None:
+        """Keeps and logs why a candidate did not serve; `ruleset` is None when its text did not even load."""
+        refusal = Refusal(
+            ruleset.meta.name if ruleset else "",
+            ruleset.meta.version if ruleset else "",
+            ruleset.content_hash if ruleset else "",
+            reason,
+            tuple(f"{p.field}: {p.problem}" if p.field else p.problem for p in problems),
+            now(),
+        )
+        self.write(self.refused(record, refusal))
+        log.error("ruleset_refused", origin=origin, reason=reason, problems=list(refusal.problems)[:20])
 
 
 def now() -> datetime:

@@ -20,8 +20,7 @@ from nba_service.app import configured_ruleset
 from nba_service.deploy.control import Status, Switch, WorkerInfo
 from nba_service.deploy.gate import Candidate, parse
 from nba_service.deploy.remote import LINE_LIMIT, error_to_json, socket_path, status_to_json
-from nba_service.deploy.state import DeployRecord, DeployState, Refusal, VersionInfo, now
-from nba_service.domain.model import Ruleset
+from nba_service.deploy.state import DeployState, Refusal, VersionInfo, now
 from nba_service.errors import (
     CandidateRefused,
     FieldProblem,
@@ -137,7 +136,7 @@ class SupervisorDeploys:
                 ruleset = await asyncio.to_thread(configured_ruleset, self.configured)
             except RulesetInvalid as exc:
                 problems = tuple(FieldProblem("ruleset.content", str(p)) for p in exc.ruleset_problems)
-                self._refuse(self._state.read(), None, "the configured rulesets are invalid", problems, origin)
+                self._state.refuse(self._state.read(), None, "the configured rulesets are invalid", problems, origin)
                 return
             record = self._state.read()
             if ruleset.content_hash == record.configured_hash:
@@ -164,12 +163,12 @@ class SupervisorDeploys:
             ruleset = await asyncio.to_thread(parse, candidate)
         except RulesetInvalid as exc:
             problems = tuple(FieldProblem("ruleset.content", str(p)) for p in exc.ruleset_problems)
-            self._refuse(record, None, f"{candidate.file_name} is not a valid ruleset", problems, origin)
+            self._state.refuse(record, None, f"{candidate.file_name} is not a valid ruleset", problems, origin)
             raise InvalidArgument.many(problems) from exc
         active = record.active
         if active is not None and ruleset.meta.name != active.name:
             problem = f"ruleset {ruleset.meta.name!r} is not the one this service serves ({active.name!r})"
-            self._refuse(record, ruleset, problem, (), origin)
+            self._state.refuse(record, ruleset, problem, (), origin)
             raise InvalidArgument.of("ruleset.content", problem)
         if active is not None and ruleset.content_hash == active.hash:
             await reply(Switch(self.status(), unchanged=True))
@@ -197,31 +196,12 @@ class SupervisorDeploys:
         if not await roller.roll(self.worker_settings(path), before_retire=switched):
             failed = roller.failed_generation()
             reason = failed.failure or "the new workers did not start"
-            self._refuse(record, ruleset, reason, tuple(FieldProblem("", p) for p in failed.problems), origin)
+            self._state.refuse(record, ruleset, reason, tuple(FieldProblem("", p) for p in failed.problems), origin)
             raise CandidateRefused(reason, tuple(_problem(p) for p in failed.problems))
 
     def _serving_version(self, roller: Roller) -> VersionInfo | None:
         versions = [w.version for w in roller.generation().workers if w.version is not None]
         return versions[0] if versions else None
-
-    def _refuse(
-        self,
-        record: DeployRecord,
-        ruleset: Ruleset | None,
-        reason: str,
-        problems: tuple[FieldProblem, ...],
-        origin: str,
-    ) -> None:
-        refusal = Refusal(
-            ruleset.meta.name if ruleset else "",
-            ruleset.meta.version if ruleset else "",
-            ruleset.content_hash if ruleset else "",
-            reason,
-            tuple(f"{p.field}: {p.problem}" if p.field else p.problem for p in problems),
-            now(),
-        )
-        self._state.write(self._state.refused(record, refusal))
-        log.error("ruleset_refused", origin=origin, reason=reason, problems=list(refusal.problems)[:20])
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         answered = False
