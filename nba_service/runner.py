@@ -23,10 +23,10 @@ from nba_service.deploy.state import VersionInfo
 from nba_service.errors import NbaError, RulesetInvalid
 from nba_service.settings import Settings
 from nba_service.transport.grpc_admin import add_admin
-from nba_service.transport.grpc_server import CONNECTION_AGE_S, GrpcServer
+from nba_service.transport.grpc_server import GrpcServer
+from nba_service.worker import CONNECTION_AGE_S, RETIRE_DRAIN_S
 
 log = structlog.get_logger(__name__)
-LEAVE_PORT_SETTLE_S = 0.3
 
 
 async def serve(
@@ -46,7 +46,13 @@ async def serve(
     gc.collect()
     gc.freeze()
     try:
-        server = GrpcServer(app.service, settings.host, settings.port, reuse_port=worker is not None)
+        server = GrpcServer(
+            app.service,
+            settings.host,
+            settings.port,
+            reuse_port=worker is not None,
+            connection_age=None if worker is None else CONNECTION_AGE_S,
+        )
         admin = app.rulesets if app.rulesets is not None else control
         if admin is not None:
             add_admin(admin, server.server)
@@ -84,7 +90,7 @@ async def serve(
             # grpc.aio cancels the calls it has not started when it stops (grpc/grpc#41785). Having left the port,
             # the worker waits until its connections have aged out (GOAWAY, then the clients reconnect to the
             # other workers), so that stopping finds no call on its way in.
-            await asyncio.sleep(min(CONNECTION_AGE_S * 1.1 + LEAVE_PORT_SETTLE_S, settings.grace_seconds))
+            await asyncio.sleep(min(RETIRE_DRAIN_S, settings.grace_seconds))
         await server.stop(settings.grace_seconds)
         await app.close()
         stats = app.decision_log.stats

@@ -34,7 +34,7 @@ from nba_service.deploy.state import DeployState, VersionInfo
 from nba_service.deploy.supervised import Generation, SupervisorDeploys
 from nba_service.errors import StartFailed, WorkersFailing
 from nba_service.settings import Settings
-from nba_service.worker import DEPLOY_SOCKET_ENV, SETTINGS_ENV
+from nba_service.worker import DEPLOY_SOCKET_ENV, RETIRE_DRAIN_S, SETTINGS_ENV
 
 log = structlog.get_logger(__name__)
 
@@ -273,7 +273,8 @@ class Supervisor:
 
     async def roll(self, settings: Settings, before_retire: Callable[[], Awaitable[None]] | None = None) -> bool:
         """Replaces every worker by one started with `settings`. The old workers serve until all the new ones
-        do (they share the port, so no call is refused); if a new one fails, the old ones go on serving."""
+        do (they share the port, so no call is refused); if a new one fails, the old ones go on serving. Returns
+        True only once the old workers have left the port and closed every connection, a couple of seconds."""
         generation = self._generation + 1
         log.info("reload_started", workers=settings.workers, serving=self.pids)
         try:
@@ -309,6 +310,9 @@ class Supervisor:
         retiring = asyncio.create_task(self._retire(old), name=f"retire-generation-{generation - 1}")
         self._retiring.add(retiring)
         retiring.add_done_callback(self._retiring.discard)
+        # Once this returns, the caller is told the new version serves: by then every connection to an old
+        # worker has been closed, so no call made afterwards can still be answered by the old version.
+        await asyncio.sleep(min(RETIRE_DRAIN_S, self.settings.grace_seconds))
         return True
 
     async def _spawn(self, index: int, settings: Settings, generation: int) -> Worker:

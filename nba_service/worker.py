@@ -23,6 +23,12 @@ from typing import Any
 
 SETTINGS_ENV = "_NBA_WORKER_SETTINGS"
 DEPLOY_SOCKET_ENV = "_NBA_DEPLOY_SOCKET"  # where admin calls go: the supervisor deploys, not the worker
+# A worker's connections are closed gracefully (GOAWAY; calls in flight finish) once they are this old, so a
+# retiring worker that has left the port is rid of every connection within RETIRE_DRAIN_S: the clients have
+# reconnected to the other workers by then.
+CONNECTION_AGE_S = 2.0
+LEAVE_PORT_SETTLE_S = 0.3
+RETIRE_DRAIN_S = CONNECTION_AGE_S * 1.1 + LEAVE_PORT_SETTLE_S  # gRPC jitters the age by up to 10%
 _PR_SET_PDEATHSIG = 1
 
 

@@ -46,7 +46,9 @@ class Generation:
 class Roller(Protocol):
     """The supervisor as deploys need it."""
 
-    async def roll(self, settings: Settings, before_retire: Callable[[], Awaitable[None]] | None = None) -> bool: ...
+    async def roll(self, settings: Settings, before_retire: Callable[[], Awaitable[None]] | None = None) -> bool:
+        """True once the new generation serves and no connection to an old worker is left."""
+        ...
 
     def generation(self) -> Generation: ...
 
@@ -190,7 +192,6 @@ class SupervisorDeploys:
                 scenarios_passed=version.scenarios_passed,
                 previous=new_record.previous.shown() if new_record.previous else None,
             )
-            await reply(Switch(self.status(), unchanged=False))
 
         roller = self._roller
         if not await roller.roll(self.worker_settings(path), before_retire=switched):
@@ -198,6 +199,9 @@ class SupervisorDeploys:
             reason = failed.failure or "the new workers did not start"
             self._state.refuse(record, ruleset, reason, tuple(FieldProblem("", p) for p in failed.problems), origin)
             raise CandidateRefused(reason, tuple(_problem(p) for p in failed.problems))
+        # Only now: `roll` returns once no connection to an old worker is left, so a call made after this answer
+        # can only be answered by the new version.
+        await reply(Switch(self.status(), unchanged=False))
 
     def _serving_version(self, roller: Roller) -> VersionInfo | None:
         versions = [w.version for w in roller.generation().workers if w.version is not None]

@@ -250,7 +250,6 @@ def check_can_listen(host: str, port: int, *, reuse_port: bool = False) -> None:
                     raise OSError(f"cannot listen on {shown}: {os.strerror(exc.errno).lower()}") from exc
 
 
-CONNECTION_AGE_S = 2.0
 CONNECTION_AGE_GRACE_S = 300.0  # beyond any call we serve: an aged connection only stops taking new calls
 
 
@@ -259,28 +258,33 @@ class GrpcServer:
 
     `reuse_port` is for a supervisor's workers: each listens on the same port (SO_REUSEPORT) and the kernel
     spreads new connections over them. A lone server leaves it off, so a second one on its port is refused.
+    `connection_age` (seconds), with it, closes each connection gracefully once that old, so that a retiring
+    worker that has left the port can wait until none is left instead of cancelling calls.
     """
 
-    def __init__(self, service: DecisionService, host: str, port: int, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        service: DecisionService,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        connection_age: float | None = None,
+    ) -> None:
         options: list[tuple[str, int]] = [
             ("grpc.so_reuseport", int(reuse_port)),
             ("grpc.max_receive_message_length", 1 << 20),
         ]
-        if reuse_port:
-            # A worker's connections are closed gracefully (GOAWAY, calls in flight finish) after a few seconds, so
-            # a retiring worker that has left the port can wait until none is left instead of cancelling calls.
+        if connection_age is not None:
             options += [
-                ("grpc.max_connection_age_ms", int(CONNECTION_AGE_S * 1000)),
+                ("grpc.max_connection_age_ms", int(connection_age * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(CONNECTION_AGE_GRACE_S * 1000)),
             ]
         self.server = grpc.aio.server(options=options)
         add_servicer(NextBestActionServicer(service), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server,
-        )
+        self._reflected = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         check_can_listen(host, port, reuse_port=reuse_port)
         try:
@@ -292,7 +296,12 @@ class GrpcServer:
         self.host = host
         self.address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
+    def reflect(self, service_name: str) -> None:
+        """Lists another service added to `server` in reflection; call before `start`."""
+        self._reflected.append(service_name)
+
     async def start(self, serving: bool = True) -> None:
+        reflection.enable_server_reflection((*self._reflected, reflection.SERVICE_NAME), self.server)
         await self.server.start()
         await self.set_serving(serving)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from nba_service._proto.nba.v1 import admin_pb2, admin_pb2_grpc, nba_pb2
+from nba_service._proto.nba.v1 import admin_pb2, admin_pb2_grpc, nba_pb2, nba_pb2_grpc
 from nba_service.domain.loader import TESTS_SUFFIX
 from nba_service.domain.model import Channel
 from nba_service.transport.grpc_errors import field_violations
@@ -87,18 +87,15 @@ def decide(server: ServerHandle, customer: str) -> nba_pb2.DecideResponse:
     return response
 
 
-def answered_by(server: ServerHandle, customer: str, version: str, timeout: float = 30.0) -> nba_pb2.DecideResponse:
-    """The first answer from `version`. In one process that is the first answer after the switch; with
-    workers, a connection made to an old worker just before it stopped may still get the old version's
-    answer (which names that version) for a moment."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = decide(server, customer)
-        if answer.ruleset.version == version:
-            return answer
-        assert time.monotonic() < deadline, f"still answered by {answer.ruleset.version}"
-        server.close_channels()
-        time.sleep(0.1)
+def connected_stubs(server: ServerHandle, count: int) -> list[nba_pb2_grpc.NextBestActionStub]:
+    """Stubs on channels of their own, each with a connection already made (so, with workers, to a worker of the
+    generation serving now); the server handle closes them when it stops."""
+    stubs = []
+    for _ in range(count):
+        channel = server.new_channel()
+        grpc.channel_ready_future(channel).result(timeout=10)
+        stubs.append(nba_pb2_grpc.NextBestActionStub(channel))
+    return stubs
 
 
 def current_version() -> str:
@@ -137,13 +134,20 @@ def test_activate_serves_the_new_version_and_records_it(tmp_path: Path, workers:
         assert before.active.source == "start-up"
         assert before.active.scenarios_passed >= 40, "the bundled scenarios gate the start-up version"
         candidate = variant(tmp_path / "v2", version="9.0.0", edit=marked_reasons)
+        customer = some_customers(server, 1)[0]
+        # Connections made before the deploy: with workers, each one is to a worker that the deploy retires.
+        stubs = connected_stubs(server, 6)
+        request = nba_pb2.DecideRequest(customer_id=customer, channel=PB_CHANNEL[Channel.AGENT_DESKTOP])
+        assert {stub.Decide(request, timeout=10).ruleset.version for stub in stubs} == {before.active.version}
         response = activate(server, candidate)
         assert response.active.version == "9.0.0"
         assert not response.unchanged
         assert [w.ruleset.version for w in response.workers] == ["9.0.0"] * int(workers)
         assert response.previous.hash == before.active.hash
-        customer = some_customers(server, 1)[0]
-        answer = answered_by(server, customer, "9.0.0")
+        # Once Activate has answered, every call is answered by the new version, on old connections too.
+        answers = [stub.Decide(request, timeout=10, wait_for_ready=True) for stub in stubs]
+        assert [a.ruleset.version for a in answers] == ["9.0.0"] * len(stubs)
+        answer = answers[0]
         assert all(a.reason.endswith(V2_MARK) for a in answer.actions)
         record = server.wait_for_decisions([answer.decision_id])[answer.decision_id]
         assert record["ruleset"]["hash"] == response.active.hash
