@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench bench-pg bench-embedded bench-workers bench-shadow bench-reload proto clean
+.PHONY: serve test lint chromium bench bench-pg bench-embedded bench-workers bench-shadow bench-reload bench-diff proto clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'" >&2; exit 1; }
@@ -21,8 +21,20 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint chromium
 	$(BIN)/python -m pytest
+
+# The browser test (tests/e2e/test_render_browser.py) opens the rendered ruleset in a real headless Chromium.
+chromium:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "note: /usr/bin/chromium or /usr/bin/chromedriver is missing and apt-get is not available: install Chromium and its driver by hand, or the browser test skips (and fails under CI=true)" >&2; \
+	elif [ "$$(id -u)" -ne 0 ]; then \
+		echo "note: /usr/bin/chromium or /usr/bin/chromedriver is missing; run 'sudo apt-get install -y chromium chromium-driver' (make is not root), or the browser test skips (and fails under CI=true)" >&2; \
+	else \
+		echo "installing chromium and chromium-driver for the browser test"; \
+		apt-get install -y chromium chromium-driver || { apt-get update && apt-get install -y chromium chromium-driver; }; \
+	fi
 
 bench: $(STAMP)
 	$(BIN)/python loadtests/bench_engine.py
@@ -41,6 +53,9 @@ bench-shadow: $(STAMP)
 
 bench-reload: $(STAMP)
 	$(BIN)/python loadtests/bench_reload.py
+
+bench-diff: $(STAMP)
+	$(BIN)/python loadtests/bench_diff.py
 
 proto: $(STAMP)
 	$(BIN)/python -m nba_service.protogen

@@ -15,7 +15,7 @@ from nba_service.domain.compiler import compile_ruleset
 from nba_service.domain.loader import load_ruleset_dir
 from nba_service.domain.model import Ruleset
 from nba_service.domain.pipeline import ActiveRuleset
-from nba_service.domain.ports import ProfileStore, RecordExport, RecordSink
+from nba_service.domain.ports import ProfileStore, RecordExport, RecordReader, RecordSink, RulesetArchive
 from nba_service.domain.reference import ReferenceEvaluator
 from nba_service.engine.durable import DurableEngine
 from nba_service.errors import FailedPrecondition, RulesetInvalid, RulesetProblem, Unavailable
@@ -76,6 +76,10 @@ class Application:
     store: ProfileStore
     decision_log: GroupCommitWriter
     export: RecordExport
+    archive: RulesetArchive
+    """Every version that ever served, by hash: what explains a past decision (the Review service reads it)."""
+    records: RecordReader
+    """Whole durable decision records by id."""
     version: VersionInfo | None = None
     rulesets: InProcessRulesets | None = None
     """Deploys inside this process; None for a supervisor's worker, whose supervisor deploys."""
@@ -138,19 +142,35 @@ async def _build(
     store: ProfileStore
     sink: RecordSink
     export: RecordExport
+    archive: RulesetArchive
+    records: RecordReader
     if settings.store == "postgres":
-        from nba_service.stores.postgres import open_postgres  # noqa: PLC0415 - asyncpg only when asked for
+        from nba_service.stores.postgres import open_postgres, ruleset_archive  # noqa: PLC0415 - asyncpg only when asked for
 
-        store, sink, export = await open_postgres(settings, ruleset)
+        store, pg_sink, export = await open_postgres(settings, ruleset)
+        sink = records = pg_sink
+        archive = ruleset_archive(pg_sink, settings)
         where = "postgres"
     else:
         sqlite_store = await open_sqlite(settings, ruleset)
-        store = sink = export = sqlite_store
+        store = sink = export = archive = records = sqlite_store
         where = str(settings.db_path)
     writer = GroupCommitWriter(
         sink, timeout=settings.db_timeout, spill_dir=settings.spill_dir, drain_timeout=settings.drain_seconds
     )
+    service = DecisionService(store, writer, active, archive=archive)
+    service.activate(active, version.activated_at)
+    try:
+        await service.archive(ruleset, version.activated_at)
+    except Unavailable as exc:
+        # The store is away (PostgreSQL starts NOT_SERVING and recovers by itself): the service keeps the
+        # version on its first decision, and no decision is made before that succeeds.
+        log.warning("ruleset_archive_pending", version=version.shown(), error=str(exc))
+    except BaseException:
+        await store.close()
+        raise
     shadow = None if candidate is None else activate(candidate)
+    service.set_shadow(shadow)
     await writer.start()
     log.info(
         "application_ready",
@@ -164,7 +184,6 @@ async def _build(
         shadow=None if candidate is None else f"{candidate.meta.name} {candidate.meta.version}",
         shadow_hash=None if candidate is None else candidate.content_hash[:12],
     )
-    service = DecisionService(store, writer, active, shadow=shadow)
     reads = store
 
     def follow(new: Ruleset) -> None:
@@ -172,4 +191,4 @@ async def _build(
 
     # A decision reads its version before its profile read, which the database timeout bounds.
     control = None if state is None else InProcessRulesets(service, state, activate, settings.db_timeout + 1.0, follow)
-    return Application(settings, service, store, writer, export, version, control)
+    return Application(settings, service, store, writer, export, archive, records, version, control)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from nba_service.errors import ErrorCode, NbaError, RulesetInvalid
+from nba_service.cli_options import store_options
+from nba_service.errors import ErrorCode, NbaError
 
 if TYPE_CHECKING:  # grpc and pydantic are imported where used: `nba decide` starts fast, `serve` quiets grpc first
     import grpc
@@ -255,8 +256,16 @@ _TIMEOUT = click.option(
 @_TARGET
 @_TIMEOUT
 @click.option("--json", "as_json", is_flag=True, help="Print the response as JSON (proto field names).")
+@click.option("--dry-run", is_flag=True, help="Decide for real but record nothing, and print why (for reviewers).")
 def decide(
-    customer_id: str, channel: str, max_actions: int, reason: str, target: str, timeout: float, as_json: bool
+    customer_id: str,
+    channel: str,
+    max_actions: int,
+    reason: str,
+    target: str,
+    timeout: float,
+    as_json: bool,
+    dry_run: bool,
 ) -> None:
     """Ask the service what to do with a customer now, and print the scripts."""
     from google.protobuf import json_format  # noqa: PLC0415
@@ -268,6 +277,7 @@ def decide(
         channel=nba_pb2.Channel.Value(channel.upper()),
         max_actions=max_actions,
         context=nba_pb2.InteractionContext(reason=reason),
+        dry_run=dry_run,
     )
     response = _call(target, "Decide", request, timeout)
     if as_json:
@@ -276,6 +286,12 @@ def decide(
             response, indent=2, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
         click.echo(text)
+        return
+    if dry_run:
+        from nba_service.review.explain_cli import print_decision, print_explanation  # noqa: PLC0415
+
+        print_decision(response, customer_id, channel)
+        print_explanation(response.explanation)
         return
     ruleset = response.ruleset
     click.echo(f"Decision {response.decision_id} for {customer_id} on {channel}")
@@ -355,43 +371,6 @@ def outcome(decision_id: str, action_id: str, outcome: str, note: str, target: s
 @main.group()
 def rulesets() -> None:
     """Work with ruleset files."""
-
-
-@rulesets.command("check")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--plan", is_flag=True, help="Also print the durable_rules plan the compiler makes.")
-def check(paths: tuple[Path, ...], plan: bool) -> None:
-    """Validate ruleset files; exit 0 only when every file is valid."""
-    from nba_service.domain.compiler import compile_ruleset, describe  # noqa: PLC0415
-    from nba_service.domain.loader import load_ruleset_file, ruleset_files  # noqa: PLC0415
-
-    files: list[Path] = []
-    for path in paths:
-        files.extend(ruleset_files(path) if path.is_dir() else [path])  # scenario tests (*.tests.yaml) left out
-    failed = 0
-    for file in files:
-        try:
-            ruleset = load_ruleset_file(file)
-        except RulesetInvalid as exc:
-            failed += 1
-            click.echo(f"INVALID {file}: {len(exc.ruleset_problems)} problem(s)")
-            for problem in exc.ruleset_problems:
-                click.echo(f"  {problem}")
-            continue
-        compiled = compile_ruleset(ruleset)
-        meta = ruleset.meta
-        click.echo(
-            f"ok {file}: {meta.name} {meta.version}, {len(ruleset.rules)} rules, {len(ruleset.actions)} actions, "
-            f"{len(compiled.partitions)} engine rulesets, sha256 {ruleset.content_hash[:12]}"
-        )
-        if plan:
-            click.echo(describe(compiled))
-    if not files:
-        click.echo("no ruleset files given")
-        sys.exit(1)
-    if failed:
-        click.echo(f"{failed} of {len(files)} file(s) invalid")
-        sys.exit(1)
 
 
 @rulesets.command("test")
@@ -593,22 +572,7 @@ def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> da
 @click.option("--since", callback=_moment, help="Only records at or after this time (ISO 8601; UTC unless given).")
 @click.option("--until", callback=_moment, help="Only records before this time.")
 @click.option("--customer", "customer_id", default=None, help="Only this customer's records.")
-@click.option(
-    "--store",
-    type=click.Choice(["sqlite", "postgres"]),
-    default="sqlite",
-    show_default=True,
-    envvar="NBA_STORE",
-    help="Which store to read [env NBA_STORE]; PostgreSQL's DSN comes from NBA_DSN.",
-)
-@click.option(
-    "--db-path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("var/nba.db"),
-    show_default=True,
-    envvar="NBA_DB_PATH",
-    help="The embedded database [env NBA_DB_PATH].",
-)
+@store_options()
 @click.option("-o", "--out", type=click.File("w", encoding="utf-8"), default="-", help="Write here [stdout].")
 def decisions_export(
     since: datetime | None, until: datetime | None, customer_id: str | None, store: str, db_path: Path, out: Any
@@ -644,22 +608,7 @@ def decisions_export(
 @rulesets.command("shadow-report")
 @click.option("--since", callback=_moment, help="Only decisions at or after this time (ISO 8601; UTC unless given).")
 @click.option("--until", callback=_moment, help="Only decisions before this time.")
-@click.option(
-    "--store",
-    type=click.Choice(["sqlite", "postgres"]),
-    default="sqlite",
-    show_default=True,
-    envvar="NBA_STORE",
-    help="Which store to read [env NBA_STORE]; PostgreSQL's DSN comes from NBA_DSN.",
-)
-@click.option(
-    "--db-path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("var/nba.db"),
-    show_default=True,
-    envvar="NBA_DB_PATH",
-    help="The embedded database [env NBA_DB_PATH].",
-)
+@store_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def shadow_report(since: datetime | None, until: datetime | None, store: str, db_path: Path, as_json: bool) -> None:
     """How often and where a candidate run with `nba serve --shadow` disagreed with the active ruleset.
@@ -687,10 +636,25 @@ def shadow_report(since: datetime | None, until: datetime | None, store: str, db
     click.echo(json.dumps(report.to_json(), ensure_ascii=False) if as_json else reports.render(report))
 
 
-def _register_admin_commands() -> None:
+def _register_commands() -> None:
+    """Commands that live beside the code they drive; each module adds its own to these groups."""
     from nba_service.admin_cli import register  # noqa: PLC0415
 
     register(rulesets, _TARGET)
+    # Reviewer tools (issue 9) register here, one line each:
+    from nba_service.review.check_cli import register as register_check  # noqa: PLC0415
+
+    register_check(rulesets)
+    from nba_service.review.render_cli import register as register_render  # noqa: PLC0415
+
+    register_render(rulesets)
+    from nba_service.review.explain_cli import register as register_explain  # noqa: PLC0415
+
+    register_explain(main, rulesets, _TARGET, _TIMEOUT)
+    from nba_service.review.diff_cli import register as register_diff  # noqa: PLC0415
+
+    register_diff(rulesets)
+    # REVIEW-COMMANDS
 
 
-_register_admin_commands()
+_register_commands()

@@ -22,7 +22,8 @@ from nba_service.deploy.startup import follow_configured_files
 from nba_service.deploy.state import VersionInfo
 from nba_service.errors import NbaError, RulesetInvalid
 from nba_service.settings import Settings
-from nba_service.transport.grpc_admin import add_admin
+from nba_service.transport.grpc_admin import ADMIN_SERVICE_NAME, add_admin
+from nba_service.transport.grpc_review import REVIEW_SERVICE_NAME, ReviewServicer, add_review
 from nba_service.transport.grpc_server import GrpcServer
 from nba_service.worker import CONNECTION_AGE_S, RETIRE_DRAIN_S
 
@@ -56,6 +57,9 @@ async def serve(
         admin = app.rulesets if app.rulesets is not None else control
         if admin is not None:
             add_admin(admin, server.server)
+            server.reflect(ADMIN_SERVICE_NAME)
+        add_review(ReviewServicer(app.archive, app.records, app.service, admin), server.server)
+        server.reflect(REVIEW_SERVICE_NAME)
     except BaseException:
         await app.close()
         raise

@@ -17,12 +17,21 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from opentelemetry import trace
 
-from nba_service.domain.model import Channel
+from nba_service.domain.model import Channel, Ruleset
 from nba_service.domain.pipeline import ActiveRuleset, Evaluation, evaluate
-from nba_service.domain.ports import DecisionLog, ProfileStore
+from nba_service.domain.ports import DecisionLog, ProfileStore, RulesetArchive
 from nba_service.domain.profile import AttributeValue, Event, Outcome, OutcomeKind, Profile
-from nba_service.domain.records import Decision, DecisionRecord, Delivery, DeliveryUpdate, ShadowRun, ShadowUpdate
-from nba_service.errors import DeadlineExceeded, InvalidArgument, NotFound, Problems
+from nba_service.domain.records import (
+    Decision,
+    DecisionInputs,
+    DecisionRecord,
+    Delivery,
+    DeliveryUpdate,
+    ShadowRun,
+    ShadowUpdate,
+)
+from nba_service.errors import DeadlineExceeded, InvalidArgument, NbaError, NotFound, Problems, Unavailable
+from nba_service.review.explain import DRY_RUN_PREFIX, explain
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("nba_service")
@@ -59,21 +68,44 @@ class DecisionService:
         active: ActiveRuleset,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         shadow: ActiveRuleset | None = None,
+        archive: RulesetArchive | None = None,
     ) -> None:
         self._store = store
         self._log = decision_log
         self._active = active
         self._clock = clock
         self._shadow = shadow
+        self._archive = archive
+        # Hashes this process has seen kept in the archive, and when the active version became active.
+        self._archived: set[str] = set()
+        self._activated_at = clock()
 
     @property
     def active(self) -> ActiveRuleset:
         return self._active
 
-    def activate(self, active: ActiveRuleset) -> ActiveRuleset:
-        """Swaps the ruleset for new decisions; returns the old one for the caller to unload."""
+    def activate(self, active: ActiveRuleset, activated_at: datetime | None = None) -> ActiveRuleset:
+        """Swaps the ruleset for new decisions; returns the old one for the caller to unload. Call `archive`
+        first: a version not yet in the archive keeps its first decision waiting until it is."""
         old, self._active = self._active, active
+        self._activated_at = activated_at or self._clock()
         return old
+
+    async def archive(self, ruleset: Ruleset, activated_at: datetime) -> None:
+        """Keeps the version's source in the archive; raises (Unavailable, FailedPrecondition) when it cannot,
+        and then the version must not serve: a decision naming a hash nobody can fetch cannot be explained."""
+        if self._archive is None:
+            return
+        await self._archive.keep(ruleset, activated_at)
+        self._archived.add(ruleset.content_hash)
+
+    async def _ensure_archived(self, active: ActiveRuleset) -> None:
+        """The last guard, on every path a version can start serving by: a store that was away when the
+        version started (PostgreSQL starts NOT_SERVING and recovers by itself) gets it on the first decision."""
+        try:
+            await self.archive(active.ruleset, self._activated_at)
+        except NbaError as exc:
+            raise Unavailable(f"the active ruleset version cannot be archived, so it does not decide: {exc}") from exc
 
     @property
     def shadow(self) -> ActiveRuleset | None:
@@ -94,9 +126,14 @@ class DecisionService:
         context_reason: str = "",
         context: Mapping[str, str] | None = None,
         deadline: float | None = None,
+        dry_run: bool = False,
     ) -> Decision:
         """`deadline` (time.monotonic) is the caller's: an answer that could no longer reach them is
         recorded as undelivered and never counted as an offer.
+
+        A dry run decides exactly as a real decision (same profile read, same pipeline, same moment) and
+        records nothing: no record, no shadow run. Nothing it answers can have an outcome, so it counts toward
+        no cap; its id starts with `DRY_RUN_PREFIX` and its `explanation` says why it came out as it did.
 
         A shadow candidate runs only after the record is durable, on the event loop's next turn, while the
         answer is on its way. Run inline it added 5-27% to the median answer (a pipeline is ~0.13 ms of a
@@ -119,6 +156,8 @@ class DecisionService:
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("the caller's deadline passed before the decision was made; nothing was decided")
         active, shadow = self._active, self._shadow
+        if self._archive is not None and active.ruleset.content_hash not in self._archived:
+            await self._ensure_archived(active)
         now = self._clock()
         with tracer.start_as_current_span("profile.read"):
             profile = await self._store.get_profile(customer_id)
@@ -126,9 +165,11 @@ class DecisionService:
             result = evaluate(active, profile, channel, now, limit)
         if result.engine_error is not None:
             log.error("engine_failed_using_reference", error=result.engine_error, customer_id=customer_id)
-        decision = Decision(_new_id(), now, customer_id, channel, result.actions, active.ref)
+        decision_id = DRY_RUN_PREFIX + _new_id() if dry_run else _new_id()
+        decision = Decision(decision_id, now, customer_id, channel, result.actions, active.ref)
         record = DecisionRecord(
             decision_id=decision.decision_id,
+            # The very moment the pipeline ran at: a replay runs the inputs at `decided_at`.
             decided_at=now,
             customer_id=customer_id,
             channel=channel,
@@ -141,7 +182,10 @@ class DecisionService:
             context_reason=context_reason,
             context=context_map,
             profile_problems=result.profile_problems,
+            inputs=DecisionInputs(profile, limit),
         )
+        if dry_run:
+            return replace(decision, explanation=explain(record, active.ruleset, dry_run=True))
         late = deadline is not None and time.monotonic() >= deadline
         if late:
             record = replace(record, delivery=Delivery.DEADLINE_EXCEEDED)
@@ -169,7 +213,9 @@ class DecisionService:
         self._log.defer(ShadowUpdate(decision_id, run))
 
     def undelivered(self, decision_id: str, delivery: Delivery) -> None:
-        """Corrects a durable record whose answer the transport could not hand over."""
+        """Corrects a durable record whose answer the transport could not hand over (a dry run has none)."""
+        if decision_id.startswith(DRY_RUN_PREFIX):
+            return
         self._log.mark(DeliveryUpdate(decision_id, delivery))
 
     async def record_outcome(
@@ -181,6 +227,11 @@ class DecisionService:
                 problems.add(field, "is required")
             elif len(value) > MAX_ID_LENGTH:
                 problems.add(field, f"is longer than {MAX_ID_LENGTH} characters")
+        if decision_id.startswith(DRY_RUN_PREFIX):
+            problems.add(
+                "decision_id",
+                f"{_shown(decision_id)} is a dry run: it recorded nothing and offered nothing, so it takes no outcome",
+            )
         if outcome is None:
             problems.add("outcome", "is required (ACCEPTED, DECLINED, NO_ANSWER, CONVERTED, ...)")
         if len(note) > MAX_CONTEXT_VALUE:

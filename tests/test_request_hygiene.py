@@ -198,7 +198,7 @@ class TestRulesetPatterns:
     @pytest.mark.parametrize(
         ("original", "changed"),
         [
-            ("version: 1.1.0", 'version: "1.1.0\\n"'),
+            ("version: 1.2.0", 'version: "1.2.0\\n"'),
             ("id: large-deposit-term-deposit", 'id: "large-deposit-term-deposit\\n"'),
         ],
     )

@@ -13,6 +13,7 @@ from nba_service.domain.model import Ruleset
 from nba_service.domain.pipeline import ActiveRuleset
 from nba_service.domain.scenarios import CaseResult, Scenario, load_scenarios_text, run_case
 from nba_service.errors import CandidateRefused, FieldProblem, RulesetInvalid
+from nba_service.review.check import check_ruleset, errors
 
 MAX_REPORTED_FAILURES = 20
 CASES_PER_TURN = 8
@@ -48,6 +49,7 @@ def parse(candidate: Candidate) -> Ruleset:
 def prepare(candidate: Candidate, ruleset: Ruleset, load: Callable[[Ruleset], ActiveRuleset]) -> Prepared:
     """Loads the version and runs its scenarios; raises CandidateRefused naming each failing case (and
     releases what it loaded), so a version that fails its own tests never answers a call."""
+    refuse_check_errors(candidate, ruleset)
     scenarios = load_scenarios(candidate, ruleset)
     active = load(ruleset)
     try:
@@ -63,6 +65,7 @@ async def prepare_in_service(
 ) -> Prepared:
     """`prepare` inside a serving process: the text is read on a thread and the cases run a few at a time, so
     decisions go on being answered meanwhile (the engine itself belongs to the event loop's thread)."""
+    await asyncio.to_thread(refuse_check_errors, candidate, ruleset)
     scenarios = await asyncio.to_thread(load_scenarios, candidate, ruleset)
     active = load(ruleset)
     results: list[CaseResult] = []
@@ -75,6 +78,17 @@ async def prepare_in_service(
         active.engine.close()
         raise
     return verdict(ruleset, active, results)
+
+
+def refuse_check_errors(candidate: Candidate, ruleset: Ruleset) -> None:
+    """A version with errors in `nba rulesets check` (a contradiction, a rule that can never produce an offer)
+    does not say what its reviewers signed off, so it never serves; warnings do not stop it."""
+    found = errors(check_ruleset(ruleset, candidate.content, candidate.file_name))
+    if found:
+        raise CandidateRefused(
+            f"{_shown(ruleset)} has {len(found)} error(s) in `nba rulesets check`; the running version stays",
+            tuple(FieldProblem("ruleset.content", str(f)) for f in found[:MAX_REPORTED_FAILURES]),
+        )
 
 
 def load_scenarios(candidate: Candidate, ruleset: Ruleset) -> list[Scenario]:

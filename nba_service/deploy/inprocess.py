@@ -20,7 +20,7 @@ import structlog
 
 from nba_service.deploy.control import Status, Switch, WorkerInfo
 from nba_service.deploy.gate import Candidate, parse, prepare_in_service
-from nba_service.deploy.state import DeployRecord, DeployState, VersionInfo, now
+from nba_service.deploy.state import DeployRecord, DeployState, VersionInfo, log_activated, now
 from nba_service.domain.model import Ruleset
 from nba_service.domain.pipeline import ActiveRuleset
 from nba_service.errors import (
@@ -30,6 +30,7 @@ from nba_service.errors import (
     NbaError,
     NothingToRollBack,
     RulesetInvalid,
+    Unavailable,
 )
 from nba_service.service import DecisionService
 
@@ -109,12 +110,22 @@ class InProcessRulesets:
         except CandidateRefused as exc:
             self._state.refuse(record, ruleset, exc.message, exc.problems, origin)
             raise
+        activated_at = now()
+        try:
+            await self._service.archive(ruleset, activated_at)
+        except NbaError as exc:
+            # Its decisions could never be explained: a hash nobody can fetch names no text a reviewer can read.
+            prepared.active.engine.close()
+            reason = f"the version cannot be kept in the ruleset archive, so it does not serve: {exc.message}"
+            self._state.refuse(record, ruleset, reason, (), origin)
+            refusal = Unavailable if isinstance(exc, Unavailable) else CandidateRefused
+            raise refusal(f"{reason}; the running version stays") from exc
         kept = self._state.keep(ruleset.meta.name, ruleset.content_hash, candidate.content, candidate.tests)
         info = VersionInfo(
             ruleset.meta.name,
             ruleset.meta.version,
             ruleset.content_hash,
-            now(),
+            activated_at,
             origin,
             prepared.scenarios_passed,
             str(kept),
@@ -122,17 +133,9 @@ class InProcessRulesets:
         record = self._state.switched(record, info)
         self._state.write(record)
         self._on_switch(ruleset)
-        old = self._service.activate(prepared.active)
+        old = self._service.activate(prepared.active, activated_at)
         # A decision that read its version before the switch may still evaluate on it while its profile read
         # finishes; that read is bounded by the database timeout.
         asyncio.get_running_loop().call_later(self._retire_after, old.engine.close)
-        log.info(
-            "ruleset_activated",
-            origin=origin,
-            ruleset=info.name,
-            version=info.version,
-            hash=info.hash[:12],
-            scenarios_passed=info.scenarios_passed,
-            previous=record.previous.shown() if record.previous else None,
-        )
+        log_activated(origin, info, record.previous)
         return Switch(self._status(record), unchanged=False)

@@ -144,6 +144,19 @@ class DeployState:
         log.error("ruleset_refused", origin=origin, reason=reason, problems=list(refusal.problems)[:20])
 
 
+def log_activated(origin: str, version: VersionInfo, previous: VersionInfo | None) -> None:
+    """The one log line of a switch, whichever way the service deploys."""
+    log.info(
+        "ruleset_activated",
+        origin=origin,
+        ruleset=version.name,
+        version=version.version,
+        hash=version.hash[:12],
+        scenarios_passed=version.scenarios_passed,
+        previous=previous.shown() if previous else None,
+    )
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 

@@ -20,7 +20,7 @@ from nba_service.app import configured_ruleset
 from nba_service.deploy.control import Status, Switch, WorkerInfo
 from nba_service.deploy.gate import Candidate, parse
 from nba_service.deploy.remote import LINE_LIMIT, error_to_json, socket_path, status_to_json
-from nba_service.deploy.state import DeployState, Refusal, VersionInfo, now
+from nba_service.deploy.state import DeployState, Refusal, VersionInfo, log_activated, now
 from nba_service.errors import (
     CandidateRefused,
     FieldProblem,
@@ -183,15 +183,7 @@ class SupervisorDeploys:
             version = replace(version, source=origin, activated_at=now())
             new_record = self._state.switched(self._state.read(), version)
             self._state.write(new_record)
-            log.info(
-                "ruleset_activated",
-                origin=origin,
-                ruleset=version.name,
-                version=version.version,
-                hash=version.hash[:12],
-                scenarios_passed=version.scenarios_passed,
-                previous=new_record.previous.shown() if new_record.previous else None,
-            )
+            log_activated(origin, version, new_record.previous)
 
         roller = self._roller
         if not await roller.roll(self.worker_settings(path), before_retire=switched):

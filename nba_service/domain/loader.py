@@ -7,6 +7,7 @@ becomes a `RulesetProblem` naming where it is and what is wrong.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -124,7 +125,7 @@ def load_ruleset_text(data: bytes | str, source: str = "<ruleset>") -> Ruleset:
             [RulesetProblem(source, None, "", "the file must hold a mapping with ruleset, fields, actions and rules")]
         )
     content_hash = hashlib.sha256(raw).hexdigest()
-    return _Builder(source, document, content_hash).build()
+    return dataclasses.replace(_Builder(source, document, content_hash).build(), text=text)
 
 
 def _located(document: Any, path: Sequence[str | int]) -> int | None:

@@ -162,6 +162,9 @@ class Ruleset:
     policies: Policies
     content_hash: str
     source: str = ""
+    # The file's text exactly as signed off (its UTF-8 bytes hash to `content_hash`): what the ruleset archive
+    # keeps, so a past decision can be explained by the very version that made it.
+    text: str = field(default="", repr=False, compare=False)
 
     def fact_fields(self) -> dict[str, FieldSpec]:
         """Every name a condition may use: attributes, then the derived event facts."""

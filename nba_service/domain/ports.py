@@ -6,7 +6,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from nba_service.domain.archive import ArchivedSource, ArchivedVersion
 from nba_service.domain.facts import FactValue
+from nba_service.domain.model import Ruleset
 from nba_service.domain.profile import Event, Outcome, Profile
 from nba_service.domain.records import DecisionRecord, DecisionSummary, DeliveryUpdate, RecordUpdate, ShadowUpdate
 
@@ -89,6 +91,32 @@ class RecordExport(Protocol):
         self, since: datetime | None, until: datetime | None, customer_id: str | None
     ) -> AsyncIterator[dict[str, Any]]:
         """Decision and outcome records in the versioned export format, oldest first."""
+        ...
+
+
+class RecordReader(Protocol):
+    async def get_record(self, decision_id: str) -> DecisionRecord | None:
+        """The whole durable record, or None: unknown, set aside as a dead letter, or still queued for its
+        commit. Raises Unavailable when the store cannot answer."""
+        ...
+
+
+class RulesetArchive(Protocol):
+    """Every version that ever served, by content hash: what a decision record's hash is explained by."""
+
+    async def keep(self, ruleset: Ruleset, activated_at: datetime) -> None:
+        """Stores the source by content hash (idempotent) and notes the activation (not again when this name's
+        latest activation is already this hash). Raises (Unavailable, FailedPrecondition) when it cannot: the
+        version must then not serve."""
+        ...
+
+    async def source(self, ruleset_hash: str) -> ArchivedSource | None:
+        """By full hash or a unique prefix of at least 12 hex digits; raises InvalidArgument naming the problem
+        for a bad or ambiguous prefix."""
+        ...
+
+    async def versions(self, name: str | None = None) -> list[ArchivedVersion]:
+        """Every version ever active, newest activation first."""
         ...
 
 

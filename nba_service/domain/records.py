@@ -9,12 +9,17 @@ reader can refuse what it does not understand instead of misreading it.
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nba_service.domain.model import Channel
-from nba_service.domain.profile import Outcome, OutcomeKind
+from nba_service.domain.profile import AttributeValue, Contact, Event, Outcome, OutcomeKind, Profile
+
+if TYPE_CHECKING:
+    from nba_service.review.explain import Explanation
 
 RECORD_FORMAT = "nba.record/1"
 
@@ -54,6 +59,8 @@ class Decision:
     channel: Channel
     actions: tuple[DecidedAction, ...]
     ruleset: RulesetRef
+    # Only for a dry run (`DecisionService.decide(dry_run=True)`): why the answer came out as it did.
+    explanation: Explanation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +120,127 @@ class ShadowRun:
 
 
 @dataclass(frozen=True, slots=True)
+class DecisionInputs:
+    """Everything the pipeline was given besides the ruleset and the moment (the record's `decided_at`):
+    replaying these through the same version gives the same answer.
+
+    The profile is kept exactly as the store returned it, raw trigger values included: they belong in the
+    record (for a reviewer, months later), never in a script. Values must come back with their exact type
+    from a text file and from PostgreSQL jsonb alike, and jsonb keeps numbers as decimals (`1e16` comes
+    back as the integer 10000000000000000, `-0.0` as 0): a float jsonb could not give back as the same
+    float is written as `{"$float": repr}`, and an object value as `{"$json": value}` so no attribute can
+    pass for such a tag.
+    """
+
+    profile: Profile
+    limit: int
+
+    def to_json(self) -> dict[str, Any]:
+        profile = self.profile
+        return {
+            "profile": {
+                "customer_id": profile.customer_id,
+                "attributes": _values_json(profile.attributes),
+                "events": [
+                    {
+                        "type": e.type,
+                        "time": e.time.isoformat(),
+                        "attributes": _values_json(e.attributes),
+                        "expires_at": None if e.expires_at is None else e.expires_at.isoformat(),
+                    }
+                    for e in profile.events
+                ],
+                "contacts": [
+                    {
+                        "action_id": c.action_id,
+                        "channel": c.channel.value,
+                        "time": c.time.isoformat(),
+                        "outcome": c.outcome.value,
+                        "decision_id": c.decision_id,
+                        "note": c.note,
+                        "reached": c.reached,
+                    }
+                    for c in profile.contacts
+                ],
+            },
+            "limit": self.limit,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DecisionInputs:
+        """Raises ValueError naming what is missing or malformed."""
+        try:
+            profile = data["profile"]
+            return cls(
+                Profile(
+                    str(profile["customer_id"]),
+                    _values_from_json(profile["attributes"]),
+                    tuple(
+                        Event(
+                            str(e["type"]),
+                            _aware(e["time"]),
+                            _values_from_json(e["attributes"]),
+                            None if e.get("expires_at") is None else _aware(e["expires_at"]),
+                        )
+                        for e in profile["events"]
+                    ),
+                    tuple(
+                        Contact(
+                            str(c["action_id"]),
+                            Channel(c["channel"]),
+                            _aware(c["time"]),
+                            OutcomeKind(c["outcome"]),
+                            str(c.get("decision_id", "")),
+                            str(c.get("note", "")),
+                            None if c.get("reached") is None else bool(c["reached"]),
+                        )
+                        for c in profile["contacts"]
+                    ),
+                ),
+                int(data["limit"]),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not decision inputs: missing or malformed {exc}") from exc
+
+
+_FLOAT_TAG = "$float"
+_JSON_TAG = "$json"
+_PLAIN_LOW, _PLAIN_HIGH = 1e-4, 1e16
+
+
+def _value_json(value: Any) -> Any:
+    kind = type(value)
+    if value is None or kind is str or kind is bool or kind is int:
+        return value
+    if kind is float:
+        # Plain only when jsonb's decimal gives back this very float: where repr writes a point and no
+        # exponent (1e-4 <= |x| < 1e16), or 0.0 itself (not -0.0).
+        if _PLAIN_LOW <= abs(value) < _PLAIN_HIGH or (value == 0.0 and math.copysign(1.0, value) > 0):
+            return value
+        return {_FLOAT_TAG: repr(value)}  # also inf and nan, which no JSON number can hold
+    if isinstance(value, dict):
+        return {_JSON_TAG: value}
+    return value
+
+
+def _values_json(values: Mapping[str, AttributeValue]) -> dict[str, Any]:
+    return {key: _value_json(value) for key, value in values.items()}
+
+
+def _value_from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if _FLOAT_TAG in value:
+            return float(value[_FLOAT_TAG])
+        if _JSON_TAG in value:
+            return value[_JSON_TAG]
+    return value
+
+
+def _values_from_json(values: dict[str, Any]) -> dict[str, AttributeValue]:
+    return {str(key): _value_from_json(value) for key, value in values.items()}
+
+
+@dataclass(frozen=True, slots=True)
 class DecisionRecord:
     decision_id: str
     decided_at: datetime
@@ -131,6 +259,9 @@ class DecisionRecord:
     # What a candidate run beside the active ruleset would have answered. None when no candidate ran; the
     # service writes it as a `ShadowUpdate` once the answer has left, so a fresh record may not have it yet.
     shadow: ShadowRun | None = None
+    # What replays the decision exactly (`nba_service.review.explain.replay`). None in records written before
+    # inputs were kept: those can still be explained from `rules_fired` and `dropped`, not replayed.
+    inputs: DecisionInputs | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record in the versioned export format (built field by field: `asdict` cost 3x as much)."""
@@ -175,6 +306,7 @@ class DecisionRecord:
             "profile_problems": list(self.profile_problems),
             "delivery": self.delivery.value,
             "shadow": None if self.shadow is None else self.shadow.to_json(),
+            "inputs": None if self.inputs is None else self.inputs.to_json(),
         }
 
     @classmethod
@@ -225,6 +357,8 @@ class DecisionRecord:
                 delivery=Delivery(data.get("delivery", Delivery.SENT.value)),
                 # Absent in records written before shadow runs existed: those ran no candidate.
                 shadow=None if data.get("shadow") is None else ShadowRun.from_json(data["shadow"]),
+                # Absent in records written before inputs were kept.
+                inputs=None if data.get("inputs") is None else DecisionInputs.from_json(data["inputs"]),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a decision record: missing or malformed {exc}") from exc

@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from nba_service.domain.model import Channel
+from nba_service.domain.archive import ArchivedSource, ArchivedVersion, ambiguous, archivable_text, hash_prefix
+from nba_service.domain.model import Channel, Ruleset
 from nba_service.domain.profile import CONTACTED_OUTCOMES, Contact, Event, Outcome, OutcomeKind, Profile
 from nba_service.domain.records import (
     DecisionRecord,
@@ -42,7 +43,7 @@ from nba_service.errors import NotFound, Unavailable
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 READER_THREADS = 4
 CONSENT_PREFIX = "consent_"
 DO_NOT_CALL = "do_not_call"
@@ -111,6 +112,26 @@ _SCHEMA = (
         set_aside_at TEXT NOT NULL)""",
 )
 
+# What each schema version adds to the one before: a file made by an older version upgrades in place, in the
+# transaction that opens it, and loses nothing.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        # The ruleset archive: every version that served, by content hash (nba_service/domain/archive.py).
+        """CREATE TABLE ruleset_sources (
+            hash      TEXT PRIMARY KEY CHECK (length(hash) = 64),
+            name      TEXT NOT NULL,
+            version   TEXT NOT NULL,
+            source    TEXT NOT NULL,
+            kept_at   TEXT NOT NULL)""",
+        """CREATE TABLE ruleset_activations (
+            id           INTEGER PRIMARY KEY,
+            name         TEXT NOT NULL,
+            hash         TEXT NOT NULL REFERENCES ruleset_sources,
+            activated_at TEXT NOT NULL)""",
+        "CREATE INDEX ruleset_activations_name_time ON ruleset_activations (name, activated_at)",
+    ),
+}
+
 _EVENTS_SQL = """
 SELECT e.type, e.time, e.attributes, e.expires_at FROM json_each(?3) AS t
   JOIN events AS e ON e.rowid = (
@@ -152,7 +173,7 @@ def _record_text(record: DecisionRecord, *, ascii_only: bool = False) -> str:
 
 
 class SqliteStore:
-    """ProfileStore, RecordSink and RecordExport over one SQLite file."""
+    """ProfileStore, RecordSink, RecordExport, RecordReader and RulesetArchive over one SQLite file."""
 
     def __init__(
         self,
@@ -283,6 +304,16 @@ class SqliteStore:
                 for action, channel, at, outcome, decision, hit in contacts
             ),
         )
+
+    async def customer_ids(self, after: str = "", limit: int = 10_000) -> list[str]:
+        """A page of customer ids in order, those after `after`: how `nba rulesets diff` walks the store."""
+        rows = await self._in_reader(
+            "listing customers",
+            lambda conn: conn.execute(
+                "SELECT customer_id FROM customers WHERE customer_id > ? ORDER BY customer_id LIMIT ?", (after, limit)
+            ).fetchall(),
+        )
+        return [row[0] for row in rows]
 
     async def add_event(self, customer_id: str, event: Event) -> str:
         event_id = str(uuid.uuid4())
@@ -439,6 +470,67 @@ class SqliteStore:
             Delivery(row[2]),
         )
 
+    async def get_record(self, decision_id: str) -> DecisionRecord | None:
+        row = await self._in_reader(
+            "reading a decision record",
+            lambda conn: conn.execute(
+                "SELECT record, delivery FROM decisions WHERE decision_id = ?", (decision_id,)
+            ).fetchone(),
+        )
+        if row is None:
+            return None
+        data = json.loads(row[0])
+        data["delivery"] = row[1]
+        return DecisionRecord.from_json(data)
+
+    # ------------------------------------------------------------------ RulesetArchive
+
+    async def keep(self, ruleset: Ruleset, activated_at: datetime) -> None:
+        text = archivable_text(ruleset)
+        meta = ruleset.meta
+        kept = (ruleset.content_hash, meta.name, meta.version, text, stamp(self._clock()))
+        activation = (meta.name, ruleset.content_hash, stamp(activated_at))
+
+        def store(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR IGNORE INTO ruleset_sources VALUES (?, ?, ?, ?, ?)", kept)
+            latest = conn.execute(
+                "SELECT hash FROM ruleset_activations WHERE name = ? ORDER BY activated_at DESC, id DESC LIMIT 1",
+                (meta.name,),
+            ).fetchone()
+            if latest is None or latest[0] != ruleset.content_hash:
+                conn.execute("INSERT INTO ruleset_activations (name, hash, activated_at) VALUES (?, ?, ?)", activation)
+
+        await self._write("archiving a ruleset version", store)
+
+    async def source(self, ruleset_hash: str) -> ArchivedSource | None:
+        prefix = hash_prefix(ruleset_hash)
+        rows = await self._in_reader(
+            "reading the ruleset archive",
+            lambda conn: conn.execute(
+                "SELECT hash, name, version, source FROM ruleset_sources WHERE substr(hash, 1, ?) = ? LIMIT 2",
+                (len(prefix), prefix),
+            ).fetchall(),
+        )
+        if len(rows) > 1:
+            raise ambiguous(prefix, [r[0] for r in rows])
+        if not rows:
+            return None
+        found, name, version, text = rows[0]
+        return ArchivedSource(name, version, found, text)
+
+    async def versions(self, name: str | None = None) -> list[ArchivedVersion]:
+        rows = await self._in_reader(
+            "reading the ruleset archive",
+            lambda conn: conn.execute(
+                "SELECT s.name, s.version, s.hash, min(a.activated_at), max(a.activated_at), count(*)"
+                "  FROM ruleset_activations AS a JOIN ruleset_sources AS s ON s.hash = a.hash"
+                " WHERE ?1 IS NULL OR a.name = ?1"
+                " GROUP BY s.hash ORDER BY max(a.activated_at) DESC, max(a.id) DESC",
+                (name,),
+            ).fetchall(),
+        )
+        return [ArchivedVersion(n, v, h, _time(first), _time(last), int(count)) for n, v, h, first, last, count in rows]
+
     # ------------------------------------------------------------------ RecordExport
 
     async def export(
@@ -504,10 +596,20 @@ def _prepare(conn: sqlite3.Connection, seed: Callable[[], Iterable[Profile]] | N
     if version == 0:
         for statement in _SCHEMA:
             conn.execute(statement)
+        for step in range(2, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[step]:
+                conn.execute(statement)
         if seed is not None:
             _load(conn, seed(), now)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         log.info("embedded_database_created", customers=_count(conn))
+    elif version < SCHEMA_VERSION:
+        # In the opening transaction: a crash half-way leaves the file at its old version, whole.
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[step]:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        log.info("embedded_database_upgraded", schema_from=version, schema_to=SCHEMA_VERSION)
     return _count(conn)
 
 

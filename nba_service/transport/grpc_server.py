@@ -26,6 +26,7 @@ from nba_service.domain.profile import AttributeValue, OutcomeKind
 from nba_service.domain.records import Delivery
 from nba_service.errors import DeadlineExceeded, InvalidArgument, NbaError, Problems
 from nba_service.service import DecisionService
+from nba_service.transport.explanation import explanation_message
 from nba_service.transport.grpc_errors import internal_status, to_status
 from nba_service.transport.wire import Undecodable, check_storable_text, lenient_deserializer
 
@@ -151,9 +152,11 @@ class NextBestActionServicer(nba_pb2_grpc.NextBestActionServicer):
             context_reason=request.context.reason,
             context=dict(request.context.attributes),
             deadline=_deadline(context),
+            dry_run=request.dry_run,
         )
-        _watch_delivery(context, self._service, decision.decision_id)
-        return nba_pb2.DecideResponse(
+        if decision.explanation is None:  # a dry run has no record whose delivery could be corrected
+            _watch_delivery(context, self._service, decision.decision_id)
+        response = nba_pb2.DecideResponse(
             decision_id=decision.decision_id,
             actions=[
                 nba_pb2.Action(
@@ -172,6 +175,9 @@ class NextBestActionServicer(nba_pb2_grpc.NextBestActionServicer):
             ),
             decided_at=_timestamp(decision.decided_at),
         )
+        if decision.explanation is not None:
+            response.explanation.CopyFrom(explanation_message(decision.explanation))
+        return response
 
     @_edge
     async def RecordOutcome(  # noqa: N802

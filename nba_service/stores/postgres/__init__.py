@@ -11,6 +11,7 @@ import structlog
 from nba_service.domain.model import Ruleset
 from nba_service.errors import SchemaNotReadyError
 from nba_service.settings import Settings
+from nba_service.stores.postgres.archive import PostgresRulesetArchive
 from nba_service.stores.postgres.decision_log import PostgresRecordExport, PostgresRecordSink
 from nba_service.stores.postgres.migrate import pending
 from nba_service.stores.postgres.profiles import CONNECTION_ERRORS, PostgresProfileStore, create_pool
@@ -21,7 +22,8 @@ log = structlog.get_logger(__name__)
 async def open_postgres(
     settings: Settings, ruleset: Ruleset
 ) -> tuple[PostgresProfileStore, PostgresRecordSink, PostgresRecordExport]:
-    """The profile store, the sink a `GroupCommitWriter` commits decision records through, and the export.
+    """The profile store, the sink a `GroupCommitWriter` commits decision records through (which also reads
+    whole records back: `RecordReader`), and the export. `ruleset_archive(sink, settings)` gives the archive.
 
     Start-up never waits for the database: the pool connects on first use, and when the database cannot
     be reached now the service starts NOT_SERVING and recovers by itself. A reachable database with
@@ -57,4 +59,9 @@ async def open_postgres(
     return store, sink, PostgresRecordExport(pool)
 
 
-__all__ = ["open_postgres"]
+def ruleset_archive(sink: PostgresRecordSink, settings: Settings) -> PostgresRulesetArchive:
+    """The ruleset archive, on the pool the decision records use."""
+    return PostgresRulesetArchive(sink.pool, timeout=settings.db_timeout)
+
+
+__all__ = ["open_postgres", "ruleset_archive"]

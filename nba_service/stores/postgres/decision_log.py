@@ -65,8 +65,9 @@ _COLUMNS = (
     "profile_problems",
     "delivery",
     "shadow",
+    "inputs",
 )
-_JSON_COLUMNS = frozenset({"rules_fired", "dropped", "actions", "context", "profile_problems", "shadow"})
+_JSON_COLUMNS = frozenset({"rules_fired", "dropped", "actions", "context", "profile_problems", "shadow", "inputs"})
 _TYPES = (
     "uuid",
     "timestamptz",
@@ -80,6 +81,7 @@ _TYPES = (
     "text",
     "text",
     "float8",
+    "text",
     "text",
     "text",
     "text",
@@ -119,6 +121,7 @@ UPDATE decisions d SET shadow = u.shadow::jsonb
 RETURNING d.decision_id
 """
 _FIND = "SELECT customer_id, channel, actions, decided_at, delivery FROM decisions WHERE decision_id = $1"
+_GET = f"SELECT {', '.join(_COLUMNS)} FROM decisions WHERE decision_id = $1"  # noqa: S608 - constant column names
 # A write that stores nothing but needs what a batch needs: the insert lock on `decisions` (a lock that
 # holds the writer up holds this up too; a read-only server refuses it), and a transaction id, so its commit
 # writes and flushes WAL like any other.
@@ -198,6 +201,7 @@ def _row(record: DecisionRecord) -> tuple[Any, ...]:
         _dumps(data["profile_problems"]),
         record.delivery.value,
         None if data["shadow"] is None else _dumps(data["shadow"]),  # SQL NULL, not JSON null: no candidate ran
+        None if data["inputs"] is None else _dumps(data["inputs"]),  # SQL NULL: a record from before inputs were kept
     )
 
 
@@ -282,6 +286,11 @@ class PostgresRecordSink:
         # database, and cutting it off cancels its statement, so no row claims an answer that was refused.
         self._timeout = timeout
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The pool the records are written through; the ruleset archive shares it."""
+        return self._pool
+
     async def write(self, records: Sequence[DecisionRecord], updates: Sequence[RecordUpdate]) -> None:
         started = time.monotonic()
         # No time limit on the acquire itself (it cost a quarter of a one-record commit's CPU): the pool
@@ -322,6 +331,19 @@ class PostgresRecordSink:
             Delivery(row["delivery"]),
         )
 
+    async def get_record(self, decision_id: str) -> DecisionRecord | None:
+        """`RecordReader`: the whole record; a dead-lettered one is not in `decisions`, so it is None too."""
+        try:
+            key = uuid.UUID(decision_id)
+        except ValueError:
+            return None
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                row = await conn.fetchrow(_GET, key, timeout=self._timeout)
+        except CONNECTION_ERRORS as exc:
+            raise Unavailable(f"the decision database is unavailable: {type(exc).__name__}") from exc
+        return None if row is None else DecisionRecord.from_json(decision_json(row))
+
 
 # --------------------------------------------------------------------------------------------------
 # Export
@@ -351,6 +373,7 @@ def decision_json(row: asyncpg.Record) -> dict[str, Any]:
         "profile_problems": _json(row["profile_problems"]),
         "delivery": row["delivery"],
         "shadow": _json(row["shadow"]),
+        "inputs": _json(row["inputs"]),
     }
     # Through the record type, so the export can never drift from the one format.
     return DecisionRecord.from_json(data).to_json()

@@ -199,6 +199,21 @@ class PostgresProfileStore:
         )
         return Profile(customer_id, attributes, events, contacts)
 
+    async def customer_ids(self, after: str = "", limit: int = 10_000) -> list[str]:
+        """A page of customer ids in order, those after `after`: how `nba rulesets diff` walks the store."""
+
+        async def page(conn: asyncpg.Connection, budget: float) -> list[str]:
+            rows = await conn.fetch(
+                "SELECT customer_id FROM customers WHERE customer_id > $1 ORDER BY customer_id LIMIT $2",
+                after,
+                limit,
+                timeout=budget,
+            )
+            return [row["customer_id"] for row in rows]
+
+        ids: list[str] = await self._run("listing customers", page)
+        return ids
+
     async def add_event(self, customer_id: str, event: Event) -> str:
         event_id = uuid.uuid4()
 

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from nba_service._proto.nba.v1 import explain_pb2 as nba_dot_v1_dot_explain__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10nba/v1/nba.proto\x12\x06nba.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x01\n\x12InteractionContext\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12>\n\nattributes\x18\x02 \x03(\x0b\x32*.nba.v1.InteractionContext.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x01\n\rDecideRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12 \n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x0f.nba.v1.Channel\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.nba.v1.InteractionContext\x12\x13\n\x0bmax_actions\x18\x04 \x01(\r\"\xa1\x01\n\x06\x41\x63tion\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0e\n\x06script\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\r\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07rule_id\x18\x06 \x01(\t\x12/\n\x0bvalid_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"9\n\nRulesetRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04hash\x18\x03 \x01(\t\"\x9b\x01\n\x0e\x44\x65\x63ideResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x1f\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32\x0e.nba.v1.Action\x12#\n\x07ruleset\x18\x03 \x01(\x0b\x32\x12.nba.v1.RulesetRef\x12.\n\ndecided_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x98\x01\n\x14RecordOutcomeRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x11\n\taction_id\x18\x02 \x01(\t\x12 \n\x07outcome\x18\x03 \x01(\x0e\x32\x0f.nba.v1.Outcome\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04note\x18\x05 \x01(\t\",\n\x15RecordOutcomeResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"\x9c\x02\n\x12IngestEventRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\nattributes\x18\x04 \x03(\x0b\x32*.nba.v1.IngestEventRequest.AttributesEntry\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aI\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.nba.v1.AttributeValue:\x02\x38\x01\"s\n\x0e\x41ttributeValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x16\n\x0cnumber_value\x18\x02 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x04 \x01(\x12H\x00\x42\x06\n\x04kind\"\'\n\x13IngestEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t*J\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x11\n\rAGENT_DESKTOP\x10\x01\x12\x13\n\x0fOUTBOUND_DIALER\x10\x02*\x85\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\x0c\n\x08\x44\x45\x43LINED\x10\x02\x12\r\n\tNO_ANSWER\x10\x03\x12\r\n\tCONVERTED\x10\x04\x12\x16\n\x12\x43\x41LLBACK_REQUESTED\x10\x05\x12\x0f\n\x0bNOT_OFFERED\x10\x06\x32\xdf\x01\n\x0eNextBestAction\x12\x37\n\x06\x44\x65\x63ide\x12\x15.nba.v1.DecideRequest\x1a\x16.nba.v1.DecideResponse\x12L\n\rRecordOutcome\x12\x1c.nba.v1.RecordOutcomeRequest\x1a\x1d.nba.v1.RecordOutcomeResponse\x12\x46\n\x0bIngestEvent\x12\x1a.nba.v1.IngestEventRequest\x1a\x1b.nba.v1.IngestEventResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10nba/v1/nba.proto\x12\x06nba.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14nba/v1/explain.proto\"\x97\x01\n\x12InteractionContext\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12>\n\nattributes\x18\x02 \x03(\x0b\x32*.nba.v1.InteractionContext.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x99\x01\n\rDecideRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12 \n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x0f.nba.v1.Channel\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.nba.v1.InteractionContext\x12\x13\n\x0bmax_actions\x18\x04 \x01(\r\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\"\xa1\x01\n\x06\x41\x63tion\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0e\n\x06script\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\r\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07rule_id\x18\x06 \x01(\t\x12/\n\x0bvalid_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"9\n\nRulesetRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04hash\x18\x03 \x01(\t\"\xc5\x01\n\x0e\x44\x65\x63ideResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x1f\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32\x0e.nba.v1.Action\x12#\n\x07ruleset\x18\x03 \x01(\x0b\x32\x12.nba.v1.RulesetRef\x12.\n\ndecided_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x0b\x65xplanation\x18\x05 \x01(\x0b\x32\x13.nba.v1.Explanation\"\x98\x01\n\x14RecordOutcomeRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x11\n\taction_id\x18\x02 \x01(\t\x12 \n\x07outcome\x18\x03 \x01(\x0e\x32\x0f.nba.v1.Outcome\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04note\x18\x05 \x01(\t\",\n\x15RecordOutcomeResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"\x9c\x02\n\x12IngestEventRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\nattributes\x18\x04 \x03(\x0b\x32*.nba.v1.IngestEventRequest.AttributesEntry\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aI\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.nba.v1.AttributeValue:\x02\x38\x01\"s\n\x0e\x41ttributeValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x16\n\x0cnumber_value\x18\x02 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x04 \x01(\x12H\x00\x42\x06\n\x04kind\"\'\n\x13IngestEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t*J\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x11\n\rAGENT_DESKTOP\x10\x01\x12\x13\n\x0fOUTBOUND_DIALER\x10\x02*\x85\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\x0c\n\x08\x44\x45\x43LINED\x10\x02\x12\r\n\tNO_ANSWER\x10\x03\x12\r\n\tCONVERTED\x10\x04\x12\x16\n\x12\x43\x41LLBACK_REQUESTED\x10\x05\x12\x0f\n\x0bNOT_OFFERED\x10\x06\x32\xdf\x01\n\x0eNextBestAction\x12\x37\n\x06\x44\x65\x63ide\x12\x15.nba.v1.DecideRequest\x1a\x16.nba.v1.DecideResponse\x12L\n\rRecordOutcome\x12\x1c.nba.v1.RecordOutcomeRequest\x1a\x1d.nba.v1.RecordOutcomeResponse\x12\x46\n\x0bIngestEvent\x12\x1a.nba.v1.IngestEventRequest\x1a\x1b.nba.v1.IngestEventResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,34 +37,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INTERACTIONCONTEXT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_INGESTEVENTREQUEST_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_INGESTEVENTREQUEST_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_CHANNEL']._serialized_start=1381
-  _globals['_CHANNEL']._serialized_end=1455
-  _globals['_OUTCOME']._serialized_start=1458
-  _globals['_OUTCOME']._serialized_end=1591
-  _globals['_INTERACTIONCONTEXT']._serialized_start=62
-  _globals['_INTERACTIONCONTEXT']._serialized_end=213
-  _globals['_INTERACTIONCONTEXT_ATTRIBUTESENTRY']._serialized_start=164
-  _globals['_INTERACTIONCONTEXT_ATTRIBUTESENTRY']._serialized_end=213
-  _globals['_DECIDEREQUEST']._serialized_start=216
-  _globals['_DECIDEREQUEST']._serialized_end=352
-  _globals['_ACTION']._serialized_start=355
-  _globals['_ACTION']._serialized_end=516
-  _globals['_RULESETREF']._serialized_start=518
-  _globals['_RULESETREF']._serialized_end=575
-  _globals['_DECIDERESPONSE']._serialized_start=578
-  _globals['_DECIDERESPONSE']._serialized_end=733
-  _globals['_RECORDOUTCOMEREQUEST']._serialized_start=736
-  _globals['_RECORDOUTCOMEREQUEST']._serialized_end=888
-  _globals['_RECORDOUTCOMERESPONSE']._serialized_start=890
-  _globals['_RECORDOUTCOMERESPONSE']._serialized_end=934
-  _globals['_INGESTEVENTREQUEST']._serialized_start=937
-  _globals['_INGESTEVENTREQUEST']._serialized_end=1221
-  _globals['_INGESTEVENTREQUEST_ATTRIBUTESENTRY']._serialized_start=1148
-  _globals['_INGESTEVENTREQUEST_ATTRIBUTESENTRY']._serialized_end=1221
-  _globals['_ATTRIBUTEVALUE']._serialized_start=1223
-  _globals['_ATTRIBUTEVALUE']._serialized_end=1338
-  _globals['_INGESTEVENTRESPONSE']._serialized_start=1340
-  _globals['_INGESTEVENTRESPONSE']._serialized_end=1379
-  _globals['_NEXTBESTACTION']._serialized_start=1594
-  _globals['_NEXTBESTACTION']._serialized_end=1817
+  _globals['_CHANNEL']._serialized_start=1462
+  _globals['_CHANNEL']._serialized_end=1536
+  _globals['_OUTCOME']._serialized_start=1539
+  _globals['_OUTCOME']._serialized_end=1672
+  _globals['_INTERACTIONCONTEXT']._serialized_start=84
+  _globals['_INTERACTIONCONTEXT']._serialized_end=235
+  _globals['_INTERACTIONCONTEXT_ATTRIBUTESENTRY']._serialized_start=186
+  _globals['_INTERACTIONCONTEXT_ATTRIBUTESENTRY']._serialized_end=235
+  _globals['_DECIDEREQUEST']._serialized_start=238
+  _globals['_DECIDEREQUEST']._serialized_end=391
+  _globals['_ACTION']._serialized_start=394
+  _globals['_ACTION']._serialized_end=555
+  _globals['_RULESETREF']._serialized_start=557
+  _globals['_RULESETREF']._serialized_end=614
+  _globals['_DECIDERESPONSE']._serialized_start=617
+  _globals['_DECIDERESPONSE']._serialized_end=814
+  _globals['_RECORDOUTCOMEREQUEST']._serialized_start=817
+  _globals['_RECORDOUTCOMEREQUEST']._serialized_end=969
+  _globals['_RECORDOUTCOMERESPONSE']._serialized_start=971
+  _globals['_RECORDOUTCOMERESPONSE']._serialized_end=1015
+  _globals['_INGESTEVENTREQUEST']._serialized_start=1018
+  _globals['_INGESTEVENTREQUEST']._serialized_end=1302
+  _globals['_INGESTEVENTREQUEST_ATTRIBUTESENTRY']._serialized_start=1229
+  _globals['_INGESTEVENTREQUEST_ATTRIBUTESENTRY']._serialized_end=1302
+  _globals['_ATTRIBUTEVALUE']._serialized_start=1304
+  _globals['_ATTRIBUTEVALUE']._serialized_end=1419
+  _globals['_INGESTEVENTRESPONSE']._serialized_start=1421
+  _globals['_INGESTEVENTRESPONSE']._serialized_end=1460
+  _globals['_NEXTBESTACTION']._serialized_start=1675
+  _globals['_NEXTBESTACTION']._serialized_end=1898
 # @@protoc_insertion_point(module_scope)

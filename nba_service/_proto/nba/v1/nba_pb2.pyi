@@ -11,6 +11,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from nba_service._proto.nba.v1 import explain_pb2 as _explain_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -118,10 +119,16 @@ class DecideRequest(_message.Message):
     CHANNEL_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     MAX_ACTIONS_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     channel: Global___Channel.ValueType
     max_actions: _builtins.int
     """At most this many actions (1..20). 0 means the default of 3."""
+    dry_run: _builtins.bool
+    """Decide exactly as for real (same profile read, same ruleset, same moment) but record nothing: no decision
+    record, nothing that counts toward a frequency cap, and RecordOutcome refuses its id (which starts with
+    "dry-"). The response carries the explanation. For reviewers and testers, not for answers to act on.
+    """
     @_builtins.property
     def context(self) -> Global___InteractionContext: ...
     def __init__(
@@ -131,10 +138,11 @@ class DecideRequest(_message.Message):
         channel: Global___Channel.ValueType = ...,
         context: Global___InteractionContext | None = ...,
         max_actions: _builtins.int = ...,
+        dry_run: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "context", b"context", "customer_id", b"customer_id", "max_actions", b"max_actions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "context", b"context", "customer_id", b"customer_id", "dry_run", b"dry_run", "max_actions", b"max_actions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -215,6 +223,7 @@ class DecideResponse(_message.Message):
     ACTIONS_FIELD_NUMBER: _builtins.int
     RULESET_FIELD_NUMBER: _builtins.int
     DECIDED_AT_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     @_builtins.property
     def actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Action]: ...
@@ -222,6 +231,10 @@ class DecideResponse(_message.Message):
     def ruleset(self) -> Global___RulesetRef: ...
     @_builtins.property
     def decided_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def explanation(self) -> _explain_pb2.Explanation:
+        """Set for a dry run only: why the answer came out as it did."""
+
     def __init__(
         self,
         *,
@@ -229,10 +242,11 @@ class DecideResponse(_message.Message):
         actions: _abc.Iterable[Global___Action] | None = ...,
         ruleset: Global___RulesetRef | None = ...,
         decided_at: _timestamp_pb2.Timestamp | None = ...,
+        explanation: _explain_pb2.Explanation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "ruleset", b"ruleset"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "explanation", b"explanation", "ruleset", b"ruleset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "decided_at", b"decided_at", "decision_id", b"decision_id", "ruleset", b"ruleset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "decided_at", b"decided_at", "decision_id", b"decision_id", "explanation", b"explanation", "ruleset", b"ruleset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

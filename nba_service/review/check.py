@@ -1,0 +1,454 @@
+"""Static findings about a valid ruleset that a compliance reviewer can act on: what the schema cannot see.
+
+The loader already refuses what is malformed (unknown fields, values outside a field's declared `values`,
+script placeholders outside the allow-list, a missing owner or version); `invalid_findings` gives those
+problems the same shape and codes as the findings here. What is left is meaning: conditions that can never
+hold together, rules that can never produce an offer, rules that can never change an answer, actions no rule
+uses, and a version that does not move with the content. Each finding names its file, line and the rule,
+action or policy it is about, in plain words; `docs/reviewers/check.md` explains each code and its severity.
+
+Pure: a ruleset (and its text, for line numbers) in, findings out. The meaning of a condition comes from the
+reference evaluator (see `conditions`), and "never changes an answer" follows the arbitration's order.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from nba_service.domain.loader import _located
+from nba_service.domain.model import Action, Channel, Condition, FieldSpec, Op, Rule, Ruleset, Scalar, When
+from nba_service.domain.scripts import SCRIPT_FIELDS, placeholders
+from nba_service.errors import RulesetProblem
+from nba_service.review.conditions import conflict, equivalent, implies, satisfiable
+
+
+class Severity(enum.StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+class Code(enum.StrEnum):
+    """Stable codes: tools match on these, never on the wording of a message."""
+
+    CONTRADICTION = "contradiction"
+    ANY_NEVER_HOLDS = "any-never-holds"
+    VALUE_NOT_ALLOWED = "value-not-allowed"
+    NEVER_OFFERED = "never-offered"
+    SUPPRESSED_ALWAYS = "suppressed-always"
+    NO_SCRIPT_FOR_ALLOWED_CHANNEL = "no-script-for-allowed-channel"
+    DUPLICATE_RULE = "duplicate-rule"
+    SHADOWED_RULE = "shadowed-rule"
+    UNUSED_ACTION = "unused-action"
+    UNKNOWN_PLACEHOLDER = "unknown-placeholder"
+    MISSING_OWNER = "missing-owner"
+    MISSING_VERSION = "missing-version"
+    VERSION_NOT_BUMPED = "version-not-bumped"
+    VERSION_WENT_BACK = "version-went-back"
+    NO_PREVIOUS_VERSION = "no-previous-version"
+    INVALID = "invalid"
+
+
+SEVERITY: Mapping[Code, Severity] = {
+    Code.CONTRADICTION: Severity.ERROR,
+    Code.ANY_NEVER_HOLDS: Severity.WARNING,
+    Code.VALUE_NOT_ALLOWED: Severity.ERROR,
+    Code.NEVER_OFFERED: Severity.ERROR,
+    Code.SUPPRESSED_ALWAYS: Severity.ERROR,
+    Code.NO_SCRIPT_FOR_ALLOWED_CHANNEL: Severity.ERROR,
+    Code.DUPLICATE_RULE: Severity.WARNING,
+    Code.SHADOWED_RULE: Severity.WARNING,
+    Code.UNUSED_ACTION: Severity.WARNING,
+    Code.UNKNOWN_PLACEHOLDER: Severity.ERROR,
+    Code.MISSING_OWNER: Severity.ERROR,
+    Code.MISSING_VERSION: Severity.ERROR,
+    Code.VERSION_NOT_BUMPED: Severity.ERROR,
+    Code.VERSION_WENT_BACK: Severity.ERROR,
+    Code.NO_PREVIOUS_VERSION: Severity.WARNING,
+    Code.INVALID: Severity.ERROR,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing a reviewer should look at. `kind` and `id` name the rule, action or policy it is about."""
+
+    code: Code
+    file: str
+    line: int | None
+    kind: str
+    id: str
+    message: str
+
+    @property
+    def severity(self) -> Severity:
+        return SEVERITY[self.code]
+
+    def __str__(self) -> str:
+        location = f"{self.file}:{self.line}" if self.line else self.file
+        subject = f"{self.kind} {self.id!r}: " if self.id else ""
+        return f"{location}: {self.severity} {self.code}: {subject}{self.message}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "severity": str(self.severity),
+            "code": str(self.code),
+            "file": self.file,
+            "line": self.line,
+            "kind": self.kind,
+            "id": self.id,
+            "message": self.message,
+        }
+
+
+def errors(findings: Sequence[Finding]) -> list[Finding]:
+    return [f for f in findings if f.severity is Severity.ERROR]
+
+
+def fails(findings: Sequence[Finding], *, strict: bool) -> bool:
+    """Errors always fail; warnings fail only in strict mode."""
+    return bool(findings) if strict else bool(errors(findings))
+
+
+# --------------------------------------------------------------------------------------------------
+# Problems the loader found
+# --------------------------------------------------------------------------------------------------
+
+_PROBLEM_CODES: Sequence[tuple[re.Pattern[str], Code]] = (
+    (re.compile(r"is not one of the declared values of"), Code.VALUE_NOT_ALLOWED),
+    (
+        re.compile(r"^placeholder \{.*\} (is not allowed in scripts|needs a declared string field)"),
+        Code.UNKNOWN_PLACEHOLDER,
+    ),
+    (re.compile(r"'owner' is a required property"), Code.MISSING_OWNER),
+    (re.compile(r"'version' is a required property"), Code.MISSING_VERSION),
+)
+_WHERE = re.compile(r"^(rule|action|field|event) '([^']*)'")
+
+
+def invalid_findings(problems: Sequence[RulesetProblem]) -> list[Finding]:
+    """The loader's problems as findings (all errors), with the codes of the kinds this checker names."""
+    found = []
+    for problem in problems:
+        code = next((c for pattern, c in _PROBLEM_CODES if pattern.search(problem.problem)), Code.INVALID)
+        if problem.where in ("ruleset.owner", "ruleset.version"):
+            code = Code.MISSING_OWNER if problem.where.endswith("owner") else Code.MISSING_VERSION
+        match = _WHERE.match(problem.where)
+        kind, ident = (match.group(1), match.group(2)) if match else ("ruleset", "")
+        where = problem.where[match.end() :].strip() if match else problem.where
+        message = f"{where}: {problem.problem}" if where else problem.problem
+        found.append(Finding(code, problem.file, problem.line, kind, ident, message))
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# A valid ruleset
+# --------------------------------------------------------------------------------------------------
+
+
+def check_ruleset(ruleset: Ruleset, text: str, file: str | None = None) -> list[Finding]:
+    """Every finding about one ruleset; `text` is the file it was loaded from (for line numbers)."""
+    return _Checker(ruleset, text, file if file is not None else ruleset.source).run()
+
+
+def check_against(ruleset: Ruleset, text: str, previous: Ruleset | None, file: str | None = None) -> list[Finding]:
+    """The version must move whenever the content does, and never go back (`previous` is the last signed-off
+    file of the same ruleset, or None when there is none)."""
+    meta = ruleset.meta
+    if previous is None:
+        code, message = Code.NO_PREVIOUS_VERSION, "no previous file of this ruleset given"
+    elif previous.content_hash == ruleset.content_hash:
+        return []
+    elif (order := compare_versions(meta.version, previous.meta.version)) == 0:
+        code = Code.VERSION_NOT_BUMPED
+        message = (
+            f"the content changed (sha256 {previous.content_hash[:12]} -> {ruleset.content_hash[:12]}) but the "
+            f"version is still {meta.version}: raise it so records and sign-offs can tell the two apart"
+        )
+    elif order is not None and order < 0:
+        code = Code.VERSION_WENT_BACK
+        message = f"version {meta.version} is lower than the previous {previous.meta.version}: versions only go up"
+    else:
+        return []
+    where = file if file is not None else ruleset.source
+    return [Finding(code, where, _line_of_version(text), "ruleset", meta.name, message)]
+
+
+def _line_of_version(text: str) -> int | None:
+    """Read only when there is a finding to place: parsing a large file for its lines takes longer than a check."""
+    return _located(_document(text), ["ruleset", "version"])
+
+
+def compare_versions(new: str, old: str) -> int | None:
+    """-1, 0 or 1 comparing dotted versions part by part as numbers (1.10.0 > 1.9.0); None when they differ and
+    either has a part that is not a number."""
+    if new == old:
+        return 0
+    new_parts, old_parts = new.split("."), old.split(".")
+    if not all(p.isdigit() for p in (*new_parts, *old_parts)):
+        return None
+    width = max(len(new_parts), len(old_parts))
+    first = [int(p) for p in new_parts] + [0] * (width - len(new_parts))
+    second = [int(p) for p in old_parts] + [0] * (width - len(old_parts))
+    return (first > second) - (first < second)
+
+
+def _document(text: str) -> Any:
+    try:
+        return YAML(typ="rt").load(text)
+    except YAMLError:
+        return None  # the ruleset loaded from this text, so this only happens when given another text
+
+
+def shown(condition: Condition) -> str:
+    """A condition as a reviewer writes it: `age < 18`, `stage in [lost, rescue]`, `vulnerable is missing`."""
+    symbols = {Op.EQ: "=", Op.NE: "!=", Op.LT: "<", Op.LTE: "<=", Op.GT: ">", Op.GTE: ">="}
+    if condition.op is Op.EXISTS:
+        return f"`{condition.field} exists`"
+    if condition.op is Op.MISSING:
+        return f"`{condition.field} is missing`"
+    if condition.op in (Op.IN, Op.NOT_IN):
+        word = "in" if condition.op is Op.IN else "not in"
+        return f"`{condition.field} {word} [{', '.join(_constant(v) for v in condition.values)}]`"
+    return f"`{condition.field} {symbols[condition.op]} {_constant(condition.value)}`"
+
+
+def _constant(value: Scalar) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return value
+
+
+def _listed(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+class _Checker:
+    def __init__(self, ruleset: Ruleset, text: str, file: str) -> None:
+        self.ruleset = ruleset
+        self.file = file
+        self.text = text
+        self.fields: Mapping[str, FieldSpec] = ruleset.fact_fields()
+        self.findings: list[Finding] = []
+        self.contradictory: set[int] = set()
+
+    @functools.cached_property
+    def document(self) -> Any:
+        """Parsed only when there is something to locate: ruamel takes longer than the whole analysis."""
+        return _document(self.text)
+
+    def line(self, path: Sequence[str | int]) -> int | None:
+        return _located(self.document, path) if self.document is not None else None
+
+    def add(self, code: Code, path: Sequence[str | int], kind: str, ident: str, message: str) -> None:
+        self.findings.append(Finding(code, self.file, self.line(path), kind, ident, message))
+
+    def run(self) -> list[Finding]:
+        self._metadata()
+        for index, rule in enumerate(self.ruleset.rules):
+            self._when(rule.when, ["rules", index, "when"], "rule", rule.id, "the rule never fires", index)
+        for index, suppression in enumerate(self.ruleset.policies.suppressions):
+            path: list[str | int] = ["policies", "suppressions", index, "when"]
+            self._when(suppression.when, path, "policy", suppression.id, "the suppression never applies", None)
+        for index, rule in enumerate(self.ruleset.rules):
+            if index not in self.contradictory:
+                self._offered(index, rule)
+        self._overlaps()
+        self._actions()
+        return sorted(self.findings, key=lambda f: (f.line or 0, f.code))
+
+    def _metadata(self) -> None:
+        meta = self.ruleset.meta
+        if not meta.owner.strip():
+            self.add(Code.MISSING_OWNER, ["ruleset", "owner"], "ruleset", meta.name, "no owner: name who signs it off")
+        if not meta.version.strip():
+            self.add(Code.MISSING_VERSION, ["ruleset", "version"], "ruleset", meta.name, "no version")
+
+    def _when(
+        self, when: When, path: list[str | int], kind: str, ident: str, consequence: str, rule: int | None
+    ) -> None:
+        if not satisfiable(when.all, self.fields):
+            positions = conflict(when.all, self.fields)
+            conflicting = [when.all[i] for i in positions]
+            position = positions[-1]
+            words = (
+                f"{shown(conflicting[0])} can never hold"
+                if len(conflicting) == 1
+                else f"{_listed([shown(c) for c in conflicting])} can never hold together"
+            )
+            self.add(Code.CONTRADICTION, [*path, "all", position], kind, ident, f"{words}: {consequence}")
+            if rule is not None:
+                self.contradictory.add(rule)
+            return
+        if not when.any:
+            return
+        dead = [i for i, option in enumerate(when.any) if not satisfiable((*when.all, option), self.fields)]
+        if len(dead) == len(when.any):
+            self.add(
+                Code.CONTRADICTION,
+                [*path, "any"],
+                kind,
+                ident,
+                f"none of the `any` conditions can hold together with the `all` conditions: {consequence}",
+            )
+            if rule is not None:
+                self.contradictory.add(rule)
+            return
+        for position in dead:
+            option = when.any[position]
+            self.add(
+                Code.ANY_NEVER_HOLDS,
+                [*path, "any", position],
+                kind,
+                ident,
+                f"{shown(option)} can never hold together with the `all` conditions, so it never lets this "
+                f"{kind} apply: remove it or fix it",
+            )
+
+    def _always(self, rule: Rule, *alternatives: Condition) -> bool:
+        """Whether one of the alternatives holds whenever the rule fires."""
+        return implies(rule.when, When(any=alternatives), self.fields)
+
+    def _policy_block(self, rule: Rule, action: Action, channel: Channel) -> str | None:
+        """Why contact policy stops this rule's action on this channel whenever the rule fires, or None."""
+        policies = self.ruleset.policies
+        consent = policies.consent.get(channel)
+        if consent is not None and self._always(
+            rule, Condition(consent, Op.MISSING), Condition(consent, Op.NE, (True,))
+        ):
+            return f"consent ({consent} is never true when the rule fires)"
+        dnc = policies.do_not_call_field
+        if (
+            channel is Channel.OUTBOUND_DIALER
+            and dnc is not None
+            and self._always(rule, Condition(dnc, Op.MISSING), Condition(dnc, Op.NE, (False,)))
+        ):
+            return f"do-not-call ({dnc} is never false when the rule fires)"
+        for suppression in policies.suppressions:
+            if (
+                channel in suppression.channels
+                and action.category not in suppression.except_categories
+                and implies(rule.when, suppression.when, self.fields)
+            ):
+                return f"suppression {suppression.id!r} (its conditions hold whenever the rule's do)"
+        for cap in policies.frequency_caps:
+            applies = (cap.channel is None or cap.channel is channel) and (
+                cap.action == action.id
+                if cap.action is not None
+                else (cap.category is None or cap.category == action.category)
+            )
+            if cap.max == 0 and applies:
+                return f"frequency cap {cap.id!r} (max 0)"
+        return None
+
+    def _trigger_block(self, rule: Rule, action: Action) -> str | None:
+        trigger = action.trigger
+        if trigger is None:
+            return None
+        age = f"events.{trigger.event}.age_hours"
+        hours = trigger.lifetime.total_seconds() / 3600
+        if self._always(rule, Condition(age, Op.MISSING)):
+            return f"action {action.id!r} needs a live {trigger.event} event, and the rule only fires without one"
+        if self._always(rule, Condition(age, Op.MISSING), Condition(age, Op.GT, (hours,))):
+            return (
+                f"action {action.id!r} expires {_constant(hours)}h after its {trigger.event} event, and the rule "
+                "only fires later than that"
+            )
+        return None
+
+    def _offered(self, index: int, rule: Rule) -> None:
+        action = self.ruleset.actions[rule.action]
+        path: list[str | int] = ["rules", index, "action"]
+        if not action.scripts:
+            self.add(Code.NEVER_OFFERED, path, "rule", rule.id, f"action {action.id!r} has no script for any channel")
+            return
+        trigger = self._trigger_block(rule, action)
+        if trigger is not None:
+            self.add(Code.NEVER_OFFERED, path, "rule", rule.id, f"can never produce an offer: {trigger}")
+            return
+        blocks = {channel: self._policy_block(rule, action, channel) for channel in Channel}
+        if any(blocks[c] is None for c in action.scripts):
+            return
+        scripted = [f"on {c.value} by {blocks[c]}" for c in Channel if c in action.scripts]
+        open_channels = [c.value for c in Channel if blocks[c] is None]
+        if open_channels:
+            self.add(
+                Code.NO_SCRIPT_FOR_ALLOWED_CHANNEL,
+                path,
+                "rule",
+                rule.id,
+                f"can never produce an offer: action {action.id!r} is always stopped {_listed(scripted)}, and has "
+                f"no script for {_listed(open_channels)}, where the policies would allow it",
+            )
+            return
+        self.add(
+            Code.SUPPRESSED_ALWAYS,
+            path,
+            "rule",
+            rule.id,
+            f"can never produce an offer: action {action.id!r} is always stopped {_listed(scripted)}",
+        )
+
+    def _overlaps(self) -> None:
+        """A rule whose action an earlier-ranked rule with the same action always wins: arbitration keeps the first
+        candidate per action in (priority descending, file order), so the later one's reason is never shown."""
+        rules = self.ruleset.rules
+        ranked = sorted(
+            (i for i in range(len(rules)) if i not in self.contradictory),
+            key=lambda i: (-rules[i].priority, i),
+        )
+        for position, later in enumerate(ranked):
+            rule = rules[later]
+            for earlier in ranked[:position]:
+                winner = rules[earlier]
+                if winner.action != rule.action or not implies(rule.when, winner.when, self.fields):
+                    continue
+                ranked_by = (
+                    "a higher priority" if winner.priority > rule.priority else "the same priority, earlier in the file"
+                )
+                if equivalent(rule.when, winner.when, self.fields):
+                    code = Code.DUPLICATE_RULE
+                    what = f"has the same action and the same conditions as rule {winner.id!r}"
+                else:
+                    code = Code.SHADOWED_RULE
+                    what = f"only fires when rule {winner.id!r} does, which has the same action"
+                self.add(
+                    code,
+                    ["rules", later],
+                    "rule",
+                    rule.id,
+                    f"{what} and ranks first ({ranked_by}): it can never change an answer",
+                )
+                break
+
+    def _actions(self) -> None:
+        used = {rule.action for rule in self.ruleset.rules}
+        allowed = ", ".join(sorted(SCRIPT_FIELDS))
+        for index, action in enumerate(self.ruleset.actions.values()):  # file order: the loader keeps it
+            path: list[str | int] = ["actions", index]
+            if action.id not in used:
+                self.add(Code.UNUSED_ACTION, path, "action", action.id, "no rule offers this action")
+            for channel, text in action.scripts.items():
+                try:
+                    names = placeholders(text)
+                except ValueError as exc:
+                    self.add(Code.UNKNOWN_PLACEHOLDER, [*path, "scripts", channel.value], "action", action.id, str(exc))
+                    continue
+                for name in names:
+                    if name not in SCRIPT_FIELDS:
+                        self.add(
+                            Code.UNKNOWN_PLACEHOLDER,
+                            [*path, "scripts", channel.value],
+                            "action",
+                            action.id,
+                            f"placeholder {{{name}}} is not allowed in scripts (allowed: {allowed})",
+                        )

@@ -1,0 +1,446 @@
+"""`nba rulesets diff`, the pure part: what changed between two versions of a ruleset, and how decisions move.
+
+A reviewer signs off a change twice: once as text (which rules, actions and policies were added, removed or
+changed, and in which part), once as effect (which customers would now be offered something else). Both are
+computed here from the typed model and from finished evaluations, never from YAML text or by deciding
+anything: the decisions come from the one pipeline, run elsewhere (`review.simulate`), and this module only
+counts how they differ. That keeps the counting testable on hand-made answers, and the counts mergeable:
+each worker process tallies its own customers and the tallies are added up.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from nba_service.domain.model import Channel, EventSpec, FieldSpec, FrequencyCap, Ruleset, Suppression
+from nba_service.domain.policy import policy_ids
+from nba_service.domain.records import RulesetRef
+from nba_service.domain.wording import action_title, duration_text, policy_text, rule_text, when_text
+
+DIFF_FORMAT = "nba.rulesets-diff/1"
+EXAMPLES = 5
+
+Status = Literal["added", "removed", "changed"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Structure
+
+
+@dataclass(frozen=True, slots=True)
+class PartChange:
+    """One part of an item, as a reviewer reads it; None means the part is absent on that side."""
+
+    part: str
+    old: str | None
+    new: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"part": self.part, "old": self.old, "new": self.new}
+
+
+@dataclass(frozen=True, slots=True)
+class ItemChange:
+    """A rule, action, policy, field or event that one version has and the other lacks, or has otherwise."""
+
+    kind: str
+    id: str
+    status: Status
+    parts: tuple[PartChange, ...] = ()
+    old_text: str | None = None
+    new_text: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "id": self.id,
+            "status": self.status,
+            "parts": [p.to_json() for p in self.parts],
+            "old_text": self.old_text,
+            "new_text": self.new_text,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StructuralDiff:
+    old: RulesetRef
+    new: RulesetRef
+    metadata: tuple[PartChange, ...]
+    rules: tuple[ItemChange, ...]
+    actions: tuple[ItemChange, ...]
+    policies: tuple[ItemChange, ...]
+    fields: tuple[ItemChange, ...]
+    events: tuple[ItemChange, ...]
+
+    @property
+    def sections(self) -> tuple[tuple[str, tuple[ItemChange, ...]], ...]:
+        return (
+            ("rules", self.rules),
+            ("actions", self.actions),
+            ("policies", self.policies),
+            ("fields", self.fields),
+            ("events", self.events),
+        )
+
+    @property
+    def identical(self) -> bool:
+        return self.old.hash == self.new.hash
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "metadata": [p.to_json() for p in self.metadata],
+            **{name: [item.to_json() for item in items] for name, items in self.sections},
+        }
+
+
+def ref(ruleset: Ruleset) -> RulesetRef:
+    return RulesetRef(ruleset.meta.name, ruleset.meta.version, ruleset.content_hash)
+
+
+def structural_diff(old: Ruleset, new: Ruleset) -> StructuralDiff:
+    return StructuralDiff(
+        ref(old),
+        ref(new),
+        _metadata(old, new),
+        _compare("rule", _rules(old), _rules(new)),
+        _compare("action", _actions(old), _actions(new)),
+        _compare("policy", _policies(old), _policies(new)),
+        _compare("field", _fields(old), _fields(new)),
+        _compare("event", _events(old), _events(new)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Worded:
+    """A part compared by its model value and shown in words: the words of a condition also depend on the
+    field's description, and a reworded description must not show every rule reading it as changed."""
+
+    value: object
+    text: str = field(compare=False)
+
+
+_Part = str | _Worded
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """An item as a set of named parts: comparing two versions is comparing these."""
+
+    parts: dict[str, _Part]
+    text: str
+
+
+def _shown(part: _Part | None) -> str | None:
+    return part.text if isinstance(part, _Worded) else part
+
+
+def _compare(kind: str, old: Mapping[str, _Item], new: Mapping[str, _Item]) -> tuple[ItemChange, ...]:
+    """Removed items in the old file's order, then changed and added ones in the new file's order."""
+    found = [ItemChange(kind, key, "removed", old_text=item.text) for key, item in old.items() if key not in new]
+    for key, item in new.items():
+        before = old.get(key)
+        if before is None:
+            found.append(ItemChange(kind, key, "added", new_text=item.text))
+            continue
+        parts = tuple(
+            PartChange(name, _shown(before.parts.get(name)), _shown(item.parts.get(name)))
+            for name in _union(before.parts, item.parts)
+            if before.parts.get(name) != item.parts.get(name)
+        )
+        if parts:
+            found.append(ItemChange(kind, key, "changed", parts, before.text, item.text))
+    return tuple(found)
+
+
+def _union(first: Iterable[str], second: Iterable[str]) -> list[str]:
+    names = list(first)
+    names.extend(name for name in second if name not in names)
+    return names
+
+
+def _metadata(old: Ruleset, new: Ruleset) -> tuple[PartChange, ...]:
+    def facets(ruleset: Ruleset) -> dict[str, str]:
+        meta = ruleset.meta
+        return {
+            "name": meta.name,
+            "version": meta.version,
+            "owner": meta.owner,
+            "description": meta.description,
+            "valid for": duration_text(meta.valid_for),
+            "content hash": ruleset.content_hash,
+        }
+
+    before, after = facets(old), facets(new)
+    changes = [PartChange(name, before[name], after[name]) for name in before if before[name] != after[name]]
+    common = [r.id for r in old.rules if r.id in {n.id for n in new.rules}]
+    reordered = [r.id for r in new.rules if r.id in set(common)]
+    if common != reordered:
+        # Equal priorities are ranked by file order, so a reordering alone can move decisions.
+        changes.append(PartChange("rule order", ", ".join(common), ", ".join(reordered)))
+    return tuple(changes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Each kind of item as named parts in plain words
+
+
+def _rules(ruleset: Ruleset) -> dict[str, _Item]:
+    return {
+        rule.id: _Item(
+            {
+                "conditions": _Worded(rule.when, when_text(rule.when, ruleset)),
+                "action": rule.action,
+                "priority": str(rule.priority),
+                "reason": rule.reason,
+                "description": rule.description,
+            },
+            rule_text(rule, ruleset),
+        )
+        for rule in ruleset.rules
+    }
+
+
+def _actions(ruleset: Ruleset) -> dict[str, _Item]:
+    items: dict[str, _Item] = {}
+    for action in ruleset.actions.values():
+        parts: dict[str, _Part] = {"category": action.category, "description": action.description}
+        for channel in Channel:
+            if channel in action.scripts:
+                parts[f"script ({channel.value})"] = action.scripts[channel]
+        if action.trigger is not None:
+            parts["trigger event"] = action.trigger.event
+            parts["trigger lifetime"] = duration_text(action.trigger.lifetime)
+        items[action.id] = _Item(parts, action_title(action))
+    return items
+
+
+def _policies(ruleset: Ruleset) -> dict[str, _Item]:
+    policies = ruleset.policies
+    caps = {cap.id: cap for cap in policies.frequency_caps}
+    suppressions = {s.id: s for s in policies.suppressions}
+    items: dict[str, _Item] = {}
+    for policy_id in policy_ids(ruleset):
+        parts: dict[str, _Part]
+        if policy_id.startswith("consent:"):
+            parts = {"consent field": policies.consent[Channel(policy_id.removeprefix("consent:"))]}
+        elif policy_id == "do_not_call":
+            parts = {"do-not-call field": policies.do_not_call_field or ""}
+        elif policy_id == "quiet_hours" and policies.quiet_hours is not None:
+            quiet = policies.quiet_hours
+            parts = {
+                "quiet hours": f"{_clock(quiet.start_minute)} to {_clock(quiet.end_minute)}",
+                "time zone field": quiet.timezone_field,
+                "default time zone": quiet.default_timezone,
+            }
+        elif policy_id in caps:
+            parts = _cap_parts(caps[policy_id])
+        else:
+            parts = _suppression_parts(suppressions[policy_id], ruleset)
+        items[policy_id] = _Item(parts, policy_text(ruleset, policy_id))
+    return items
+
+
+def _cap_parts(cap: FrequencyCap) -> dict[str, _Part]:
+    parts: dict[str, _Part] = {"kind": "frequency cap", "max": str(cap.max), "within": duration_text(cap.within)}
+    for name, value in (("action", cap.action), ("category", cap.category), ("channel", cap.channel)):
+        if value is not None:
+            parts[name] = str(value)
+    parts["description"] = cap.description
+    return parts
+
+
+def _suppression_parts(suppression: Suppression, ruleset: Ruleset) -> dict[str, _Part]:
+    return {
+        "kind": "suppression",
+        "conditions": _Worded(suppression.when, when_text(suppression.when, ruleset)),
+        "channels": ", ".join(c.value for c in Channel if c in suppression.channels),
+        "except categories": ", ".join(sorted(suppression.except_categories)) or "none",
+        "description": suppression.description,
+    }
+
+
+def _fields(ruleset: Ruleset) -> dict[str, _Item]:
+    return {name: _Item(_field_parts(spec), name) for name, spec in ruleset.fields.items()}
+
+
+def _field_parts(spec: FieldSpec) -> dict[str, _Part]:
+    parts: dict[str, _Part] = {"type": spec.type, "description": spec.description}
+    if spec.values is not None:
+        parts["values"] = ", ".join(spec.values)
+    return parts
+
+
+def _events(ruleset: Ruleset) -> dict[str, _Item]:
+    return {kind: _Item(_event_parts(spec), kind) for kind, spec in ruleset.events.items()}
+
+
+def _event_parts(spec: EventSpec) -> dict[str, _Part]:
+    parts: dict[str, _Part] = {"description": spec.description}
+    for attribute in spec.attributes:
+        described = ", ".join(f"{k}: {_shown(v)}" for k, v in _field_parts(attribute).items() if _shown(v))
+        parts[f"attribute {attribute.name}"] = described
+    return parts
+
+
+def _clock(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Movement of decisions
+
+
+@dataclass(slots=True)
+class Examples:
+    """How many customers, and the first few of them by id (whichever order they were counted in)."""
+
+    count: int = 0
+    customer_ids: list[str] = field(default_factory=list)
+
+    def add(self, customer_id: str) -> None:
+        self.count += 1
+        ids = self.customer_ids
+        if len(ids) < EXAMPLES or customer_id < ids[-1]:
+            ids.append(customer_id)
+            ids.sort()
+            del ids[EXAMPLES:]
+
+    def merge(self, other: Examples) -> None:
+        self.count += other.count
+        self.customer_ids = heapq.nsmallest(EXAMPLES, [*self.customer_ids, *other.customer_ids])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "examples": list(self.customer_ids)}
+
+
+@dataclass(slots=True)
+class ActionMovement:
+    """One action's movement: offered before/after (customers), and who gained, lost or kept it at another rank.
+
+    Moving up means a better (smaller) rank under the new version."""
+
+    before: int = 0
+    after: int = 0
+    gained: Examples = field(default_factory=Examples)
+    lost: Examples = field(default_factory=Examples)
+    moved_up: Examples = field(default_factory=Examples)
+    moved_down: Examples = field(default_factory=Examples)
+
+    @property
+    def moved(self) -> int:
+        return self.gained.count + self.lost.count + self.moved_up.count + self.moved_down.count
+
+    def kinds(self) -> tuple[tuple[str, Examples], ...]:
+        return (
+            ("gained", self.gained),
+            ("lost", self.lost),
+            ("moved_up", self.moved_up),
+            ("moved_down", self.moved_down),
+        )
+
+    def merge(self, other: ActionMovement) -> None:
+        self.before += other.before
+        self.after += other.after
+        for (_, mine), (_, theirs) in zip(self.kinds(), other.kinds(), strict=True):
+            mine.merge(theirs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"before": self.before, "after": self.after, **{name: ex.to_json() for name, ex in self.kinds()}}
+
+
+@dataclass(slots=True)
+class ChannelImpact:
+    """How the answers on one channel move from the old version to the new one, over a population."""
+
+    channel: Channel
+    customers: int = 0
+    changed: Examples = field(default_factory=Examples)
+    to_none: Examples = field(default_factory=Examples)
+    from_none: Examples = field(default_factory=Examples)
+    actions: dict[str, ActionMovement] = field(default_factory=dict)
+    fallbacks_old: int = 0
+    fallbacks_new: int = 0
+
+    def add(self, customer_id: str, old: Sequence[str], new: Sequence[str]) -> None:
+        """One customer's answers, best first, from the old and the new version."""
+        self.customers += 1
+        old_rank = {action_id: rank for rank, action_id in enumerate(old, start=1)}
+        new_rank = {action_id: rank for rank, action_id in enumerate(new, start=1)}
+        for action_id in old_rank:
+            self._movement(action_id).before += 1
+        for action_id in new_rank:
+            self._movement(action_id).after += 1
+        if tuple(old) == tuple(new):
+            return
+        self.changed.add(customer_id)
+        if not new:
+            self.to_none.add(customer_id)
+        elif not old:
+            self.from_none.add(customer_id)
+        for action_id in _union(old_rank, new_rank):
+            before, after = old_rank.get(action_id), new_rank.get(action_id)
+            movement = self._movement(action_id)
+            if before is None:
+                movement.gained.add(customer_id)
+            elif after is None:
+                movement.lost.add(customer_id)
+            elif after < before:
+                movement.moved_up.add(customer_id)
+            elif after > before:
+                movement.moved_down.add(customer_id)
+
+    def _movement(self, action_id: str) -> ActionMovement:
+        movement = self.actions.get(action_id)
+        if movement is None:
+            movement = self.actions[action_id] = ActionMovement()
+        return movement
+
+    def merge(self, other: ChannelImpact) -> None:
+        self.customers += other.customers
+        self.changed.merge(other.changed)
+        self.to_none.merge(other.to_none)
+        self.from_none.merge(other.from_none)
+        self.fallbacks_old += other.fallbacks_old
+        self.fallbacks_new += other.fallbacks_new
+        for action_id, movement in other.actions.items():
+            self._movement(action_id).merge(movement)
+
+    def ranked_actions(self) -> list[tuple[str, ActionMovement]]:
+        """Most movement first (where a reviewer looks first), then by id."""
+        return sorted(self.actions.items(), key=lambda item: (-item[1].moved, item[0]))
+
+    def to_json(self, title: Callable[[str], str]) -> dict[str, Any]:
+        return {
+            "channel": self.channel.value,
+            "customers": self.customers,
+            "changed": self.changed.to_json(),
+            "unchanged": self.customers - self.changed.count,
+            "to_none": self.to_none.to_json(),
+            "from_none": self.from_none.to_json(),
+            "engine_fallbacks": {"old": self.fallbacks_old, "new": self.fallbacks_new},
+            "actions": [
+                {"action_id": action_id, "title": title(action_id), **movement.to_json()}
+                for action_id, movement in self.ranked_actions()
+            ],
+        }
+
+
+def merge_impacts(into: dict[Channel, ChannelImpact], more: Mapping[Channel, ChannelImpact]) -> None:
+    for channel, impact in more.items():
+        if channel in into:
+            into[channel].merge(impact)
+        else:
+            into[channel] = impact
+
+
+def titles(old: Ruleset, new: Ruleset) -> Callable[[str], str]:
+    """An action's title for reports: the new version's words, the old one's for an action it removed."""
+
+    def title(action_id: str) -> str:
+        action = new.actions.get(action_id) or old.actions.get(action_id)
+        return action_title(action) if action is not None else action_id
+
+    return title

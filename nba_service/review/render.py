@@ -1,0 +1,250 @@
+"""The ruleset as the document a compliance reviewer signs off: every rule, action and policy in words.
+
+Pure: a loaded ruleset (and, when the caller ran them, its scenario cases) in, text out. Running the cases
+needs the engine, so `render_cli` does that and passes the results here; the Review service can render a
+stored version without them, and the document then says coverage was not computed rather than claiming
+there are no tests. The words come from `domain.wording` only, so the document, `nba explain` and the
+Review service describe a rule the same way.
+
+The HTML is one self-contained file: the CSS is inlined, and nothing (script, font, image) is fetched, so
+the file a reviewer signs is the whole document, readable offline and years later. Everything from the
+ruleset is escaped by Jinja2's autoescape; Markdown gets its own escaping (`markdown_text`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Literal
+
+import jinja2
+
+from nba_service.domain import wording
+from nba_service.domain.model import Channel, Ruleset
+from nba_service.domain.policy import policy_ids
+from nba_service.domain.scenarios import CaseResult, Coverage, coverage
+
+Format = Literal["html", "markdown"]
+FORMATS: tuple[Format, ...] = ("html", "markdown")
+EXAMPLE_CASES = 2  # case names shown beside each covered item
+_TEMPLATES = {"html": "ruleset.html.j2", "markdown": "ruleset.md.j2"}
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]<>|])")
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioEvidence:
+    """The scenario cases kept beside the ruleset, as run by the caller; `results` is None without a file."""
+
+    tests_file: str
+    results: tuple[CaseResult, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    channel: str
+    text: str | None  # None: the action is never offered on this channel
+
+
+@dataclass(frozen=True, slots=True)
+class RuleItem:
+    id: str
+    sentence: str
+    priority: int
+    reason: str
+    description: str
+    action_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ActionItem:
+    id: str
+    title: str
+    category: str
+    description: str
+    trigger: str | None
+    scripts: tuple[Script, ...]
+    rules: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyItem:
+    id: str
+    kind: str
+    sentence: str
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageRow:
+    kind: str
+    id: str
+    cases: int
+    examples: tuple[str, ...]
+
+    @property
+    def exercised(self) -> bool:
+        return self.cases > 0
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioSection:
+    """What the document says about tests: `state` is "run", "no_tests" or "not_run"."""
+
+    state: Literal["run", "no_tests", "not_run"]
+    tests_file: str = ""
+    cases: int = 0
+    failed: tuple[str, ...] = ()
+    rows: tuple[CoverageRow, ...] = ()
+    summary: tuple[tuple[str, int, int], ...] = ()  # (kind, exercised, total)
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewDocument:
+    name: str
+    version: str
+    owner: str
+    description: str
+    content_hash: str
+    valid_for: str
+    source_file: str
+    rules: tuple[RuleItem, ...]
+    actions: tuple[ActionItem, ...]
+    policies: tuple[PolicyItem, ...]
+    scenarios: ScenarioSection
+
+
+def build_document(
+    ruleset: Ruleset, evidence: ScenarioEvidence | None = None, *, source_file: str = ""
+) -> ReviewDocument:
+    meta = ruleset.meta
+    return ReviewDocument(
+        name=meta.name,
+        version=meta.version,
+        owner=meta.owner,
+        description=" ".join(meta.description.split()),
+        content_hash=ruleset.content_hash,
+        valid_for=wording.duration_text(meta.valid_for),
+        source_file=source_file,
+        rules=tuple(
+            RuleItem(r.id, wording.rule_text(r, ruleset), r.priority, r.reason, r.description, r.action)
+            for r in ruleset.rules
+        ),
+        actions=tuple(_action(ruleset, action_id) for action_id in ruleset.actions),
+        policies=tuple(
+            PolicyItem(pid, _policy_kind(ruleset, pid), text) for pid, text in wording.policy_texts(ruleset)
+        ),
+        scenarios=_scenarios(ruleset, evidence),
+    )
+
+
+def _action(ruleset: Ruleset, action_id: str) -> ActionItem:
+    action = ruleset.actions[action_id]
+    trigger = None
+    if action.trigger is not None:
+        trigger = (
+            f"Offered only while there is an unexpired {wording.event_text(action.trigger.event)}, and for at most "
+            f"{wording.duration_text(action.trigger.lifetime)} after it arrived."
+        )
+    scripts = tuple(Script(_channel_label(c), action.scripts.get(c)) for c in Channel)
+    return ActionItem(
+        action.id,
+        wording.action_title(action),
+        wording.category_text(action.category),
+        action.description,
+        trigger,
+        scripts,
+        tuple(r.id for r in ruleset.rules if r.action == action.id),
+    )
+
+
+def _channel_label(channel: Channel) -> str:
+    words = wording.channel_text(channel).removeprefix("the ")
+    return words[:1].upper() + words[1:]
+
+
+def _policy_kind(ruleset: Ruleset, policy_id: str) -> str:
+    if policy_id.startswith("consent:"):
+        return "Consent"
+    if policy_id == "do_not_call":
+        return "Do not call"
+    if policy_id == "quiet_hours":
+        return "Quiet hours"
+    if any(cap.id == policy_id for cap in ruleset.policies.frequency_caps):
+        return "Frequency cap"
+    return "Suppression"
+
+
+def _scenarios(ruleset: Ruleset, evidence: ScenarioEvidence | None) -> ScenarioSection:
+    if evidence is None:
+        return ScenarioSection("not_run")
+    if evidence.results is None:
+        return ScenarioSection("no_tests", evidence.tests_file)
+    results = evidence.results
+    per_case = [(result.scenario.name, coverage(ruleset, [result])) for result in results]
+    whole = coverage(ruleset, results)
+    rows: list[CoverageRow] = []
+    kinds: list[tuple[str, Sequence[str]]] = [
+        ("Rule", [r.id for r in ruleset.rules]),
+        ("Action", list(ruleset.actions)),
+        ("Policy", policy_ids(ruleset)),
+    ]
+    for kind, ids in kinds:
+        for item in ids:
+            names = [name for name, cov in per_case if item in _exercised(cov, kind)]
+            rows.append(CoverageRow(kind, item, len(names), tuple(names[:EXAMPLE_CASES])))
+    summary = tuple(
+        (label, covered.count, len(covered.ids))
+        for label, covered in (("rules", whole.rules), ("actions", whole.actions), ("policies", whole.policies))
+    )
+    return ScenarioSection(
+        "run",
+        evidence.tests_file,
+        len(results),
+        tuple(r.scenario.name for r in results if not r.passed),
+        tuple(rows),
+        summary,
+    )
+
+
+def _exercised(cov: Coverage, kind: str) -> frozenset[str]:
+    covered = {"Rule": cov.rules, "Action": cov.actions, "Policy": cov.policies}[kind]
+    return covered.exercised
+
+
+def markdown_text(text: object) -> str:
+    """Text safe inside a Markdown paragraph or table cell: one line, pipes and markup characters escaped."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    folder = resources.files("nba_service.review").joinpath("templates")
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(lambda name: folder.joinpath(name).read_text("utf-8")),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["md"] = markdown_text
+    return env
+
+
+def render_document(document: ReviewDocument, fmt: Format) -> str:
+    template = _environment().get_template(_TEMPLATES[fmt])
+    return template.render(doc=document, css=_stylesheet() if fmt == "html" else "")
+
+
+@cache
+def _stylesheet() -> str:
+    return resources.files("nba_service.review").joinpath("templates", "ruleset.css").read_text("utf-8")
+
+
+def render(ruleset: Ruleset, fmt: Format, evidence: ScenarioEvidence | None = None, *, source_file: str = "") -> str:
+    """The ruleset as an HTML or Markdown document (see the module docstring)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r} (use {' or '.join(FORMATS)})")
+    return render_document(build_document(ruleset, evidence, source_file=source_file), fmt)

@@ -1,0 +1,138 @@
+"""Runs two versions of a ruleset through the one decision pipeline over a population, on every core.
+
+Each worker process loads both versions into durable_rules once (the engine that serves, through
+`app.activate`, the loading the service itself does) and then evaluates chunks of customers, returning
+only the small tallies of `review.diff`; the parent adds them up. Worker processes are started with
+`spawn`: the parent may hold threads (a store's reader threads) that a fork would copy mid-flight, and
+durable_rules keeps process-global state that must be born in the process that uses it. A worker that
+dies fails the run (`BrokenProcessPool`) instead of leaving it waiting. At most two chunks per worker are in
+flight, so a population file of any size streams through in bounded memory, and a bad line stops the run at
+the first bad chunk in file order.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+
+from nba_service.domain.model import Channel, Ruleset
+from nba_service.domain.pipeline import FALLBACK_ENGINE, ActiveRuleset, evaluate
+from nba_service.review.diff import ChannelImpact, merge_impacts
+from nba_service.review.population import CHUNK, Chunk, Population, chunk_profiles
+
+Tally = tuple[int, dict[Channel, ChannelImpact]]
+
+
+@dataclass(frozen=True, slots=True)
+class Versions:
+    """Both versions loaded into the engine, and what every evaluation of the run shares."""
+
+    old: ActiveRuleset
+    new: ActiveRuleset
+    channels: tuple[Channel, ...]
+    now: datetime
+    limit: int
+
+    @classmethod
+    def load(cls, old: Ruleset, new: Ruleset, channels: Sequence[Channel], now: datetime, limit: int) -> Versions:
+        from nba_service.app import activate  # noqa: PLC0415 - durable_rules only where decisions are made
+
+        loaded_old = activate(old)
+        try:
+            loaded_new = activate(new)
+        except BaseException:
+            loaded_old.engine.close()
+            raise
+        return cls(loaded_old, loaded_new, tuple(channels), now, limit)
+
+    def close(self) -> None:
+        self.old.engine.close()
+        self.new.engine.close()
+
+    def tally(self, chunk: Chunk) -> Tally:
+        impacts = {channel: ChannelImpact(channel) for channel in self.channels}
+        customers = 0
+        for profile in chunk_profiles(chunk, self.now):
+            customers += 1
+            for channel, impact in impacts.items():
+                old = evaluate(self.old, profile, channel, self.now, self.limit)
+                new = evaluate(self.new, profile, channel, self.now, self.limit)
+                impact.add(profile.customer_id, old.action_ids, new.action_ids)
+                impact.fallbacks_old += old.engine == FALLBACK_ENGINE
+                impact.fallbacks_new += new.engine == FALLBACK_ENGINE
+        return customers, impacts
+
+
+_loaded: Versions | None = None
+
+
+def _start_worker(old: Ruleset, new: Ruleset, channels: tuple[Channel, ...], now: datetime, limit: int) -> None:
+    global _loaded  # noqa: PLW0603 - one per worker process, made once by the pool's initializer
+    _loaded = Versions.load(old, new, channels, now, limit)
+
+
+def _work(chunk: Chunk) -> Tally:
+    if _loaded is None:
+        raise RuntimeError("worker process started without its rulesets")
+    return _loaded.tally(chunk)
+
+
+@dataclass(frozen=True, slots=True)
+class Simulation:
+    impacts: dict[Channel, ChannelImpact]
+    customers: int
+    seconds: float
+    workers: int
+
+
+def simulate(
+    old: Ruleset,
+    new: Ruleset,
+    population: Population,
+    *,
+    channels: Sequence[Channel],
+    now: datetime,
+    limit: int,
+    workers: int,
+    progress: Callable[[int], None] = lambda _: None,
+) -> Simulation:
+    """Both versions over every customer of an open population; `progress` is told each chunk's size when done."""
+    started = time.perf_counter()
+    impacts: dict[Channel, ChannelImpact] = {channel: ChannelImpact(channel) for channel in channels}
+    customers = 0
+
+    def take(tally: Tally) -> None:
+        nonlocal customers
+        customers += tally[0]
+        merge_impacts(impacts, tally[1])
+        progress(tally[0])
+
+    if workers == 1:
+        versions = Versions.load(old, new, channels, now, limit)
+        try:
+            for chunk in population.chunks(CHUNK):
+                take(versions.tally(chunk))
+        finally:
+            versions.close()
+    else:
+        context = multiprocessing.get_context("spawn")
+        start = (old, new, tuple(channels), now, limit)
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=start) as pool:
+            pending: deque[Future[Tally]] = deque()
+            try:
+                for chunk in population.chunks(CHUNK):
+                    pending.append(pool.submit(_work, chunk))
+                    while len(pending) >= 2 * workers:
+                        take(pending.popleft().result())
+                while pending:
+                    take(pending.popleft().result())
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+    return Simulation(impacts, customers, time.perf_counter() - started, workers)
