@@ -6,11 +6,14 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from nba_service.domain.loader import TESTS_SUFFIX
+
+if TYPE_CHECKING:
+    from nba_service.security.tls import Endpoint
 
 ADMIN_TIMEOUT_S = 120.0
 
@@ -33,7 +36,7 @@ def register(group: click.Group, target: Decorator) -> None:
     @target
     @timeout
     @as_json
-    def activate(path: Path, target: str, timeout: float, as_json: bool) -> None:
+    def activate(path: Path, target: Endpoint, timeout: float, as_json: bool) -> None:
         """Deploy a ruleset file (and the .tests.yaml beside it) to the running service, without a restart.
 
         The service loads it, checks it and runs its scenario tests first; a version that fails never
@@ -53,7 +56,7 @@ def register(group: click.Group, target: Decorator) -> None:
     @target
     @timeout
     @as_json
-    def rollback(target: str, timeout: float, as_json: bool) -> None:
+    def rollback(target: Endpoint, timeout: float, as_json: bool) -> None:
         """Make the previous version active again (it passes its scenario tests again first)."""
         from nba_service._proto.nba.v1 import admin_pb2  # noqa: PLC0415
 
@@ -63,7 +66,7 @@ def register(group: click.Group, target: Decorator) -> None:
     @target
     @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True)
     @as_json
-    def status(target: str, timeout: float, as_json: bool) -> None:
+    def status(target: Endpoint, timeout: float, as_json: bool) -> None:
         """Show the active version on every worker, the previous one, and the last refusal."""
         from nba_service._proto.nba.v1 import admin_pb2  # noqa: PLC0415
 
@@ -85,13 +88,13 @@ def register(group: click.Group, target: Decorator) -> None:
             click.echo("last refusal: none")
 
 
-def _admin(target: str, method: str, request: Any, timeout: float) -> Any:
+def _admin(target: Endpoint, method: str, request: Any, timeout: float) -> Any:
     import grpc  # noqa: PLC0415
 
     from nba_service._proto.nba.v1 import admin_pb2_grpc  # noqa: PLC0415
     from nba_service.cli import _client_error  # noqa: PLC0415
 
-    with grpc.insecure_channel(target) as conn:
+    with target.channel() as conn:
         try:
             return getattr(admin_pb2_grpc.RulesetAdminStub(conn), method)(request, timeout=timeout)
         except grpc.RpcError as exc:

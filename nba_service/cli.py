@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from nba_service.cli_options import store_options
+from nba_service.cli_options import connection_options, store_options
 from nba_service.errors import ErrorCode, NbaError
 
 if TYPE_CHECKING:  # grpc and pydantic are imported where used: `nba decide` starts fast, `serve` quiets grpc first
@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # grpc and pydantic are imported where used: `nba decide` sta
     from pydantic.fields import FieldInfo
     from pydantic_core import ErrorDetails
 
-DEFAULT_TARGET = "127.0.0.1:50051"
+    from nba_service.security.tls import Endpoint
 _CHANNEL_NAMES = ("agent_desktop", "outbound_dialer")
 _OUTCOME_NAMES = ("accepted", "declined", "no_answer", "converted", "callback_requested", "not_offered")
 
@@ -32,9 +32,12 @@ EXIT_UNREACHABLE = 3
 EXIT_DEADLINE = 4
 _EXIT_BY_STATUS = {
     "INVALID_ARGUMENT": EXIT_REFUSED,
+    "UNAUTHENTICATED": EXIT_REFUSED,
+    "PERMISSION_DENIED": EXIT_REFUSED,
     "NOT_FOUND": EXIT_REFUSED,
     "FAILED_PRECONDITION": EXIT_REFUSED,
     "UNAVAILABLE": EXIT_UNREACHABLE,
+    "RESOURCE_EXHAUSTED": EXIT_UNREACHABLE,
     "DEADLINE_EXCEEDED": EXIT_DEADLINE,
 }
 EXIT_CODES_HELP = """\b
@@ -42,7 +45,9 @@ Exit codes of the client commands (decide, event, outcome):
   0  done
   1  any other failure
   2  usage error, or the request was refused: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION
+     (and UNAUTHENTICATED, PERMISSION_DENIED: who is calling, or what they may do)
   3  the service cannot be reached, or answers UNAVAILABLE
+     (a failed TLS handshake too; RESOURCE_EXHAUSTED, a limit: try again later)
   4  no answer within --timeout: DEADLINE_EXCEEDED"""
 
 # Settings read from the environment only. A DSN carries a password, and a command line is visible to every
@@ -114,6 +119,8 @@ def _settings_option(name: str, field: FieldInfo) -> click.Option:
     hints.append(f"env {_env(name)}")
     description = field.description or ""
     text = f"{description[:1].upper()}{description[1:]} [{'; '.join(hints)}]".strip()
+    if field.annotation is bool:  # a switch: `--insecure`, `--no-reflection`
+        return click.Option([f"{_flag(name)}/--no-{_flag(name)[2:]}", name], default=None, help=text)
     return click.Option([_flag(name), name], type=_click_type(name, field.annotation), default=None, help=text)
 
 
@@ -170,6 +177,8 @@ def _serve(**options: Any) -> None:
     from nba_service.log_setup import configure_logging  # noqa: PLC0415
     from nba_service.runner import leave_stuck_threads, start_failure  # noqa: PLC0415
     from nba_service.runner import serve as run  # noqa: PLC0415
+    from nba_service.security.secrets import redact  # noqa: PLC0415
+    from nba_service.security.tls import listener_security  # noqa: PLC0415
     from nba_service.settings import Settings  # noqa: PLC0415
     from nba_service.supervisor import supervise  # noqa: PLC0415
     from nba_service.transport.grpc_server import check_can_listen  # noqa: PLC0415
@@ -180,8 +189,9 @@ def _serve(**options: Any) -> None:
         raise click.UsageError(f"invalid settings: {'; '.join(_settings_problem(e) for e in exc.errors())}") from exc
     try:
         check_can_listen(settings.host, settings.port)  # before loading anything: a taken port fails in a moment
-    except OSError as exc:
-        click.echo(f"cannot start: {exc}", err=True)
+        listener_security(settings)  # and plain text off loopback without --insecure
+    except (OSError, NbaError) as exc:
+        click.echo(redact(f"cannot start: {exc}"), err=True)
         sys.exit(2)
     configure_logging(settings.log_format, settings.log_level)
     try:
@@ -190,36 +200,40 @@ def _serve(**options: Any) -> None:
         else:
             asyncio.run(run(settings))
     except WorkersFailing as exc:
-        click.echo(f"stopped: {exc}", err=True)
+        click.echo(redact(f"stopped: {exc}"), err=True)
         sys.exit(2)
     except Exception as exc:
         problem = start_failure(exc)
         if problem is None:
             raise
-        click.echo(f"cannot start: {problem}", err=True)
+        click.echo(redact(f"cannot start: {problem}"), err=True)
         sys.exit(2)
     leave_stuck_threads()
 
 
-def _call(target: str, method: str, request: Any, timeout: float) -> Any:
+def _call(target: Endpoint, method: str, request: Any, timeout: float) -> Any:
     """One unary call; a failure is printed for a person and ends the command with a telling exit code."""
     import grpc  # noqa: PLC0415
 
     from nba_service._proto.nba.v1 import nba_pb2_grpc  # noqa: PLC0415
 
-    with grpc.insecure_channel(target) as conn:
+    with target.channel() as conn:
         try:
             return getattr(nba_pb2_grpc.NextBestActionStub(conn), method)(request, timeout=timeout)
         except grpc.RpcError as exc:
             _client_error(exc, target, timeout)
 
 
-def _client_error(exc: grpc.RpcError, target: str, timeout: float) -> NoReturn:
+def _client_error(exc: grpc.RpcError, target: Endpoint, timeout: float) -> NoReturn:
+    from nba_service.security.tls import connection_failure  # noqa: PLC0415
     from nba_service.transport.grpc_errors import field_violations  # noqa: PLC0415
 
     status = exc.code().name
     details = exc.details() or ""
-    if status == "UNAVAILABLE" and "connect" in details.lower():
+    failure = connection_failure(details, target.address, target.tls.secure) if status == "UNAVAILABLE" else None
+    if failure is not None:
+        click.echo(f"error: {failure}", err=True)
+    elif status == "UNAVAILABLE" and "connect" in details.lower():
         click.echo(f"error: cannot reach the service at {target} (is `nba serve` running?)", err=True)
     elif status == "DEADLINE_EXCEEDED":
         click.echo(f"error: DEADLINE_EXCEEDED: no answer from {target} within {timeout:g} s (see --timeout)", err=True)
@@ -231,7 +245,7 @@ def _client_error(exc: grpc.RpcError, target: str, timeout: float) -> NoReturn:
     sys.exit(exit_code(status))
 
 
-_TARGET = click.option("--target", default=DEFAULT_TARGET, show_default=True, envvar="NBA_TARGET")
+_TARGET = connection_options
 _TIMEOUT = click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -262,7 +276,7 @@ def decide(
     channel: str,
     max_actions: int,
     reason: str,
-    target: str,
+    target: Endpoint,
     timeout: float,
     as_json: bool,
     dry_run: bool,
@@ -334,7 +348,7 @@ def _parse_value(text: str) -> tuple[str, Any]:
 )
 @_TARGET
 @_TIMEOUT
-def event(customer_id: str, event_type: str, attributes: tuple[str, ...], target: str, timeout: float) -> None:
+def event(customer_id: str, event_type: str, attributes: tuple[str, ...], target: Endpoint, timeout: float) -> None:
     """Send a live trigger event for a customer (e.g. large_deposit --attr amount=48250)."""
     from nba_service._proto.nba.v1 import nba_pb2  # noqa: PLC0415
 
@@ -357,7 +371,7 @@ def event(customer_id: str, event_type: str, attributes: tuple[str, ...], target
 @click.option("--note", default="")
 @_TARGET
 @_TIMEOUT
-def outcome(decision_id: str, action_id: str, outcome: str, note: str, target: str, timeout: float) -> None:
+def outcome(decision_id: str, action_id: str, outcome: str, note: str, target: Endpoint, timeout: float) -> None:
     """Record what happened with an action a decision returned."""
     from nba_service._proto.nba.v1 import nba_pb2  # noqa: PLC0415
 
@@ -365,7 +379,9 @@ def outcome(decision_id: str, action_id: str, outcome: str, note: str, target: s
         decision_id=decision_id, action_id=action_id, outcome=nba_pb2.Outcome.Value(outcome.upper()), note=note
     )
     response = _call(target, "RecordOutcome", request, timeout)
-    click.echo(f"outcome {outcome} recorded for {response.customer_id}")
+    # The service names the customer only to the caller the decision was answered to.
+    whom = f" for {response.customer_id}" if response.customer_id else f" for decision {decision_id}"
+    click.echo(f"outcome {outcome} recorded{whom}")
 
 
 @main.group()
@@ -412,38 +428,69 @@ def db() -> None:
     """The PostgreSQL store: schema migrations and synthetic data."""
 
 
-_DSN = click.option("--dsn", envvar="NBA_DSN", required=True, help="PostgreSQL DSN [env NBA_DSN].")
+def _no_password_in_argv(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A DSN given as `--dsn` may name the server, never carry the password: the process list shows it."""
+    from nba_service.security.secrets import check_dsn, has_password  # noqa: PLC0415
+
+    if value is None:
+        return None
+    from_argv = ctx.get_parameter_source(param.name or "") is click.core.ParameterSource.COMMANDLINE
+    if from_argv and has_password(value):
+        raise click.BadParameter(
+            "carries a password, which the process list shows to every user of the machine; give the password in "
+            "NBA_DSN_PASSWORD_FILE / --dsn-password-file, PGPASSWORD or a passfile (PGPASSFILE), or the whole DSN "
+            "in NBA_DSN",
+            ctx=ctx,
+            param=param,
+        )
+    try:
+        check_dsn(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+    return value
 
 
-async def _connect(dsn: str) -> Any:
+def _dsn_options(command: Any) -> Any:
+    command = click.option(
+        "--dsn-password-file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="NBA_DSN_PASSWORD_FILE",
+        help="A file holding only the password [env NBA_DSN_PASSWORD_FILE].",
+    )(command)
+    return click.option(
+        "--dsn",
+        envvar="NBA_DSN",
+        required=True,
+        callback=_no_password_in_argv,
+        help="PostgreSQL DSN, without its password [env NBA_DSN, which may hold one].",
+    )(command)
+
+
+async def _connect(dsn: str, password_file: Path | None) -> Any:
     import asyncpg  # noqa: PLC0415
 
+    from nba_service.security.secrets import password_source, read_password_file, redact  # noqa: PLC0415
+
+    if password_file is not None:
+        try:
+            read_password_file(password_file)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--dsn-password-file / NBA_DSN_PASSWORD_FILE") from exc
     try:
-        return await asyncpg.connect(dsn, timeout=10)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-        raise click.ClickException(f"cannot connect to {_redacted(dsn)}: {exc}") from exc
-
-
-def _redacted(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415
-
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+        return await asyncpg.connect(dsn, password=password_source(password_file), timeout=10)
+    except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise click.ClickException(redact(f"cannot connect to {dsn}: {exc}")) from exc
 
 
 @db.command("migrate")
-@_DSN
-def db_migrate(dsn: str) -> None:
+@_dsn_options
+def db_migrate(dsn: str, dsn_password_file: Path | None) -> None:
     """Apply the schema migrations that are missing (safe to run again)."""
     from nba_service.errors import MigrationError  # noqa: PLC0415
     from nba_service.stores.postgres.migrate import migrate  # noqa: PLC0415
 
     async def run() -> list[str]:
-        conn = await _connect(dsn)
+        conn = await _connect(dsn, dsn_password_file)
         try:
             return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
         finally:
@@ -461,11 +508,11 @@ def db_migrate(dsn: str) -> None:
 
 
 @db.command("seed")
-@_DSN
+@_dsn_options
 @click.option("--customers", type=click.IntRange(1, 999_999), required=True, help="How many synthetic customers.")
 @click.option("--seed", "seed_value", type=int, default=None, help="Random seed [default: the bundled sample's].")
 @click.option("--force", is_flag=True, help="Load even though the database already holds data (replaces these ids).")
-def db_seed(dsn: str, customers: int, seed_value: int | None, force: bool) -> None:
+def db_seed(dsn: str, dsn_password_file: Path | None, customers: int, seed_value: int | None, force: bool) -> None:
     """Load a deterministic synthetic population (the embedded store's generator) fast, with COPY."""
     from datetime import datetime  # noqa: PLC0415
 
@@ -473,7 +520,7 @@ def db_seed(dsn: str, customers: int, seed_value: int | None, force: bool) -> No
     from nba_service.stores.postgres.seed import seed  # noqa: PLC0415
 
     async def run() -> Any:
-        conn = await _connect(dsn)
+        conn = await _connect(dsn, dsn_password_file)
         try:
             with click.progressbar(length=customers, label="seeding customers", file=sys.stderr) as bar:
                 return await seed(
@@ -498,9 +545,9 @@ def db_seed(dsn: str, customers: int, seed_value: int | None, force: bool) -> No
 
 
 @db.command("replay")
-@_DSN
+@_dsn_options
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
-def db_replay(dsn: str, files: tuple[Path, ...]) -> None:
+def db_replay(dsn: str, dsn_password_file: Path | None, files: tuple[Path, ...]) -> None:
     """Load decision records spilled at shutdown (records-unsent-*.jsonl) into the decisions table.
 
     Safe to run again: records already stored are skipped. A line that cannot be loaded (not JSON, cut
@@ -509,11 +556,12 @@ def db_replay(dsn: str, files: tuple[Path, ...]) -> None:
     """
     import asyncpg  # noqa: PLC0415
 
+    from nba_service.security.secrets import redact  # noqa: PLC0415
     from nba_service.stores.postgres.decision_log import FileReplay, replay  # noqa: PLC0415
     from nba_service.stores.postgres.migrate import pending  # noqa: PLC0415
 
     async def run() -> list[FileReplay]:
-        conn = await _connect(dsn)
+        conn = await _connect(dsn, dsn_password_file)
         try:
             missing = await pending(conn)
             if missing:
@@ -529,7 +577,8 @@ def db_replay(dsn: str, files: tuple[Path, ...]) -> None:
         reports = asyncio.run(run())
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         # Everything stored so far stays stored; running the command again loads the rest.
-        raise click.ClickException(f"replay stopped, the database failed: {type(exc).__name__}: {exc}") from exc
+        failure = redact(f"{type(exc).__name__}: {exc}")
+        raise click.ClickException(f"replay stopped, the database failed: {failure}") from exc
     refused = 0
     for report in reports:
         click.echo(
@@ -654,6 +703,9 @@ def _register_commands() -> None:
     from nba_service.review.diff_cli import register as register_diff  # noqa: PLC0415
 
     register_diff(rulesets)
+    from nba_service.security.devcerts_cli import register as register_dev_certs  # noqa: PLC0415
+
+    register_dev_certs(main)
     # REVIEW-COMMANDS
 
 

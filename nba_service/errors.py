@@ -21,6 +21,10 @@ class ErrorCode(enum.StrEnum):
     SCHEMA_NOT_READY = "schema_not_ready"
     MIGRATION_CONFLICT = "migration_conflict"
     SEED_REFUSED = "seed_refused"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
+    ACCESS_POLICY_INVALID = "access_policy_invalid"
     INTERNAL = "internal"
 
 
@@ -160,6 +164,46 @@ class CandidateRefused(FailedPrecondition):
 
 class NothingToRollBack(FailedPrecondition):
     """No previous version has been active since the deploy folder was created."""
+
+
+class Unauthenticated(NbaError):
+    """The caller presented no credentials the server accepts; the message names what was wrong, never the token."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class PermissionDenied(NbaError):
+    """The caller is known but may not make this call; the message names the role it needs, never what exists."""
+
+    code = ErrorCode.PERMISSION_DENIED
+
+
+class AccessPolicyInvalid(NbaError):
+    """The access policy file cannot be used: the server does not start, or a reload keeps the policy in force.
+    Each problem is located like a ruleset's (`file:line: where: problem`)."""
+
+    code = ErrorCode.ACCESS_POLICY_INVALID
+
+    def __init__(self, problems: list[RulesetProblem]) -> None:
+        self.policy_problems = tuple(problems)
+        super().__init__("the access policy is invalid:\n" + "\n".join(str(p) for p in problems))
+
+
+class PlainTextRefused(NbaError):
+    """`nba serve` was asked to listen in plain text off loopback without `--insecure`."""
+
+    code = ErrorCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(NbaError):
+    """A limit (calls per second, calls at once) was reached; the same call may succeed after `retry_after`
+    seconds, which the message says and the gRPC edge also sends as a `google.rpc.RetryInfo`."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StartFailed(NbaError):

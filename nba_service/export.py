@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from nba_service.domain.ports import RecordExport
 from nba_service.errors import InvalidArgument, NotFound
+from nba_service.security.secrets import password_source
 from nba_service.settings import Settings
 from nba_service.stores.sqlite import SqliteStore
 
@@ -34,7 +35,12 @@ async def export_records(
 
         if not settings.dsn:
             raise InvalidArgument.of("NBA_DSN", "is required to export from PostgreSQL")
-        pool = await create_pool(settings.dsn, max_size=1, connect_timeout=max(2.0, settings.db_timeout))
+        pool = await create_pool(
+            settings.dsn,
+            password=password_source(settings.dsn_password_file),
+            max_size=1,
+            connect_timeout=max(2.0, settings.db_timeout),
+        )
         source, close = PostgresRecordExport(pool), pool.close
     else:
         if not settings.db_path.exists():

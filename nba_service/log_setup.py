@@ -4,11 +4,33 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from collections.abc import MutableMapping
+from typing import Any, Literal
 
 import structlog
 
+from nba_service.security.secrets import redact
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def redact_event(_logger: object, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Every text in a log event, tracebacks included, goes through `redact`: no DSN password reaches a log."""
+    for key, value in event.items():
+        event[key] = _redacted(value)
+    return event
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return redact(repr(value))  # what both renderers would show for any other object
 
 
 def configure_logging(fmt: Literal["console", "json"] = "console", level: str = "info") -> None:
@@ -22,7 +44,10 @@ def configure_logging(fmt: Literal["console", "json"] = "console", level: str = 
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info if fmt == "json" else structlog.processors.StackInfoRenderer(),
+            structlog.processors.StackInfoRenderer(),
+            # Tracebacks become text here, in both formats, so that `redact_event` sees them before rendering.
+            structlog.processors.format_exc_info,
+            redact_event,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

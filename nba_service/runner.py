@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import os
 import signal
 import sys
@@ -21,6 +22,9 @@ from nba_service.deploy.control import RulesetControl
 from nba_service.deploy.startup import follow_configured_files
 from nba_service.deploy.state import VersionInfo
 from nba_service.errors import NbaError, RulesetInvalid
+from nba_service.security.access import AccessControl, access_from_settings
+from nba_service.security.limits import CallLimits, Rate
+from nba_service.security.tls import PLAIN_TEXT_HINT, ServerTls, listener_security
 from nba_service.settings import Settings
 from nba_service.transport.grpc_admin import ADMIN_SERVICE_NAME, add_admin
 from nba_service.transport.grpc_review import REVIEW_SERVICE_NAME, ReviewServicer, add_review
@@ -42,6 +46,8 @@ async def serve(
     `worker` is this process's index among a supervisor's workers: it then shares the port with the others
     and logs `worker_serving`, leaving the one `serving` event, which people and tools wait for, to the supervisor.
     """
+    tls = listener_security(settings)  # before anything is loaded: plain text off loopback fails at once
+    access = access_from_settings(settings)  # a bad policy file, too
     app: Application = await build_application(settings)
     # Start-up objects (rulesets, the sample) live for the whole process: keep full collections off them.
     gc.collect()
@@ -53,6 +59,10 @@ async def serve(
             settings.port,
             reuse_port=worker is not None,
             connection_age=None if worker is None else CONNECTION_AGE_S,
+            credentials=None if tls is None else tls.grpc_credentials(),
+            limits=call_limits(settings),
+            access=access,
+            reflection=settings.reflection,
         )
         admin = app.rulesets if app.rulesets is not None else control
         if admin is not None:
@@ -75,11 +85,16 @@ async def serve(
         async def follow(origin: str) -> None:
             await rulesets.follow_configured(lambda: configured_ruleset(settings), origin)
 
-        background.append(asyncio.create_task(follow_configured_files(settings, follow, loop), name="rulesets-watch"))
+        watch = follow_configured_files(settings, follow, loop, on_sighup=_reloads(access, background))
+        background.append(asyncio.create_task(watch, name="rulesets-watch"))
+    else:
+        loop.add_signal_handler(signal.SIGHUP, _reloads(access, background))
     ready = await app.ready()
     await server.start(serving=ready)
     event = "serving" if worker is None else "worker_serving"
-    log.info(event, address=server.address, pid=os.getpid(), store=settings.store, ready=ready)
+    if tls is None:
+        log.warning("plain_text_listener", address=server.address, hint=PLAIN_TEXT_HINT)
+    log.info(event, address=server.address, pid=os.getpid(), store=settings.store, ready=ready, tls=_tls_mode(tls))
     if on_ready is not None:
         on_ready(server, ready, app.version)
     background.append(asyncio.create_task(_watch_store(app, server, ready), name="store-health"))
@@ -104,6 +119,31 @@ async def serve(
             dead_letters=stats.dead_letters,
             not_written=len(stats.unwritten),
         )
+
+
+def _reloads(access: AccessControl, tasks: list[asyncio.Task[None]]) -> Callable[[], None]:
+    """What SIGHUP does to the access policy: read it again, off the signal handler (a bad file is logged and
+    the policy in force stays)."""
+
+    async def reload() -> None:
+        await access.reload()
+
+    def start() -> None:
+        tasks.append(asyncio.create_task(reload(), name="access-policy-reload"))
+
+    return start
+
+
+def _tls_mode(tls: ServerTls | None) -> str:
+    return "off" if tls is None else "mutual" if tls.mutual else "server"
+
+
+def call_limits(settings: Settings) -> CallLimits:
+    """The limits each process enforces (with --workers N, each of the N does: see docs/operators)."""
+    rate = None
+    if settings.rate_limit > 0:
+        rate = Rate(settings.rate_limit, settings.rate_burst or max(1, math.ceil(settings.rate_limit)))
+    return CallLimits(rate, settings.max_concurrent_calls, settings.max_streams_per_connection)
 
 
 async def _watch_store(app: Application, server: GrpcServer, ready: bool, interval: float = 0.5) -> None:

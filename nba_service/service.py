@@ -6,12 +6,13 @@ gRPC today, HTTP/JSON later: both call these methods, and both get domain errors
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -32,6 +33,7 @@ from nba_service.domain.records import (
 )
 from nba_service.errors import DeadlineExceeded, InvalidArgument, NbaError, NotFound, Problems, Unavailable
 from nba_service.review.explain import DRY_RUN_PREFIX, explain
+from nba_service.security.policy import Caller
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("nba_service")
@@ -47,6 +49,11 @@ MAX_CONTEXT_ENTRIES = 50
 MAX_CONTEXT_VALUE = 500
 MAX_EVENT_ATTRIBUTES = 50
 MAX_EVENT_STRING = 1000
+# What one call may add to the decision log, counted as the stores write it (JSON, non-ASCII escaped, so one
+# emoji is 12 bytes). Without them the largest legal Decide wrote a 430 KB record; see
+# docs/operators/limits-and-secrets.md for the measurements.
+MAX_CONTEXT_RECORDED = 16_384
+MAX_EVENT_RECORDED = 2_048
 MAX_ID_LENGTH = 64
 
 
@@ -127,6 +134,7 @@ class DecisionService:
         context: Mapping[str, str] | None = None,
         deadline: float | None = None,
         dry_run: bool = False,
+        caller: Caller | None = None,
     ) -> Decision:
         """`deadline` (time.monotonic) is the caller's: an answer that could no longer reach them is
         recorded as undelivered and never counted as an offer.
@@ -139,6 +147,9 @@ class DecisionService:
         answer is on its way. Run inline it added 5-27% to the median answer (a pipeline is ~0.13 ms of a
         ~2 ms Decide), over the 10% allowed in four of six runs of `make bench-shadow`. Its verdict is added
         to the record afterwards (`ShadowUpdate`). See README "Shadow runs".
+
+        `caller` is who asks (None: a trusted in-process caller). A customer outside its scope is answered
+        exactly as an unknown one, so a scoped caller cannot learn which customers exist beyond it.
         """
         started = time.perf_counter()
         problems = Problems()
@@ -161,6 +172,8 @@ class DecisionService:
         now = self._clock()
         with tracer.start_as_current_span("profile.read"):
             profile = await self._store.get_profile(customer_id)
+        if caller is not None and not caller.scope.admits(profile.attributes):
+            raise unknown_customer(customer_id)
         with tracer.start_as_current_span("decide"):
             result = evaluate(active, profile, channel, now, limit)
         if result.engine_error is not None:
@@ -183,6 +196,7 @@ class DecisionService:
             context=context_map,
             profile_problems=result.profile_problems,
             inputs=DecisionInputs(profile, limit),
+            caller=_principal(caller),
         )
         if dry_run:
             return replace(decision, explanation=explain(record, active.ruleset, dry_run=True))
@@ -218,9 +232,27 @@ class DecisionService:
             return
         self._log.mark(DeliveryUpdate(decision_id, delivery))
 
+    async def in_scope(self, caller: Caller | None, customer_id: str) -> bool:
+        """Whether the customer exists and lies within the caller's scope (read from the live profile)."""
+        if caller is None or caller.scope.unrestricted:
+            return True
+        try:
+            profile = await self._store.get_profile(customer_id)
+        except NotFound:
+            return False
+        return caller.scope.admits(profile.attributes)
+
     async def record_outcome(
-        self, decision_id: str, action_id: str, outcome: OutcomeKind | None, when: datetime | None, note: str = ""
-    ) -> Outcome:
+        self,
+        decision_id: str,
+        action_id: str,
+        outcome: OutcomeKind | None,
+        when: datetime | None,
+        note: str = "",
+        caller: Caller | None = None,
+    ) -> OutcomeReceipt:
+        """A decision about a customer outside the caller's scope is answered as an unknown decision. The
+        receipt names the decision's customer only to the caller the decision was answered to."""
         problems = Problems()
         for field, value in (("decision_id", decision_id), ("action_id", action_id)):
             if not value:
@@ -243,7 +275,7 @@ class DecisionService:
         problems.raise_if_any()
         assert outcome is not None  # a missing outcome is one of the problems raised above
         summary = await self._log.find(decision_id)
-        if summary is None:
+        if summary is None or not await self.in_scope(caller, summary.customer_id):
             raise NotFound(f"decision {decision_id!r} not found")
         if moment < summary.decided_at - CLOCK_SKEW:
             raise InvalidArgument.of("time", "is before the decision was made")
@@ -252,12 +284,13 @@ class DecisionService:
             raise InvalidArgument.of(
                 "action_id", f"{action_id!r} was not returned by decision {decision_id} (returned: {offered})"
             )
-        result = Outcome(decision_id, summary.customer_id, action_id, summary.channel, outcome, moment, note)
+        principal = _principal(caller)
+        result = Outcome(decision_id, summary.customer_id, action_id, summary.channel, outcome, moment, note, principal)
         await self._store.add_outcome(result)
         if summary.delivery is not Delivery.SENT:
             # An outcome is the caller's word that the answer did arrive: the record must say so.
             self._log.mark(DeliveryUpdate(decision_id, Delivery.SENT))
-        return result
+        return OutcomeReceipt(result, summary.customer_id if summary.caller == principal else "")
 
     async def ingest_event(
         self,
@@ -266,7 +299,9 @@ class DecisionService:
         attributes: Mapping[str, AttributeValue],
         when: datetime | None,
         expires_at: datetime | None,
+        caller: Caller | None = None,
     ) -> str:
+        """A customer outside the caller's scope is answered as an unknown one."""
         problems = Problems()
         validate_customer_id(customer_id, problems)
         known = self._active.ruleset.events
@@ -281,6 +316,8 @@ class DecisionService:
             declared = None if spec is None else {a.name: a.type for a in spec.attributes}
             for key, value in attributes.items():
                 _validate_attribute(event_type, declared, key, value, problems)
+            if (size := recorded_size(attributes)) > MAX_EVENT_RECORDED:
+                problems.add("attributes", _too_big(size, MAX_EVENT_RECORDED))
         now = self._clock()
         moment = when or now
         if moment > now + CLOCK_SKEW:
@@ -290,7 +327,29 @@ class DecisionService:
         elif expires_at is not None and expires_at <= now:
             problems.add("expires_at", "is in the past: no decision would ever see this event")
         problems.raise_if_any()
-        return await self._store.add_event(customer_id, Event(event_type, moment, dict(attributes), expires_at))
+        if not await self.in_scope(caller, customer_id):
+            raise unknown_customer(customer_id)
+        event = Event(event_type, moment, dict(attributes), expires_at)
+        return await self._store.add_event(customer_id, event, recorded_by=_principal(caller))
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeReceipt:
+    """A stored outcome, and what the caller may be told: the decision's customer only when the decision was
+    answered to this same caller (anyone else learns nothing from a decision id they came by)."""
+
+    outcome: Outcome
+    customer_id: str
+
+
+def unknown_customer(customer_id: str) -> NotFound:
+    """What an unknown customer gets, word for word as the stores say it: a customer outside a caller's scope
+    gets exactly this too."""
+    return NotFound(f"customer {customer_id!r} not found")
+
+
+def _principal(caller: Caller | None) -> str:
+    return "" if caller is None else caller.principal
 
 
 def _run_shadow(
@@ -326,6 +385,20 @@ def _validate_context(reason: str, context: Mapping[str, str], problems: Problem
             problems.add(field, "keys are 1-64 letters, digits, '_', '.', ':' or '-'")
         if len(value) > MAX_CONTEXT_VALUE:
             problems.add(field, f"is longer than {MAX_CONTEXT_VALUE} characters")
+    if (size := recorded_size({"reason": reason, "attributes": context})) > MAX_CONTEXT_RECORDED:
+        problems.add("context", _too_big(size, MAX_CONTEXT_RECORDED))
+
+
+def recorded_size(value: object) -> int:
+    """Bytes `value` takes in a decision record as the stores write it: JSON with non-ASCII escaped."""
+    return len(json.dumps(value, ensure_ascii=True, separators=(",", ":")))
+
+
+def _too_big(size: int, cap: int) -> str:
+    return (
+        f"takes {size:,} bytes in the decision records, at most {cap:,} are allowed "
+        "(fewer or shorter values; a character beyond ASCII counts 6 or 12 bytes)"
+    )
 
 
 def _validate_attribute(

@@ -21,7 +21,8 @@ def _one_per_core() -> int:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NBA_", frozen=True, extra="forbid")
+    # hide_input_in_errors: a validation error quoting its input would print a DSN, password included.
+    model_config = SettingsConfigDict(env_prefix="NBA_", frozen=True, extra="forbid", hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
@@ -34,7 +35,13 @@ class Settings(BaseSettings):
     )
     store: Literal["sqlite", "postgres"] = "sqlite"
     db_path: Path = Field(Path("var/nba.db"), description="the embedded SQLite database (created on first start)")
-    dsn: str | None = Field(None, description="PostgreSQL DSN for --store postgres (env NBA_DSN)")
+    # repr=False: a DSN may carry its password, and a settings object can end up in a log or a traceback.
+    dsn: str | None = Field(None, description="PostgreSQL DSN for --store postgres (env NBA_DSN)", repr=False)
+    dsn_password_file: Path | None = Field(
+        None,
+        description="a file holding only the PostgreSQL password (a mounted secret), read at each new connection; "
+        "keeps the password out of NBA_DSN",
+    )
     pool_min: int = Field(1, ge=0, le=100)
     pool_max: int = Field(10, ge=1, le=200)
     db_timeout: float = Field(1.0, gt=0, le=60, description="seconds a database call may take before UNAVAILABLE")
@@ -59,6 +66,106 @@ class Settings(BaseSettings):
         le=MAX_WORKERS,
         description="processes serving the port together, one per core unless set; 1 serves in a single process",
     )
+    access_policy: Path | None = Field(
+        None,
+        description="the access policy (YAML): which callers hold which roles; required unless the server runs in "
+        "plain text on loopback, where every caller may do everything without one",
+    )
+    reflection: bool = Field(True, description="serve gRPC server reflection, which grpcurl and other tools read")
+    tls_cert: Path | None = Field(
+        None, description="the server's certificate chain (PEM): every listening port then speaks TLS"
+    )
+    tls_key: Path | None = Field(None, description="the private key (PEM) of --tls-cert")
+    tls_client_ca: Path | None = Field(
+        None,
+        description="CA certificates (PEM) that client certificates must chain to: mutual TLS, a certificate "
+        "required of every caller",
+    )
+    insecure: bool = Field(
+        False, description="allow plain text off loopback (without --tls-cert); plain text is always logged loudly"
+    )
+    jwks_file: Path | None = Field(
+        None, description="a JWKS file (JSON) whose public keys verify bearer tokens; read at start-up, never fetched"
+    )
+    jwt_issuer: str | None = Field(None, description="the `iss` every bearer token must carry (with --jwks-file)")
+    jwt_audience: str | None = Field(None, description="the `aud` every bearer token must carry (with --jwks-file)")
+    jwt_leeway_seconds: float = Field(
+        30.0, ge=0, le=600, description="clock skew allowed when checking a token's exp, nbf and iat"
+    )
+
+    rate_limit: float = Field(
+        0.0,
+        ge=0,
+        le=1_000_000,
+        description="calls per second each caller identity may make, per process (0: no rate limit)",
+    )
+    rate_burst: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="calls a caller may make at once after a quiet spell (default: --rate-limit)",
+    )
+    max_concurrent_calls: int = Field(
+        2000, ge=1, le=1_000_000, description="calls running at once in a process; more get RESOURCE_EXHAUSTED"
+    )
+    max_streams_per_connection: int = Field(
+        1000, ge=1, le=1_000_000, description="HTTP/2 streams at once per connection; a client queues calls beyond it"
+    )
+
+    @model_validator(mode="after")
+    def _burst_needs_rate(self) -> Settings:
+        if self.rate_burst is not None and not self.rate_limit:
+            raise ValueError("--rate-burst / NBA_RATE_BURST needs --rate-limit / NBA_RATE_LIMIT above 0")
+        return self
+
+    @model_validator(mode="after")
+    def _one_password(self) -> Settings:
+        from nba_service.security.secrets import has_password  # noqa: PLC0415
+
+        if self.dsn_password_file is not None and self.dsn and has_password(self.dsn):
+            raise ValueError(
+                "NBA_DSN carries a password and --dsn-password-file / NBA_DSN_PASSWORD_FILE gives another: keep "
+                "the password in one place"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_and_tokens(self) -> Settings:  # before the access policy's check: which files belong together first
+        from nba_service.security.config import check_security  # noqa: PLC0415 - cryptography only when asked for
+
+        check_security(self)
+        return self
+
+    @model_validator(mode="after")
+    def _access_policy_fits(self) -> Settings:
+        """Open (no policy) only for the local quick start; a policy only where callers can prove who they are."""
+        flag = "--access-policy / NBA_ACCESS_POLICY"
+        if self.access_policy is None:
+            if self.tls_cert is not None or self.jwks_file is not None:
+                raise ValueError(
+                    f"{flag} is required with TLS or bearer tokens: without one every caller, however identified, "
+                    "could make every call"
+                )
+            from nba_service.security.tls import is_loopback  # noqa: PLC0415 - grpc only when it matters
+
+            if not is_loopback(self.host):
+                raise ValueError(
+                    f"{flag} is required off loopback (--host {self.host}): without one anyone who reaches the port "
+                    "could make every call"
+                )
+        elif self.tls_client_ca is None and self.jwks_file is None:
+            raise ValueError(
+                f"{flag} needs callers who prove who they are: give --tls-client-ca / NBA_TLS_CLIENT_CA (client "
+                "certificates) or --jwks-file / NBA_JWKS_FILE (bearer tokens)"
+            )
+        return self
+
+    @field_validator("access_policy")
+    @classmethod
+    def _policy_readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file" if value.exists() else f"{value} does not exist")
+        return value
 
     @model_validator(mode="after")
     def _dsn_for_postgres(self) -> Settings:
@@ -67,6 +174,37 @@ class Settings(BaseSettings):
         if self.pool_min > self.pool_max:
             raise ValueError("pool_min must not exceed pool_max")
         return self
+
+    @field_validator("tls_cert", "tls_key", "tls_client_ca", "jwks_file")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                with value.open("rb"):
+                    pass
+            except OSError as exc:
+                raise ValueError(f"cannot read {value}: {exc.strerror or exc}") from exc
+            if not value.is_file():
+                raise ValueError(f"{value} is not a file")
+        return value
+
+    @field_validator("dsn_password_file")
+    @classmethod
+    def _password_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from nba_service.security.secrets import read_password_file  # noqa: PLC0415
+
+            read_password_file(value)  # raises ValueError naming the file, never its content
+        return value
+
+    @field_validator("dsn")
+    @classmethod
+    def _usable_dsn(cls, value: str | None) -> str | None:
+        if value:
+            from nba_service.security.secrets import check_dsn  # noqa: PLC0415
+
+            check_dsn(value)  # raises ValueError without quoting the DSN
+        return value
 
     @field_validator("rulesets")
     @classmethod

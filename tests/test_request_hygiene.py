@@ -185,7 +185,10 @@ class TestExitCodes:
             ("DEADLINE_EXCEEDED", 4),
             ("INTERNAL", 1),
             ("UNKNOWN", 1),
-            ("RESOURCE_EXHAUSTED", 1),
+            ("RESOURCE_EXHAUSTED", 3),
+            ("UNAUTHENTICATED", 2),
+            ("PERMISSION_DENIED", 2),
+            ("ABORTED", 1),
         ],
     )
     def test_status_to_exit_code(self, status: str, code: int) -> None:

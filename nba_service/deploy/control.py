@@ -32,12 +32,13 @@ class Switch:
 
 
 class RulesetControl(Protocol):
-    async def activate(self, candidate: Candidate, origin: str) -> Switch:
+    async def activate(self, candidate: Candidate, origin: str, by: str = "") -> Switch:
         """Makes `candidate` the active version once it passed the gate; raises InvalidArgument (the file)
-        or CandidateRefused (its checks or scenarios), leaving the running version in place."""
+        or CandidateRefused (its checks or scenarios), leaving the running version in place. `by` is who asked
+        (a caller's principal; "" when no caller did: start-up, SIGHUP, the folder watch)."""
         ...
 
-    async def rollback(self) -> Switch:
+    async def rollback(self, by: str = "") -> Switch:
         """Makes the previous version active again; raises NothingToRollBack when there is none."""
         ...
 

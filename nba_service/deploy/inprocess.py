@@ -71,17 +71,17 @@ class InProcessRulesets:
             with contextlib.suppress(NbaError):  # a refusal is recorded and logged by _activate
                 await self._activate(Candidate.from_file(Path(ruleset.source)), origin)
 
-    async def activate(self, candidate: Candidate, origin: str) -> Switch:
+    async def activate(self, candidate: Candidate, origin: str, by: str = "") -> Switch:
         async with self._lock:
-            return await self._activate(candidate, origin)
+            return await self._activate(candidate, origin, by)
 
-    async def rollback(self) -> Switch:
+    async def rollback(self, by: str = "") -> Switch:
         async with self._lock:
             previous = self._state.read().previous
             if previous is None:
                 raise NothingToRollBack("there is no previous version to roll back to")
             candidate = Candidate.from_file(Path(previous.path))
-            return await self._activate(candidate, "rollback")
+            return await self._activate(candidate, "rollback", by)
 
     async def status(self) -> Status:
         return self._status(self._state.read())
@@ -90,7 +90,7 @@ class InProcessRulesets:
         worker = WorkerInfo(0, os.getpid(), record.active)
         return Status(record.active, record.previous, (worker,), record.last_refusal)
 
-    async def _activate(self, candidate: Candidate, origin: str) -> Switch:
+    async def _activate(self, candidate: Candidate, origin: str, by: str = "") -> Switch:
         record = self._state.read()
         try:
             ruleset = await asyncio.to_thread(parse, candidate)
@@ -129,6 +129,7 @@ class InProcessRulesets:
             origin,
             prepared.scenarios_passed,
             str(kept),
+            by,
         )
         record = self._state.switched(record, info)
         self._state.write(record)

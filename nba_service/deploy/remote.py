@@ -73,18 +73,19 @@ class SupervisedRulesets:
     def __init__(self, address: str) -> None:
         self._address = address
 
-    async def activate(self, candidate: Candidate, origin: str) -> Switch:
+    async def activate(self, candidate: Candidate, origin: str, by: str = "") -> Switch:
         reply = await self._ask(
             {
                 "op": "activate",
                 "origin": origin,
+                "by": by,
                 "candidate": {"file_name": candidate.file_name, "content": candidate.content, "tests": candidate.tests},
             }
         )
         return Switch(status_from_json(reply["status"]), bool(reply["unchanged"]))
 
-    async def rollback(self) -> Switch:
-        reply = await self._ask({"op": "rollback"})
+    async def rollback(self, by: str = "") -> Switch:
+        reply = await self._ask({"op": "rollback", "by": by})
         return Switch(status_from_json(reply["status"]), bool(reply["unchanged"]))
 
     async def status(self) -> Status:

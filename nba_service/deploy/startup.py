@@ -89,12 +89,22 @@ def _info(ruleset: Ruleset, origin: str, passed: int, path: str) -> VersionInfo:
 
 
 async def follow_configured_files(
-    settings: Settings, follow: Callable[[str], Awaitable[None]], loop: asyncio.AbstractEventLoop
+    settings: Settings,
+    follow: Callable[[str], Awaitable[None]],
+    loop: asyncio.AbstractEventLoop,
+    on_sighup: Callable[[], None] | None = None,
 ) -> None:
     """Calls `follow("folder")` when the configured ruleset files change (polled every `watch_seconds`) and
-    `follow("sighup")` on SIGHUP; whoever owns the deploys decides what a change means."""
+    `follow("sighup")` on SIGHUP; whoever owns the deploys decides what a change means. `on_sighup` is called
+    on SIGHUP as well (a signal has one handler per loop: whatever else SIGHUP reloads hangs on this one)."""
     hup = asyncio.Event()
-    loop.add_signal_handler(signal.SIGHUP, hup.set)
+
+    def hung_up() -> None:
+        hup.set()
+        if on_sighup is not None:
+            on_sighup()
+
+    loop.add_signal_handler(signal.SIGHUP, hung_up)
     digest = await asyncio.to_thread(files_digest, settings.rulesets)
     interval = settings.watch_seconds or None
     try:

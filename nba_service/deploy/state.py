@@ -36,6 +36,8 @@ class VersionInfo:
     scenarios_passed: int
     path: str
     """The kept ruleset file; its scenario tests, when it has any, are the `.tests.yaml` beside it."""
+    activated_by: str = ""
+    """Who activated it: the admin caller's principal; "" for start-up, SIGHUP and the folder watch."""
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "activated_at": self.activated_at.isoformat()}
@@ -154,6 +156,7 @@ def log_activated(origin: str, version: VersionInfo, previous: VersionInfo | Non
         hash=version.hash[:12],
         scenarios_passed=version.scenarios_passed,
         previous=previous.shown() if previous else None,
+        by=version.activated_by or None,
     )
 
 

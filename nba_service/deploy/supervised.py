@@ -121,16 +121,18 @@ class SupervisorDeploys:
     def worker_settings(self, path: Path) -> Settings:
         return self.configured.model_copy(update={"rulesets": path, "ruleset": None})
 
-    async def activate(self, candidate: Candidate, origin: str, reply: Callable[[Switch], Awaitable[None]]) -> None:
+    async def activate(
+        self, candidate: Candidate, origin: str, reply: Callable[[Switch], Awaitable[None]], by: str = ""
+    ) -> None:
         async with self._lock:
-            await self._activate(candidate, origin, reply)
+            await self._activate(candidate, origin, reply, by)
 
-    async def rollback(self, reply: Callable[[Switch], Awaitable[None]]) -> None:
+    async def rollback(self, reply: Callable[[Switch], Awaitable[None]], by: str = "") -> None:
         async with self._lock:
             previous = self._state.read().previous
             if previous is None:
                 raise NothingToRollBack("there is no previous version to roll back to")
-            await self._activate(Candidate.from_file(Path(previous.path)), "rollback", reply)
+            await self._activate(Candidate.from_file(Path(previous.path)), "rollback", reply, by)
 
     async def follow_configured(self, origin: str) -> None:
         async with self._lock:
@@ -158,7 +160,9 @@ class SupervisorDeploys:
         workers = self._roller.generation().workers if self._roller is not None else ()
         return Status(record.active, record.previous, workers, record.last_refusal)
 
-    async def _activate(self, candidate: Candidate, origin: str, reply: Callable[[Switch], Awaitable[None]]) -> None:
+    async def _activate(
+        self, candidate: Candidate, origin: str, reply: Callable[[Switch], Awaitable[None]], by: str = ""
+    ) -> None:
         assert self._roller is not None, "deploys start once the first generation serves"
         record = self._state.read()
         try:
@@ -180,7 +184,7 @@ class SupervisorDeploys:
         async def switched() -> None:
             version = self._serving_version(roller)
             assert version is not None
-            version = replace(version, source=origin, activated_at=now())
+            version = replace(version, source=origin, activated_at=now(), activated_by=by)
             new_record = self._state.switched(self._state.read(), version)
             self._state.write(new_record)
             log_activated(origin, version, new_record.previous)
@@ -215,9 +219,10 @@ class SupervisorDeploys:
             elif op == "activate":
                 data = request["candidate"]
                 candidate = Candidate(str(data["file_name"]), str(data["content"]), data.get("tests"))
-                await self.activate(candidate, str(request.get("origin", "activate")), reply)
+                by = str(request.get("by") or "")
+                await self.activate(candidate, str(request.get("origin", "activate")), reply, by)
             elif op == "rollback":
-                await self.rollback(reply)
+                await self.rollback(reply, str(request.get("by") or ""))
             else:
                 await _send(writer, {"ok": False, "error": error_to_json(InvalidArgument(f"unknown op {op!r}"))})
         except NbaError as exc:

@@ -18,8 +18,9 @@ class ProfileStore(Protocol):
         """The live profile in one read; raises NotFound for an unknown customer."""
         ...
 
-    async def add_event(self, customer_id: str, event: Event) -> str:
-        """Stores a live event durably and returns its id; raises NotFound for an unknown customer."""
+    async def add_event(self, customer_id: str, event: Event, recorded_by: str = "") -> str:
+        """Stores a live event durably, with the principal that reported it, and returns its id; raises NotFound
+        for an unknown customer."""
         ...
 
     async def add_outcome(self, outcome: Outcome) -> None:

@@ -73,3 +73,5 @@ class Outcome:
     outcome: OutcomeKind
     time: datetime
     note: str = ""
+    recorded_by: str = ""
+    """The principal that reported it ("" for outcomes reported before callers were recorded)."""

@@ -262,6 +262,9 @@ class DecisionRecord:
     # What replays the decision exactly (`nba_service.review.explain.replay`). None in records written before
     # inputs were kept: those can still be explained from `rules_fired` and `dropped`, not replayed.
     inputs: DecisionInputs | None = None
+    # Who asked: the caller's principal (`cert:...`, `jwt:...`, `anonymous`), never a credential. "" in records
+    # written before callers were recorded.
+    caller: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The record in the versioned export format (built field by field: `asdict` cost 3x as much)."""
@@ -307,6 +310,7 @@ class DecisionRecord:
             "delivery": self.delivery.value,
             "shadow": None if self.shadow is None else self.shadow.to_json(),
             "inputs": None if self.inputs is None else self.inputs.to_json(),
+            "caller": self.caller,
         }
 
     @classmethod
@@ -359,6 +363,8 @@ class DecisionRecord:
                 shadow=None if data.get("shadow") is None else ShadowRun.from_json(data["shadow"]),
                 # Absent in records written before inputs were kept.
                 inputs=None if data.get("inputs") is None else DecisionInputs.from_json(data["inputs"]),
+                # Absent in records written before callers were recorded.
+                caller=str(data.get("caller") or ""),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a decision record: missing or malformed {exc}") from exc
@@ -371,6 +377,7 @@ class DecisionRecord:
             tuple(a.action_id for a in self.actions),
             self.decided_at,
             self.delivery,
+            self.caller,
         )
 
 
@@ -438,6 +445,7 @@ def outcome_to_json(outcome: Outcome) -> dict[str, Any]:
         "outcome": outcome.outcome.value,
         "time": outcome.time.isoformat(),
         "note": outcome.note,
+        "recorded_by": outcome.recorded_by,
     }
 
 
@@ -452,6 +460,7 @@ def outcome_from_json(data: dict[str, Any]) -> Outcome:
             OutcomeKind(data["outcome"]),
             _aware(data["time"]),
             str(data.get("note", "")),
+            str(data.get("recorded_by") or ""),
         )
     except KeyError as exc:
         raise ValueError(f"not an outcome record: missing {exc}") from exc
@@ -484,3 +493,5 @@ class DecisionSummary:
     action_ids: tuple[str, ...]
     decided_at: datetime
     delivery: Delivery = Delivery.SENT
+    caller: str = ""
+    """The principal the decision was answered to ("" before callers were recorded)."""

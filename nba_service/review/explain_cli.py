@@ -11,9 +11,12 @@ import json
 import sys
 from collections.abc import Callable
 from datetime import UTC
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from nba_service.security.tls import Endpoint
 
 EXIT_REPLAY_DIFFERS = 5
 EXPLAIN_EXIT_CODES = """\b
@@ -45,7 +48,7 @@ def register(main: click.Group, rulesets: click.Group, target: Decorator, timeou
     @timeout
     @as_json
     def explain(
-        decision_id: str, why_not: str | None, replay: bool, target: str, timeout: float, as_json: bool
+        decision_id: str, why_not: str | None, replay: bool, target: Endpoint, timeout: float, as_json: bool
     ) -> None:
         """Why a recorded decision came out as it did: the rules that fired with the values they read, every
         candidate not offered and why, in words."""
@@ -75,7 +78,7 @@ def register(main: click.Group, rulesets: click.Group, target: Decorator, timeou
     @timeout
     @click.option("--name", default="", help="Only this ruleset's versions.")
     @as_json
-    def list_rulesets(target: str, timeout: float, name: str, as_json: bool) -> None:
+    def list_rulesets(target: Endpoint, timeout: float, name: str, as_json: bool) -> None:
         """Every ruleset version that has served on the running service, newest activation first."""
         from nba_service._proto.nba.v1 import review_pb2  # noqa: PLC0415
 
@@ -99,7 +102,7 @@ def register(main: click.Group, rulesets: click.Group, target: Decorator, timeou
     @target
     @timeout
     @as_json
-    def show(name_or_hash: str, version: str, source: bool, target: str, timeout: float, as_json: bool) -> None:
+    def show(name_or_hash: str, version: str, source: bool, target: Endpoint, timeout: float, as_json: bool) -> None:
         """An archived version as a document (Markdown), by name (and --version) or by its hash or a prefix
         of at least 12 hex digits."""
         from nba_service._proto.nba.v1 import review_pb2  # noqa: PLC0415
@@ -146,7 +149,7 @@ def print_explanation(explanation: Any) -> None:
     click.echo(f"Summary: {explanation.summary}")
 
 
-def _replay(response: Any, target: str, timeout: float, as_json: bool) -> int:
+def _replay(response: Any, target: Endpoint, timeout: float, as_json: bool) -> int:
     """Runs the record's inputs through its archived version on the real engine; the exit code to end with."""
     from nba_service._proto.nba.v1 import review_pb2  # noqa: PLC0415
     from nba_service.app import activate  # noqa: PLC0415
@@ -202,13 +205,13 @@ def _replay(response: Any, target: str, timeout: float, as_json: bool) -> int:
     return EXIT_REPLAY_DIFFERS
 
 
-def _review(target: str, method: str, request: Any, timeout: float) -> Any:
+def _review(target: Endpoint, method: str, request: Any, timeout: float) -> Any:
     import grpc  # noqa: PLC0415
 
     from nba_service._proto.nba.v1 import review_pb2_grpc  # noqa: PLC0415
     from nba_service.cli import _client_error  # noqa: PLC0415
 
-    with grpc.insecure_channel(target) as conn:
+    with target.channel() as conn:
         try:
             return getattr(review_pb2_grpc.ReviewStub(conn), method)(request, timeout=timeout)
         except grpc.RpcError as exc:

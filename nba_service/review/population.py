@@ -27,6 +27,7 @@ from nba_service.domain.model import Ruleset
 from nba_service.domain.ports import ProfileStore
 from nba_service.domain.profile import Profile
 from nba_service.errors import InvalidArgument, NotFound, SchemaNotReadyError, Unavailable
+from nba_service.security.secrets import password_source
 from nba_service.settings import Settings
 from nba_service.synthetic import SAMPLE_PATH, record_to_profile
 
@@ -282,7 +283,9 @@ async def _open_postgres(settings: Settings, at: datetime) -> StoreReads:
     if not settings.dsn:
         raise InvalidArgument.of("NBA_DSN", "is required to read customers from PostgreSQL")
     timeout = max(2.0, settings.db_timeout)
-    pool = await create_pool(settings.dsn, max_size=4, connect_timeout=timeout)
+    pool = await create_pool(
+        settings.dsn, password=password_source(settings.dsn_password_file), max_size=4, connect_timeout=timeout
+    )
     try:
         async with pool.acquire(timeout=timeout) as conn:
             missing = await pending(conn)

@@ -43,7 +43,7 @@ from nba_service.errors import NotFound, Unavailable
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 READER_THREADS = 4
 CONSENT_PREFIX = "consent_"
 DO_NOT_CALL = "do_not_call"
@@ -130,6 +130,12 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             activated_at TEXT NOT NULL)""",
         "CREATE INDEX ruleset_activations_name_time ON ruleset_activations (name, activated_at)",
     ),
+    3: (
+        # Who reported each event and outcome: the caller's principal, NULL for rows from before. (A decision's
+        # caller is in its record JSON.)
+        "ALTER TABLE events ADD COLUMN recorded_by TEXT",
+        "ALTER TABLE outcomes ADD COLUMN recorded_by TEXT",
+    ),
 }
 
 _EVENTS_SQL = """
@@ -153,6 +159,11 @@ ON CONFLICT (decision_id, action_id) WHERE decision_id IS NOT NULL DO UPDATE SET
     note = CASE WHEN excluded.time >= contacts.time THEN excluded.note ELSE contacts.note END,
     reached = contacts.reached OR excluded.reached
 """
+_ADD_EVENT = (
+    "INSERT INTO events (event_id, customer_id, type, time, attributes, expires_at, recorded_by)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_SEED_EVENT = "INSERT INTO events (event_id, customer_id, type, time, attributes, expires_at) VALUES (?, ?, ?, ?, ?, ?)"
 # The refusals a record can cause by its content alone; anything else means the store is failing.
 _REFUSALS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, UnicodeError, ValueError)
 
@@ -315,7 +326,7 @@ class SqliteStore:
         )
         return [row[0] for row in rows]
 
-    async def add_event(self, customer_id: str, event: Event) -> str:
+    async def add_event(self, customer_id: str, event: Event, recorded_by: str = "") -> str:
         event_id = str(uuid.uuid4())
         row = (
             event_id,
@@ -324,12 +335,13 @@ class SqliteStore:
             stamp(event.time),
             json.dumps(dict(event.attributes), ensure_ascii=False),
             stamp(event.expires_at) if event.expires_at is not None else None,
+            recorded_by or None,
         )
 
         def insert(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM customers WHERE customer_id = ?", (customer_id,)).fetchone() is None:
                 raise NotFound(f"customer {customer_id!r} not found")
-            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", row)
+            conn.execute(_ADD_EVENT, row)
 
         await self._write("storing an event", insert)
         return event_id
@@ -355,13 +367,14 @@ class SqliteStore:
             stamp(outcome.time),
             outcome.note,
             recorded,
+            outcome.recorded_by or None,
         )
 
         def upsert(conn: sqlite3.Connection) -> None:
             conn.execute(_UPSERT_CONTACT, contact)
             conn.execute(
-                "INSERT INTO outcomes (decision_id, customer_id, action_id, channel, outcome, time, note, recorded_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO outcomes (decision_id, customer_id, action_id, channel, outcome, time, note, recorded_at,"
+                " recorded_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 audit,
             )
 
@@ -468,6 +481,7 @@ class SqliteStore:
             tuple(a["action_id"] for a in record["actions"]),
             _time(record["decided_at"]),
             Delivery(row[2]),
+            str(record.get("caller") or ""),
         )
 
     async def get_record(self, decision_id: str) -> DecisionRecord | None:
@@ -563,7 +577,7 @@ class SqliteStore:
                 args,
             ).fetchall()
             outcomes = conn.execute(
-                "SELECT time, decision_id, customer_id, action_id, channel, outcome, note FROM outcomes "  # noqa: S608
+                "SELECT time, decision_id, customer_id, action_id, channel, outcome, note, recorded_by FROM outcomes "  # noqa: S608
                 f"WHERE {clause.format(t='time')} ORDER BY time, outcome_id",
                 args,
             ).fetchall()
@@ -575,8 +589,10 @@ class SqliteStore:
             record = json.loads(text)
             record["delivery"] = delivery
             items.append((at, 0, record))
-        for at, decision_id, customer, action_id, channel, kind, note in outcomes:
-            outcome = Outcome(decision_id, customer, action_id, Channel(channel), OutcomeKind(kind), _time(at), note)
+        for at, decision_id, customer, action_id, channel, kind, note, by in outcomes:
+            outcome = Outcome(
+                decision_id, customer, action_id, Channel(channel), OutcomeKind(kind), _time(at), note, by or ""
+            )
             items.append((at, 1, outcome_to_json(outcome)))
         items.sort(key=lambda item: (item[0], item[1]))
         return [item[2] for item in items]
@@ -633,7 +649,7 @@ def _load(conn: sqlite3.Connection, profiles: Iterable[Profile], now: datetime) 
             conn.execute("INSERT INTO do_not_call VALUES (?, ?, 'sample')", (ident, created))
         conn.executemany("INSERT INTO consents VALUES (?, ?, ?)", consents)
         conn.executemany(
-            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+            _SEED_EVENT,
             [
                 (
                     str(uuid.uuid4()),

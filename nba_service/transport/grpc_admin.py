@@ -9,6 +9,7 @@ from nba_service.deploy.control import RulesetControl, Status, Switch
 from nba_service.deploy.gate import Candidate
 from nba_service.deploy.state import VersionInfo
 from nba_service.errors import Problems
+from nba_service.transport.grpc_auth import current_caller
 from nba_service.transport.grpc_server import _edge, _timestamp, add_servicer
 
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["RulesetAdmin"].full_name
@@ -32,13 +33,13 @@ class RulesetAdminServicer:
                 problems.add(field, f"is longer than {MAX_RULESET_TEXT} characters")
         problems.raise_if_any()
         candidate = Candidate(source.file_name or "ruleset.yaml", source.content, source.tests_content or None)
-        return _switch(await self._control.activate(candidate, "activate"))
+        return _switch(await self._control.activate(candidate, "activate", by=_by()))
 
     @_edge
     async def Rollback(  # noqa: N802
         self, request: admin_pb2.RollbackRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ActivateResponse:
-        return _switch(await self._control.rollback())
+        return _switch(await self._control.rollback(by=_by()))
 
     @_edge
     async def Status(  # noqa: N802
@@ -57,6 +58,12 @@ class RulesetAdminServicer:
             response.last_refusal.problems.extend(refusal.problems)
             response.last_refusal.at.CopyFrom(_timestamp(refusal.at))
         return response
+
+
+def _by() -> str:
+    """Who asked for a deploy: the caller's principal, kept with the version it activated."""
+    caller = current_caller()
+    return "" if caller is None else caller.principal
 
 
 def add_admin(control: RulesetControl, server: grpc.aio.Server) -> None:

@@ -26,6 +26,7 @@ from nba_service.errors import FailedPrecondition, FieldProblem, InvalidArgument
 from nba_service.review.explain import DRY_RUN_PREFIX, explain, why_not
 from nba_service.service import MAX_ID_LENGTH, DecisionService
 from nba_service.transport.explanation import action_message, explanation_message
+from nba_service.transport.grpc_auth import current_caller
 from nba_service.transport.grpc_server import _edge, _timestamp, add_servicer
 
 REVIEW_SERVICE_NAME = review_pb2.DESCRIPTOR.services_by_name["Review"].full_name
@@ -128,9 +129,12 @@ class ReviewServicer:
         return self._service.active.ruleset.content_hash, previous
 
     async def _record(self, decision_id: str) -> DecisionRecord:
+        """A decision about a customer outside the caller's scope is answered as an unknown decision."""
         record = await self._records.get_record(decision_id)
-        if record is not None:
+        if record is not None and await self._service.in_scope(current_caller(), record.customer_id):
             return record
+        if record is not None:
+            raise NotFound(f"decision {decision_id!r} not found")
         if decision_id.startswith(DRY_RUN_PREFIX):
             raise NotFound(f"decision {decision_id!r} was a dry run: nothing was recorded for it")
         raise NotFound(f"decision {decision_id!r} not found")

@@ -25,9 +25,13 @@ from nba_service.domain.model import Channel
 from nba_service.domain.profile import AttributeValue, OutcomeKind
 from nba_service.domain.records import Delivery
 from nba_service.errors import DeadlineExceeded, InvalidArgument, NbaError, Problems
+from nba_service.security.access import AccessControl
+from nba_service.security.limits import CallLimits
 from nba_service.service import DecisionService
 from nba_service.transport.explanation import explanation_message
+from nba_service.transport.grpc_auth import AuthInterceptor, current_caller
 from nba_service.transport.grpc_errors import internal_status, to_status
+from nba_service.transport.grpc_limits import LimitsInterceptor
 from nba_service.transport.wire import Undecodable, check_storable_text, lenient_deserializer
 
 log = structlog.get_logger(__name__)
@@ -153,6 +157,7 @@ class NextBestActionServicer(nba_pb2_grpc.NextBestActionServicer):
             context=dict(request.context.attributes),
             deadline=_deadline(context),
             dry_run=request.dry_run,
+            caller=current_caller(),
         )
         if decision.explanation is None:  # a dry run has no record whose delivery could be corrected
             _watch_delivery(context, self._service, decision.decision_id)
@@ -185,14 +190,15 @@ class NextBestActionServicer(nba_pb2_grpc.NextBestActionServicer):
     ) -> nba_pb2.RecordOutcomeResponse:
         if request.outcome != nba_pb2.OUTCOME_UNSPECIFIED and request.outcome not in _OUTCOMES:
             raise InvalidArgument.of("outcome", f"unknown outcome {request.outcome}")
-        outcome = await self._service.record_outcome(
+        receipt = await self._service.record_outcome(
             request.decision_id,
             request.action_id,
             _OUTCOMES.get(request.outcome),
             _optional_time(request, "time"),
             request.note,
+            caller=current_caller(),
         )
-        return nba_pb2.RecordOutcomeResponse(customer_id=outcome.customer_id)
+        return nba_pb2.RecordOutcomeResponse(customer_id=receipt.customer_id)
 
     @_edge
     async def IngestEvent(  # noqa: N802
@@ -205,6 +211,7 @@ class NextBestActionServicer(nba_pb2_grpc.NextBestActionServicer):
             attributes,
             _optional_time(request, "time"),
             _optional_time(request, "expires_at"),
+            caller=current_caller(),
         )
         return nba_pb2.IngestEventResponse(event_id=event_id)
 
@@ -266,6 +273,11 @@ class GrpcServer:
     spreads new connections over them. A lone server leaves it off, so a second one on its port is refused.
     `connection_age` (seconds), with it, closes each connection gracefully once that old, so that a retiring
     worker that has left the port can wait until none is left instead of cancelling calls.
+    `credentials` (nba_service.security.tls) make the port speak TLS; without them it is plain text.
+    `limits` (nba_service.security.limits) caps calls per caller, at once per process, and streams per connection.
+    `access` (nba_service.security.access) authenticates and authorises every call but health and reflection
+    (grpc_auth); without it every call is let through as it is, which only tests that need no caller do.
+    `reflection` False serves no reflection at all.
     """
 
     def __init__(
@@ -276,6 +288,10 @@ class GrpcServer:
         *,
         reuse_port: bool = False,
         connection_age: float | None = None,
+        credentials: grpc.ServerCredentials | None = None,
+        limits: CallLimits | None = None,
+        access: AccessControl | None = None,
+        reflection: bool = True,
     ) -> None:
         options: list[tuple[str, int]] = [
             ("grpc.so_reuseport", int(reuse_port)),
@@ -286,7 +302,14 @@ class GrpcServer:
                 ("grpc.max_connection_age_ms", int(connection_age * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(CONNECTION_AGE_GRACE_S * 1000)),
             ]
-        self.server = grpc.aio.server(options=options)
+        # Authentication first, then the limits, which read the caller it sets (grpc_limits).
+        interceptors: list[grpc.aio.ServerInterceptor] = [] if access is None else [AuthInterceptor(access)]
+        self._reflection = reflection
+        self.limits = None if limits is None else LimitsInterceptor(limits)
+        if self.limits is not None:
+            interceptors.append(self.limits)
+            options.append(("grpc.max_concurrent_streams", self.limits.limits.max_streams_per_connection))
+        self.server = grpc.aio.server(options=options, interceptors=interceptors)
         add_servicer(NextBestActionServicer(service), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -294,7 +317,10 @@ class GrpcServer:
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         check_can_listen(host, port, reuse_port=reuse_port)
         try:
-            self.port = self.server.add_insecure_port(bind)
+            if credentials is None:
+                self.port = self.server.add_insecure_port(bind)
+            else:
+                self.port = self.server.add_secure_port(bind, credentials)
         except RuntimeError as exc:  # grpcio raises instead of returning 0 when the bind fails
             raise OSError(f"cannot listen on {bind}: {exc}") from exc
         if self.port == 0:
@@ -307,7 +333,8 @@ class GrpcServer:
         self._reflected.append(service_name)
 
     async def start(self, serving: bool = True) -> None:
-        reflection.enable_server_reflection((*self._reflected, reflection.SERVICE_NAME), self.server)
+        if self._reflection:
+            reflection.enable_server_reflection((*self._reflected, reflection.SERVICE_NAME), self.server)
         await self.server.start()
         await self.set_serving(serving)
 

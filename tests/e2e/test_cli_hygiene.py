@@ -159,7 +159,7 @@ def test_serve_options_follow_the_settings_model() -> None:
     for name, field in Settings.model_fields.items():
         flag, variable = "--" + name.replace("_", "-"), f"NBA_{name.upper()}"
         if name == "dsn":
-            assert flag not in text
+            assert flag not in text.replace("--dsn-password-file", "")  # the password's file is a flag of its own
             assert variable in text
             continue
         assert flag in text, flag

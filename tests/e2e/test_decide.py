@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from datetime import UTC, timedelta
 from pathlib import Path
@@ -168,6 +169,13 @@ def test_decide_matches_reference_evaluation(server: ServerHandle, oracle: Oracl
     customers = [p.customer_id for p in oracle.customers(server.ready_at)]
     for channel in Channel:
         expectations = {cid: oracle.stable(server, cid, channel, horizon=timedelta(seconds=60)) for cid in customers}
+        if sum(e is None for e in expectations.values()) > 100:
+            # A quiet-hours edge within the minute (09:00 in London ends them for most of the sample): the
+            # answers are about to change, so compare once it has passed.
+            time.sleep(65)
+            expectations = {
+                cid: oracle.stable(server, cid, channel, horizon=timedelta(seconds=60)) for cid in customers
+            }
         futures = {
             cid: server.stub.Decide.future(
                 nba_pb2.DecideRequest(customer_id=cid, channel=PB_CHANNEL[channel], max_actions=20), timeout=30

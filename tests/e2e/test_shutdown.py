@@ -44,7 +44,9 @@ def _worker(
             channel=nba_pb2.AGENT_DESKTOP if count % 2 else nba_pb2.OUTBOUND_DIALER,
             max_actions=20,
             context=nba_pb2.InteractionContext(
-                reason="shutdown test", attributes={f"k{i}": "v" * 400 for i in range(50)}
+                # Large records (about 12 KB of context each), within the 16 KiB a call may have recorded.
+                reason="shutdown test",
+                attributes={f"k{i}": "v" * 300 for i in range(40)},
             ),
         )
         started = time.monotonic()

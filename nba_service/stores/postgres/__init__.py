@@ -6,10 +6,12 @@ the pool, the schema check and the wiring of the decision records live beside th
 
 from __future__ import annotations
 
+import asyncpg
 import structlog
 
 from nba_service.domain.model import Ruleset
-from nba_service.errors import SchemaNotReadyError
+from nba_service.errors import FailedPrecondition, SchemaNotReadyError
+from nba_service.security.secrets import password_source, redact
 from nba_service.settings import Settings
 from nba_service.stores.postgres.archive import PostgresRulesetArchive
 from nba_service.stores.postgres.decision_log import PostgresRecordExport, PostgresRecordSink
@@ -34,10 +36,19 @@ async def open_postgres(
 
     if not settings.dsn:
         raise ValueError("store 'postgres' needs a DSN (settings.dsn)")
-    pool = await create_pool(settings.dsn, min_size=0, max_size=settings.pool_max, connect_timeout=2.0)
+    pool = await create_pool(
+        settings.dsn,
+        min_size=0,
+        max_size=settings.pool_max,
+        connect_timeout=2.0,
+        password=password_source(settings.dsn_password_file),
+    )
     try:
         async with pool.acquire(timeout=3.0) as conn:
             missing = await pending(conn)
+    except asyncpg.InvalidAuthorizationSpecificationError as exc:  # a wrong password or role: waiting will not help
+        await pool.close()
+        raise FailedPrecondition(redact(f"PostgreSQL refused the credentials: {exc}")) from exc
     except CONNECTION_ERRORS as exc:
         log.warning(
             "database_unreachable_at_start",

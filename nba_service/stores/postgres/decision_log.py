@@ -66,6 +66,7 @@ _COLUMNS = (
     "delivery",
     "shadow",
     "inputs",
+    "caller",
 )
 _JSON_COLUMNS = frozenset({"rules_fired", "dropped", "actions", "context", "profile_problems", "shadow", "inputs"})
 _TYPES = (
@@ -81,6 +82,7 @@ _TYPES = (
     "text",
     "text",
     "float8",
+    "text",
     "text",
     "text",
     "text",
@@ -120,7 +122,7 @@ UPDATE decisions d SET shadow = u.shadow::jsonb
  WHERE d.decision_id = u.decision_id
 RETURNING d.decision_id
 """
-_FIND = "SELECT customer_id, channel, actions, decided_at, delivery FROM decisions WHERE decision_id = $1"
+_FIND = "SELECT customer_id, channel, actions, decided_at, delivery, caller FROM decisions WHERE decision_id = $1"
 _GET = f"SELECT {', '.join(_COLUMNS)} FROM decisions WHERE decision_id = $1"  # noqa: S608 - constant column names
 # A write that stores nothing but needs what a batch needs: the insert lock on `decisions` (a lock that
 # holds the writer up holds this up too; a read-only server refuses it), and a transaction id, so its commit
@@ -142,7 +144,7 @@ SELECT {", ".join(_COLUMNS)} FROM decisions
  ORDER BY decided_at, decision_id
 """  # noqa: S608 - constant column names only
 _EXPORT_OUTCOMES = """
-SELECT decision_id, customer_id, action_id, channel, outcome, time, note FROM outcomes
+SELECT decision_id, customer_id, action_id, channel, outcome, time, note, recorded_by FROM outcomes
  WHERE ($1::timestamptz IS NULL OR time >= $1) AND ($2::timestamptz IS NULL OR time < $2)
    AND ($3::text IS NULL OR customer_id = $3)
  ORDER BY time, outcome_id
@@ -202,6 +204,7 @@ def _row(record: DecisionRecord) -> tuple[Any, ...]:
         record.delivery.value,
         None if data["shadow"] is None else _dumps(data["shadow"]),  # SQL NULL, not JSON null: no candidate ran
         None if data["inputs"] is None else _dumps(data["inputs"]),  # SQL NULL: a record from before inputs were kept
+        record.caller or None,  # SQL NULL: no caller recorded
     )
 
 
@@ -329,6 +332,7 @@ class PostgresRecordSink:
             tuple(a["action_id"] for a in _json(row["actions"])),
             row["decided_at"],
             Delivery(row["delivery"]),
+            row["caller"] or "",
         )
 
     async def get_record(self, decision_id: str) -> DecisionRecord | None:
@@ -374,6 +378,7 @@ def decision_json(row: asyncpg.Record) -> dict[str, Any]:
         "delivery": row["delivery"],
         "shadow": _json(row["shadow"]),
         "inputs": _json(row["inputs"]),
+        "caller": row["caller"] or "",
     }
     # Through the record type, so the export can never drift from the one format.
     return DecisionRecord.from_json(data).to_json()
@@ -389,6 +394,7 @@ def outcome_json(row: asyncpg.Record) -> dict[str, Any]:
             OutcomeKind(row["outcome"]),
             row["time"],
             row["note"],
+            row["recorded_by"] or "",
         )
     )
 

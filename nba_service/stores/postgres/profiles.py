@@ -78,8 +78,8 @@ WITH contact AS (
            reached = coalesce(k.reached, k.outcome IN ({_CONTACTED_SQL})) OR excluded.reached
     RETURNING 1
 )
-INSERT INTO outcomes (decision_id, customer_id, action_id, channel, outcome, time, note)
-SELECT $2, $1, $3, $4, $6, $5, $7 FROM contact
+INSERT INTO outcomes (decision_id, customer_id, action_id, channel, outcome, time, note, recorded_by)
+SELECT $2, $1, $3, $4, $6, $5, $7, $9 FROM contact
 """  # noqa: S608 - the interpolated list is the fixed outcome names
 
 _SCHEMA_VERSION = "SELECT max(version) FROM schema_migrations"
@@ -108,10 +108,19 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
     """Skips asyncpg's reset round trip on release: the service keeps no session state on pooled connections."""
 
 
-async def create_pool(dsn: str, *, min_size: int = 0, max_size: int = 10, connect_timeout: float = 2.0) -> asyncpg.Pool:
-    """A pool that never blocks start-up: no connection is made until one is needed."""
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 0,
+    max_size: int = 10,
+    connect_timeout: float = 2.0,
+    password: Callable[[], str] | None = None,
+) -> asyncpg.Pool:
+    """A pool that never blocks start-up: no connection is made until one is needed. `password`, when given,
+    is asked for at each new connection (nba_service.security.secrets.password_source)."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn,
+        password=password,
         min_size=min_size,
         max_size=max_size,
         timeout=connect_timeout,
@@ -214,19 +223,20 @@ class PostgresProfileStore:
         ids: list[str] = await self._run("listing customers", page)
         return ids
 
-    async def add_event(self, customer_id: str, event: Event) -> str:
+    async def add_event(self, customer_id: str, event: Event, recorded_by: str = "") -> str:
         event_id = uuid.uuid4()
 
         async def insert(conn: asyncpg.Connection, budget: float) -> None:
             await conn.execute(
-                "INSERT INTO events (event_id, customer_id, type, time, attributes, expires_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO events (event_id, customer_id, type, time, attributes, expires_at, recorded_by)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 event_id,
                 customer_id,
                 event.type,
                 event.time,
                 dict(event.attributes),
                 event.expires_at,
+                recorded_by or None,
                 timeout=budget,
             )
 
@@ -253,6 +263,7 @@ class PostgresProfileStore:
                 outcome.outcome.value,
                 outcome.note,
                 outcome.outcome in CONTACTED_OUTCOMES,
+                outcome.recorded_by or None,
                 timeout=budget,
             )
 

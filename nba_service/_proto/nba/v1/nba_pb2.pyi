@@ -293,6 +293,9 @@ class RecordOutcomeResponse(_message.Message):
 
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
+    """The customer the decision was about, only when the caller recording the outcome is the caller the decision
+    was answered to (the same principal); empty for anyone else, who learns nothing from a decision id.
+    """
     def __init__(
         self,
         *,
