@@ -29,6 +29,8 @@ from nba_service.settings import Settings
 from nba_service.transport.grpc_admin import ADMIN_SERVICE_NAME, add_admin
 from nba_service.transport.grpc_review import REVIEW_SERVICE_NAME, ReviewServicer, add_review
 from nba_service.transport.grpc_server import GrpcServer
+from nba_service.transport.http_api import create_app
+from nba_service.transport.http_server import HttpServer
 from nba_service.worker import CONNECTION_AGE_S, RETIRE_DRAIN_S
 
 log = structlog.get_logger(__name__)
@@ -70,6 +72,7 @@ async def serve(
             server.reflect(ADMIN_SERVICE_NAME)
         add_review(ReviewServicer(app.archive, app.records, app.service, admin), server.server)
         server.reflect(REVIEW_SERVICE_NAME)
+        http = _http_server(settings, app, server, access, tls, worker)
     except BaseException:
         await app.close()
         raise
@@ -91,10 +94,21 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, _reloads(access, background))
     ready = await app.ready()
     await server.start(serving=ready)
+    if http is not None:
+        await http.start()
     event = "serving" if worker is None else "worker_serving"
     if tls is None:
         log.warning("plain_text_listener", address=server.address, hint=PLAIN_TEXT_HINT)
-    log.info(event, address=server.address, pid=os.getpid(), store=settings.store, ready=ready, tls=_tls_mode(tls))
+    extra = {} if http is None else {"http_address": http.address}
+    log.info(
+        event,
+        address=server.address,
+        pid=os.getpid(),
+        store=settings.store,
+        ready=ready,
+        tls=_tls_mode(tls),
+        **extra,
+    )
     if on_ready is not None:
         on_ready(server, ready, app.version)
     background.append(asyncio.create_task(_watch_store(app, server, ready), name="store-health"))
@@ -110,7 +124,10 @@ async def serve(
             # the worker waits until its connections have aged out (GOAWAY, then the clients reconnect to the
             # other workers), so that stopping finds no call on its way in.
             await asyncio.sleep(min(RETIRE_DRAIN_S, settings.grace_seconds))
-        await server.stop(settings.grace_seconds)
+        if http is not None:
+            await asyncio.gather(http.stop(), server.stop(settings.grace_seconds))
+        else:
+            await server.stop(settings.grace_seconds)
         await app.close()
         stats = app.decision_log.stats
         log.info(
@@ -119,6 +136,23 @@ async def serve(
             dead_letters=stats.dead_letters,
             not_written=len(stats.unwritten),
         )
+
+
+def _http_server(
+    settings: Settings,
+    app: Application,
+    server: GrpcServer,
+    access: AccessControl,
+    tls: ServerTls | None,
+    worker: int | None,
+) -> HttpServer | None:
+    """The HTTP/JSON API beside gRPC (`--http-port`): same service, access control, limits and health state."""
+    if settings.http_port is None:
+        return None
+    api = create_app(app.service, access=access, limits=server.limits, serving=lambda: server.serving)
+    return HttpServer(
+        api, settings.host, settings.http_port, tls=tls, reuse_port=worker is not None, grace=settings.grace_seconds
+    )
 
 
 def _reloads(access: AccessControl, tasks: list[asyncio.Task[None]]) -> Callable[[], None]:

@@ -26,6 +26,13 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
+    http_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="also serve the HTTP/JSON API for CRM plugins on this port, same host, TLS and access policy "
+        "(0 picks a free port; unset: no HTTP)",
+    )
     rulesets: Path = BUNDLED_RULESETS
     ruleset: str | None = Field(None, description="the active ruleset's name when the path holds several")
     shadow: Path | None = Field(
@@ -116,6 +123,14 @@ class Settings(BaseSettings):
     def _burst_needs_rate(self) -> Settings:
         if self.rate_burst is not None and not self.rate_limit:
             raise ValueError("--rate-burst / NBA_RATE_BURST needs --rate-limit / NBA_RATE_LIMIT above 0")
+        return self
+
+    @model_validator(mode="after")
+    def _http_port_fits(self) -> Settings:
+        if self.http_port == 0 and self.workers > 1:
+            raise ValueError(
+                "--http-port 0 needs --workers 1: workers share a fixed HTTP port, and port 0 would give each its own"
+            )
         return self
 
     @model_validator(mode="after")

@@ -317,6 +317,25 @@ def action_title(action: Action) -> str:
     return _title(action.id)
 
 
+# Button labels for CRM recommendation cards: two buttons side by side in a ~300 px panel, so at most
+# `MAX_LABEL` characters each. The accept button records ACCEPTED, the decline button DECLINED. Actions a
+# compliance or service rule asks for are tasks to carry out rather than offers to sell, and say so.
+MAX_LABEL = 12
+_TASK_CATEGORIES = frozenset({"compliance", "service"})
+
+
+def action_labels(action: Action | None) -> tuple[str, str]:
+    """(accept label, decline label) for the action's card: ("Done", "Skip") for a task, else ("Accept", "Decline")."""
+    if action is not None and action.category in _TASK_CATEGORIES:
+        return "Done", "Skip"
+    return "Accept", "Decline"
+
+
+def action_id_title(action_id: str) -> str:
+    """A title for an action id the ruleset in hand does not declare (a version swapped mid-call)."""
+    return _title(action_id)
+
+
 def _title(identifier: str) -> str:
     words = _words(identifier)
     return words[:1].upper() + words[1:]

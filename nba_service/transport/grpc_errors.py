@@ -27,6 +27,11 @@ _CODES: dict[ErrorCode, tuple[grpc.StatusCode, int]] = {
 }
 
 
+def status_code(error: NbaError) -> grpc.StatusCode:
+    """The gRPC status code of a domain error; the HTTP edge derives its status from this one too."""
+    return _CODES[error.code][0]
+
+
 def to_status(error: NbaError) -> grpc.Status:
     """A rich status: the message, plus a `google.rpc.BadRequest` naming each field and problem."""
     _, code = _CODES[error.code]

@@ -17,7 +17,7 @@ import grpc
 import structlog
 
 from nba_service.errors import ResourceExhausted
-from nba_service.security.limits import CallCounter, CallLimits, Rate, RateLimiter, Refused
+from nba_service.security.limits import CallCounter, CallLimits, Rate, RateLimiter, Refused, Slot
 from nba_service.security.policy import Caller
 from nba_service.transport.grpc_auth import current_caller
 from nba_service.transport.grpc_errors import to_status
@@ -91,17 +91,11 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # gr
 
     def _limited(self, method: str, behaviour: Behaviour) -> Behaviour:
         async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            caller = current_caller()
-            peer = context.peer()
-            rate = self._rate_for(caller)
-            key = caller_key(caller, peer)
-            refused = None if rate is None else self._rates.take(key, rate)
-            if refused is not None:
-                await self._refuse(context, method, key, refused, f"{refused.limit} for {key} exceeded")
-            slot = self._calls.enter()
-            if isinstance(slot, Refused):
-                await self._refuse(context, method, key, slot, f"{slot.limit} reached")
-                raise AssertionError("unreachable")
+            try:
+                slot = self.admit(method, current_caller(), context.peer())
+            except ResourceExhausted as exc:
+                await context.abort_with_status(to_status(exc))
+                raise AssertionError("unreachable") from exc  # abort_with_status always raises
             try:
                 return await behaviour(request, context)
             finally:
@@ -109,13 +103,27 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # gr
 
         return limited
 
-    async def _refuse(
-        self, context: grpc.aio.ServicerContext, method: str, key: str, refused: Refused, what: str
-    ) -> None:
+    def admit(self, method: str, caller: Caller | None, peer: str) -> Slot:
+        """Takes a token and a slot for one call, or raises ResourceExhausted naming the limit and when to retry.
+
+        Transport-independent: the HTTP edge (`http_api`) admits its calls here too, so a caller shares one rate
+        and one process-wide cap whichever protocol it speaks. `peer` is in gRPC's form (`ipv4:10.0.0.7:51234`).
+        """
+        rate = self._rate_for(caller)
+        key = caller_key(caller, peer)
+        refused = None if rate is None else self._rates.take(key, rate)
+        if refused is not None:
+            self._refuse(method, key, refused, f"{refused.limit} for {key} exceeded")
+        slot = self._calls.enter()
+        if isinstance(slot, Refused):
+            self._refuse(method, key, slot, f"{slot.limit} reached")
+        assert isinstance(slot, Slot)  # _refuse always raises
+        return slot
+
+    def _refuse(self, method: str, key: str, refused: Refused, what: str) -> None:
         error = ResourceExhausted(f"{what}; retry after {refused.retry_after:g} s", refused.retry_after)
         self._note_refusal(method, key, error.message)
-        await context.abort_with_status(to_status(error))
-        raise AssertionError("unreachable")  # abort_with_status always raises
+        raise error
 
     def _note_refusal(self, method: str, key: str, message: str) -> None:
         """One log line per few seconds, with how many calls were refused since the last: a caller hammering

@@ -326,6 +326,7 @@ class GrpcServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {bind}")
         self.host = host
+        self.serving = False
         self.address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     def reflect(self, service_name: str) -> None:
@@ -339,6 +340,7 @@ class GrpcServer:
         await self.set_serving(serving)
 
     async def set_serving(self, serving: bool) -> None:
+        self.serving = serving  # what gRPC health says, read by the HTTP edge's /healthz too
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)

@@ -68,7 +68,7 @@ def check_storable_text(message: Message, problems: Problems, prefix: str = "") 
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
             for key, item in value.items():
-                entry = f"{path}[{_shown(key)}]"
+                entry = f"{path}[{shown_key(key)}]"
                 if isinstance(key, str) and (problem := text_problem(key)) is not None:
                     problems.add(entry, f"the key {problem}")
                 _check_value(value_field, item, entry, problems)
@@ -86,7 +86,7 @@ def _check_value(field: FieldDescriptor, value: Any, path: str, problems: Proble
         problems.add(path, problem)
 
 
-def _shown(key: object) -> str:
+def shown_key(key: object) -> str:
     """A map key as it can appear in a field path: cut short, with what cannot be stored escaped."""
     if not isinstance(key, str):
         return str(key)

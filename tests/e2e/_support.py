@@ -81,6 +81,7 @@ class ServerHandle:
     server_log: Path
     spawned_at: datetime
     ready_at: datetime
+    http_address: str | None = None  # with --http-port: the HTTP/JSON API's host:port
     _channels: list[grpc.Channel] = dataclasses.field(default_factory=list)
     _stub: nba_pb2_grpc.NextBestActionStub | None = None
 
@@ -205,7 +206,13 @@ def start_server(
             pytest.fail(f"nba serve did not log 'serving' within {START_TIMEOUT_S}s; log:\n{server_log.read_text()}")
         time.sleep(0.02)
     return ServerHandle(
-        process, serving["address"], database or workdir / "var" / "nba.db", server_log, spawned_at, utcnow()
+        process,
+        serving["address"],
+        database or workdir / "var" / "nba.db",
+        server_log,
+        spawned_at,
+        utcnow(),
+        http_address=serving.get("http_address"),
     )
 
 

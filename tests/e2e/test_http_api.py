@@ -1,0 +1,144 @@
+"""The HTTP/JSON API for CRM plugins against a real `nba serve --http-port 0`: the same decisions, records and
+errors as gRPC, and an OpenAPI document the responses keep to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from nba_service.domain.model import Channel
+from tests.e2e._support import Oracle, ServerHandle, ids, start_server, with_event
+
+pytestmark = pytest.mark.e2e
+
+LABEL_MAX = 12
+
+
+@pytest.fixture(scope="module")
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    handle = start_server(tmp_path_factory.mktemp("nba-http"), "--http-port", "0")
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def client(http_server: ServerHandle) -> Iterator[httpx.Client]:
+    assert http_server.http_address is not None, "the serving event names no http_address"
+    with httpx.Client(base_url=f"http://{http_server.http_address}", timeout=10) as http:
+        yield http
+
+
+def _stable_customer(server: ServerHandle, oracle: Oracle, channel: Channel, exclude: set[str] = set()) -> str:  # noqa: B006
+    for profile in oracle.customers(server.ready_at):
+        expected = oracle.stable(server, profile.customer_id, channel, limit=3)
+        if expected and profile.customer_id not in exclude:
+            return profile.customer_id
+    pytest.fail(f"no sample customer with a stable decision on {channel.value}")
+
+
+class TestDecide:
+    @pytest.mark.parametrize("channel", [Channel.AGENT_DESKTOP, Channel.OUTBOUND_DIALER])
+    def test_decides_as_the_oracle_with_card_fields(
+        self, http_server: ServerHandle, client: httpx.Client, oracle: Oracle, channel: Channel
+    ) -> None:
+        """Both channels answer the ranked actions the pipeline predicts, each with a title, short labels, its
+        rank, and the decision id that the record carries."""
+        customer = _stable_customer(http_server, oracle, channel)
+        expected = oracle.stable(http_server, customer, channel, limit=3)
+        response = client.post("/v1/decide", json={"customer_id": customer, "channel": channel.name})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert [a["action_id"] for a in body["actions"]] == ids(expected or [])
+        for rank, action in enumerate(body["actions"], start=1):
+            assert action["rank"] == rank
+            assert action["title"]
+            assert action["script"]
+            assert 0 < len(action["accept_label"]) <= LABEL_MAX
+            assert 0 < len(action["decline_label"]) <= LABEL_MAX
+        record = http_server.wait_for_decisions([body["decision_id"]])[body["decision_id"]]
+        assert record["customer_id"] == customer
+
+    def test_unknown_customer_is_404(self, client: httpx.Client) -> None:
+        response = client.post("/v1/decide", json={"customer_id": "NOBODY-404", "channel": "AGENT_DESKTOP"})
+        assert response.status_code == 404
+        assert response.json()["code"] == "NOT_FOUND"
+
+    def test_invalid_fields_are_all_named(self, client: httpx.Client) -> None:
+        """Every bad field in one answer, as the gRPC BadRequest detail names them."""
+        response = client.post(
+            "/v1/decide",
+            json={"customer_id": "", "channel": "AGENT_DESKTOP", "max_actions": 99, "context": {"reason": "x\u0000"}},
+        )
+        assert response.status_code == 400
+        body = response.json()
+        assert body["code"] == "INVALID_ARGUMENT"
+        fields = {f["field"]: f["problem"] for f in body["fields"]}
+        assert "context.reason" in fields
+        assert "NUL" in fields["context.reason"]
+
+    def test_service_checks_name_fields(self, client: httpx.Client) -> None:
+        response = client.post("/v1/decide", json={"customer_id": "", "max_actions": 99})
+        assert response.status_code == 400
+        fields = {f["field"] for f in response.json()["fields"]}
+        assert fields == {"customer_id", "channel", "max_actions"}
+
+    def test_unknown_field_and_bad_json(self, client: httpx.Client) -> None:
+        response = client.post("/v1/decide", json={"customer": "C-1"})
+        assert response.status_code == 400
+        assert response.json()["fields"][0] == {"field": "customer", "problem": "is not a field of this request"}
+        response = client.post("/v1/decide", content=b"{", headers={"content-type": "application/json"})
+        assert response.status_code == 400
+        assert response.json()["fields"][0]["field"] == "body"
+
+
+def test_outcome_is_recorded_and_checked(http_server: ServerHandle, client: httpx.Client, oracle: Oracle) -> None:
+    customer = _stable_customer(http_server, oracle, Channel.AGENT_DESKTOP)
+    decision = client.post("/v1/decide", json={"customer_id": customer, "channel": "AGENT_DESKTOP"}).json()
+    action = decision["actions"][0]["action_id"]
+    response = client.post(
+        "/v1/outcomes", json={"decision_id": decision["decision_id"], "action_id": action, "outcome": "ACCEPTED"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["customer_id"] == customer
+    wrong = client.post(
+        "/v1/outcomes",
+        json={"decision_id": decision["decision_id"], "action_id": "not-offered", "outcome": "ACCEPTED"},
+    )
+    assert wrong.status_code == 400
+    assert wrong.json()["fields"][0]["field"] == "action_id"
+    missing = client.post("/v1/outcomes", json={"decision_id": "no-such", "action_id": action, "outcome": "DECLINED"})
+    assert missing.status_code == 404
+
+
+def test_event_changes_the_next_decision(http_server: ServerHandle, client: httpx.Client, oracle: Oracle) -> None:
+    attributes: dict[str, Any] = {"amount": 48250.75, "account_last4": "7781"}
+    edit = with_event("large_deposit", attributes)
+    for profile in oracle.customers(http_server.ready_at):
+        before = oracle.stable(http_server, profile.customer_id, Channel.AGENT_DESKTOP)
+        after = oracle.stable(http_server, profile.customer_id, Channel.AGENT_DESKTOP, edits=(edit,))
+        if before is not None and after is not None and "term-deposit-rates" in set(ids(after)) - set(ids(before)):
+            customer = profile.customer_id
+            break
+    else:
+        pytest.fail("no sample customer gains term-deposit-rates from a large deposit")
+    ask = {"customer_id": customer, "channel": "AGENT_DESKTOP", "max_actions": 20}
+    assert "term-deposit-rates" not in [a["action_id"] for a in client.post("/v1/decide", json=ask).json()["actions"]]
+    event = client.post("/v1/events", json={"customer_id": customer, "type": "large_deposit", "attributes": attributes})
+    assert event.status_code == 200, event.text
+    assert event.json()["event_id"]
+    assert "term-deposit-rates" in [a["action_id"] for a in client.post("/v1/decide", json=ask).json()["actions"]]
+    bad = client.post("/v1/events", json={"customer_id": customer, "type": "large_deposit", "attributes": {"amout": 1}})
+    assert bad.status_code == 400
+    assert bad.json()["fields"][0]["field"] == "attributes[amout]"
+
+
+def test_health_and_openapi(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "SERVING"}
+    document = client.get("/openapi.json").json()
+    assert document["openapi"].startswith("3.1")
+    assert {"/v1/decide", "/v1/outcomes", "/v1/events", "/healthz"} <= set(document["paths"])
+    action = document["components"]["schemas"]["RecommendedAction"]["properties"]
+    assert {"title", "accept_label", "decline_label", "rank"} <= set(action)
