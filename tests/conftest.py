@@ -13,6 +13,7 @@ from typing import NoReturn
 import pytest
 from hypothesis import settings
 
+from nba_service.log_setup import configure_logging
 from tests.pg import (
     NBA_DB,
     DatabaseFactory,
@@ -30,6 +31,14 @@ from tests.pg import (
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
     settings.load_profile("ci")
+
+
+@pytest.fixture(autouse=True)
+def _log_like_the_service() -> None:
+    """In-process tests log the way `nba serve` does (to the stderr pytest captures for the test). Left to
+    structlog's defaults, an exception logged on the event loop is rendered by rich (a dev dependency pulls it
+    in) with every local variable, which takes seconds and starves the loop."""
+    configure_logging("console", "info")
 
 
 def _unavailable(message: str) -> NoReturn:
