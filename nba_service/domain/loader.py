@@ -540,6 +540,19 @@ _SchemaValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call
 )
 
 
+def unknown_keys(error: jsonschema.ValidationError) -> list[tuple[list[str | int], str]]:
+    """One problem per key a schema does not allow, naming the keys it does: what a reviewer editing any of our
+    YAML files (scenario tests, access policies) needs to fix a misspelt key. Empty for other errors."""
+    if error.validator != "additionalProperties" or not isinstance(error.instance, Mapping):
+        return []
+    allowed = list(cast(Mapping[str, Any], error.schema).get("properties", {}))
+    return [
+        ([*error.absolute_path, key], f"unknown key {key!r} (check the spelling; allowed here: {', '.join(allowed)})")
+        for key in error.instance
+        if key not in allowed
+    ]
+
+
 def _schema_message(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         return f"{error.message} (check the spelling)"

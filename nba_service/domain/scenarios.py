@@ -28,7 +28,14 @@ import jsonschema
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from nba_service.domain.loader import TESTS_SUFFIX, _duration, _located, _schema_message, _SchemaValidator
+from nba_service.domain.loader import (
+    TESTS_SUFFIX,
+    _duration,
+    _located,
+    _schema_message,
+    _SchemaValidator,
+    unknown_keys,
+)
 from nba_service.domain.model import Channel, FieldSpec, Ruleset
 from nba_service.domain.pipeline import ActiveRuleset, Evaluation, evaluate
 from nba_service.domain.policy import policy_ids
@@ -318,12 +325,8 @@ class _Reader:
     def _schema_problem(self, error: jsonschema.ValidationError) -> None:
         path: list[str | int] = list(error.absolute_path)
         if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-            allowed = list(cast(Mapping[str, Any], error.schema).get("properties", {}))
-            for key in error.instance:
-                if key not in allowed:
-                    self.problem(
-                        [*path, key], f"unknown key {key!r} (check the spelling; allowed here: {', '.join(allowed)})"
-                    )
+            for key_path, problem in unknown_keys(error):
+                self.problem(key_path, problem)
             return
         if "propertyNames" in error.relative_schema_path and isinstance(error.instance, str):
             self.problem([*path, error.instance], _schema_message(error))

@@ -25,7 +25,7 @@ import jsonschema
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from nba_service.domain.loader import _located, _schema_message, _SchemaValidator
+from nba_service.domain.loader import _located, _schema_message, _SchemaValidator, unknown_keys
 from nba_service.domain.profile import AttributeValue
 from nba_service.errors import AccessPolicyInvalid, RulesetProblem
 from nba_service.security.identity import Identity
@@ -279,12 +279,8 @@ class _Reader:
     def _schema_problem(self, error: jsonschema.ValidationError) -> None:
         path: list[str | int] = list(error.absolute_path)
         if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-            allowed = list(cast(Mapping[str, Any], error.schema).get("properties", {}))
-            for key in error.instance:
-                if key not in allowed:
-                    self.problem(
-                        [*path, key], f"unknown key {key!r} (check the spelling; allowed here: {', '.join(allowed)})"
-                    )
+            for key_path, problem in unknown_keys(error):
+                self.problem(key_path, problem)
             return
         if error.validator == "enum" and path[-2:-1] == ["roles"]:
             known = ", ".join(role.value for role in Role)
