@@ -22,6 +22,7 @@ from nba_service.deploy.control import RulesetControl
 from nba_service.deploy.startup import follow_configured_files
 from nba_service.deploy.state import VersionInfo
 from nba_service.errors import NbaError, RulesetInvalid
+from nba_service.review.queries import ReviewQueries
 from nba_service.security.access import AccessControl, access_from_settings
 from nba_service.security.limits import CallLimits, Rate
 from nba_service.security.tls import PLAIN_TEXT_HINT, ServerTls, listener_security
@@ -70,9 +71,10 @@ async def serve(
         if admin is not None:
             add_admin(admin, server.server)
             server.reflect(ADMIN_SERVICE_NAME)
-        add_review(ReviewServicer(app.archive, app.records, app.service, admin), server.server)
+        review = ReviewQueries(app.archive, app.records, app.service, admin)
+        add_review(ReviewServicer(review), server.server)
         server.reflect(REVIEW_SERVICE_NAME)
-        http = _http_server(settings, app, server, access, tls, worker)
+        http = _http_server(settings, app, server, access, tls, worker, review)
     except BaseException:
         await app.close()
         raise
@@ -145,11 +147,12 @@ def _http_server(
     access: AccessControl,
     tls: ServerTls | None,
     worker: int | None,
+    review: ReviewQueries,
 ) -> HttpServer | None:
     """The HTTP/JSON API beside gRPC (`--http-port`): same service, access control, limits and health state."""
     if settings.http_port is None:
         return None
-    api = create_app(app.service, access=access, limits=server.limits, serving=lambda: server.serving)
+    api = create_app(app.service, access=access, limits=server.limits, serving=lambda: server.serving, review=review)
     return HttpServer(
         api, settings.host, settings.http_port, tls=tls, reuse_port=worker is not None, grace=settings.grace_seconds
     )

@@ -239,6 +239,11 @@ class Supervisor:
             ready=all(w.ready for w in workers),
             workers=len(workers),
             worker_pids=self.pids,
+            **(
+                {}
+                if self.settings.http_port is None
+                else {"http_address": _shown(self.settings.host, self.settings.http_port)}
+            ),
         )
         return True
 

@@ -17,13 +17,14 @@ certificate to the application, so on HTTP callers are identified by bearer toke
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC
 from typing import Annotated, Any, Literal
 
 import grpc
 import structlog
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format
@@ -31,8 +32,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from nba_service.domain.model import Channel
 from nba_service.domain.profile import AttributeValue, OutcomeKind
+from nba_service.domain.records import Delivery
 from nba_service.domain.wording import action_id_title, action_labels, action_title
-from nba_service.errors import InvalidArgument, NbaError, Problems, ResourceExhausted
+from nba_service.errors import DeadlineExceeded, InvalidArgument, NbaError, Problems, ResourceExhausted
+from nba_service.review.queries import ReviewQueries
 from nba_service.security.access import AccessControl
 from nba_service.security.authz import NEXT_BEST_ACTION, Ask, authorize
 from nba_service.security.policy import Caller
@@ -40,6 +43,9 @@ from nba_service.service import DecisionService
 from nba_service.transport.explanation import explanation_message
 from nba_service.transport.grpc_errors import status_code
 from nba_service.transport.grpc_limits import LimitsInterceptor
+from nba_service.transport.grpc_server import DELIVERY_MARGIN_S
+from nba_service.transport.http_identity import CallerDep, peer
+from nba_service.transport.http_review import review_router
 from nba_service.transport.wire import shown_key, text_problem
 
 log = structlog.get_logger(__name__)
@@ -176,6 +182,8 @@ def error_response(error: NbaError) -> JSONResponse:
     headers = {}
     if isinstance(error, ResourceExhausted):
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    if code is grpc.StatusCode.UNAUTHENTICATED:  # RFC 6750: say which scheme would be accepted
+        headers["WWW-Authenticate"] = 'Bearer realm="nba"'
     return JSONResponse(body.model_dump(), status_code=HTTP_STATUS.get(code, 500), headers=headers)
 
 
@@ -228,34 +236,27 @@ def _check_text(value: object, path: str, problems: Problems) -> None:
             _check_text(item, entry, problems)
 
 
+TIMEOUT_HEADER = "X-Request-Timeout"
+MAX_TIMEOUT_S = 300.0
+
+
+def _deadline(value: str | None) -> float | None:
+    """The caller's deadline, as gRPC's `grpc-timeout` gives one: seconds from now, in `X-Request-Timeout`."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_TIMEOUT_S:  # also refuses nan and inf
+        raise InvalidArgument.of(TIMEOUT_HEADER, f"must be a number of seconds above 0 and at most {MAX_TIMEOUT_S:g}")
+    return time.monotonic() + seconds
+
+
 def _storable(model: BaseModel) -> None:
     problems = Problems()
     _check_text(model.model_dump(exclude_none=True), "", problems)
     problems.raise_if_any()
-
-
-def _peer(request: Request) -> str:
-    """The client's address in gRPC's form, so one machine shares one count on both protocols."""
-    if request.client is None:
-        return "unknown"
-    host, port = request.client.host, request.client.port
-    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
-
-
-async def _authenticated(request: Request) -> Caller | None:
-    """Who is calling, by the process's one authenticator and policy; runs before the body is read."""
-    access: AccessControl | None = request.app.state.access
-    if access is None:
-        return None
-    headers = [("authorization", value) for value in request.headers.getlist("authorization")]
-    try:
-        return access.caller(headers, {})
-    except NbaError as exc:
-        log.info("call_refused", path=request.url.path, code=exc.code.value, reason=exc.message)
-        raise
-
-
-CallerDep = Annotated[Caller | None, Depends(_authenticated)]
 
 
 def create_app(
@@ -264,6 +265,7 @@ def create_app(
     access: AccessControl | None,
     limits: LimitsInterceptor | None,
     serving: Callable[[], bool],
+    review: ReviewQueries | None = None,
 ) -> FastAPI:
     """The ASGI app. `access` None lets every call through as a trusted in-process caller (tests only, as the
     gRPC server); `limits` None enforces none; `serving` is what /healthz answers (gRPC health's state)."""
@@ -297,15 +299,28 @@ def create_app(
             authorize(caller, ask)
         if limits is None:
             return lambda: None
-        return limits.admit(ask.method, caller, _peer(request)).leave
+        return limits.admit(ask.method, caller, peer(request)).leave
 
     @app.post("/v1/decide", responses=_ERRORS, response_model_exclude_none=True)
-    async def decide(body: DecideRequest, request: Request, caller: CallerDep) -> DecideResponse:
+    async def decide(
+        body: DecideRequest,
+        request: Request,
+        caller: CallerDep,
+        timeout: Annotated[  # noqa: ASYNC109 - the caller's header, handled as a deadline
+            str | None,
+            Header(
+                alias=TIMEOUT_HEADER,
+                description="the caller's deadline in seconds (as gRPC's deadline): an answer that would arrive "
+                "later is not given, 504, and its record says so",
+            ),
+        ] = None,
+    ) -> DecideResponse:
         """The next best actions for a customer, best first (gRPC Decide)."""
         channel = None if body.channel is None else _CHANNELS[body.channel]
         leave = admitted(request, caller, Ask(_DECIDE, channel, body.dry_run))
         try:
             _storable(body)
+            deadline = _deadline(timeout)
             decision = await service.decide(
                 body.customer_id,
                 channel,
@@ -314,9 +329,16 @@ def create_app(
                 context=body.context.attributes,
                 dry_run=body.dry_run,
                 caller=caller,
+                deadline=deadline,
             )
         finally:
             leave()
+        if decision.explanation is None:  # a dry run has no record whose delivery could be corrected
+            if deadline is not None and time.monotonic() >= deadline - DELIVERY_MARGIN_S:
+                service.undelivered(decision.decision_id, Delivery.DEADLINE_EXCEEDED)
+                raise DeadlineExceeded("the caller's deadline passed while the decision was being recorded")
+            if await request.is_disconnected():  # nobody is left to read the answer: it is no offer
+                service.undelivered(decision.decision_id, Delivery.CANCELLED)
         declared = service.active.ruleset.actions
         actions = []
         for a in decision.actions:
@@ -388,4 +410,6 @@ def create_app(
         up = serving()
         return JSONResponse(Health(status="SERVING" if up else "NOT_SERVING").model_dump(), 200 if up else 503)
 
+    if review is not None:
+        app.include_router(review_router(review, admitted, _ERRORS))
     return app

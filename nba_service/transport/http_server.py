@@ -2,6 +2,10 @@
 
 The socket is made here rather than by uvicorn, for two reasons: port 0 must name the port it picked before
 `serving` is logged, and a supervisor's workers share one port (SO_REUSEPORT) as their gRPC servers do.
+
+uvicorn verifies a client certificate (the TLS context requires one when `--tls-client-ca` is set) but does not
+hand it to the application, so `_TlsH11Protocol` puts it in each request's scope the way the ASGI TLS extension
+names it (`extensions.tls.client_cert_chain`): a certificate caller is the same caller on HTTP as on gRPC.
 """
 
 from __future__ import annotations
@@ -9,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from nba_service.security.tls import ServerTls
 from nba_service.transport.grpc_server import check_can_listen
@@ -41,6 +48,7 @@ class HttpServer:
             log_config=None,  # our structlog setup owns logging
             access_log=False,
             lifespan="off",
+            http=_TlsH11Protocol,
             timeout_graceful_shutdown=max(1, round(grace)),
         )
         config.load()
@@ -64,3 +72,22 @@ class HttpServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._socket.close()
+
+
+class _TlsH11Protocol(H11Protocol):
+    """One instance per connection: the handshake is over when it is made, so the peer's certificate is known."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der is None:
+            return
+        tls = {"client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)], "tls_version": None, "cipher_suite": None}
+        app = self.app
+
+        async def with_certificate(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            scope["extensions"] = {**(scope.get("extensions") or {}), "tls": tls}
+            await app(scope, receive, send)
+
+        self.app = with_certificate

@@ -3,14 +3,16 @@ errors as gRPC, and an OpenAPI document the responses keep to."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from nba_service.domain.model import Channel
-from tests.e2e._support import Oracle, ServerHandle, ids, start_server, with_event
+from tests.e2e._support import Oracle, ServerHandle, ids, read_json_lines, start_server, with_event
 
 pytestmark = pytest.mark.e2e
 
@@ -142,3 +144,44 @@ def test_health_and_openapi(client: httpx.Client) -> None:
     assert {"/v1/decide", "/v1/outcomes", "/v1/events", "/healthz"} <= set(document["paths"])
     action = document["components"]["schemas"]["RecommendedAction"]["properties"]
     assert {"title", "accept_label", "decline_label", "rank"} <= set(action)
+
+
+def test_deadline_header(http_server: ServerHandle, client: httpx.Client, oracle: Oracle) -> None:
+    """X-Request-Timeout is the caller's deadline, as gRPC's: one already past gets 504 and nothing is decided;
+    a malformed one is refused by name; a generous one changes nothing."""
+    customer = _stable_customer(http_server, oracle, Channel.AGENT_DESKTOP)
+    ask = {"customer_id": customer, "channel": "AGENT_DESKTOP"}
+    late = client.post("/v1/decide", json=ask, headers={"X-Request-Timeout": "0.000000001"})
+    assert late.status_code == 504, late.text
+    assert late.json()["code"] == "DEADLINE_EXCEEDED"
+    for bad in ("soon", "-1", "0", "nan", "inf", "301"):
+        refused = client.post("/v1/decide", json=ask, headers={"X-Request-Timeout": bad})
+        assert refused.status_code == 400, (bad, refused.text)
+        assert refused.json()["fields"][0]["field"] == "X-Request-Timeout"
+    fine = client.post("/v1/decide", json=ask, headers={"X-Request-Timeout": "30"})
+    assert fine.status_code == 200, fine.text
+    record = http_server.wait_for_decisions([fine.json()["decision_id"]])[fine.json()["decision_id"]]
+    assert record["delivery"] == "sent"
+
+
+def test_workers_share_the_http_port(tmp_path: Path) -> None:
+    """With --workers 2 both workers listen for HTTP on the one fixed port (SO_REUSEPORT), the supervisor's
+    `serving` names it, and decisions over new connections are all answered and recorded. (Which worker took a
+    connection is not visible over HTTP; the gRPC worker tests check the spread.)"""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = start_server(tmp_path, "--workers", "2", "--http-port", str(port))
+    try:
+        assert server.http_address == f"127.0.0.1:{port}"
+        decided: list[str] = []
+        for _ in range(12):  # a new connection each time: the kernel spreads them over the workers
+            with httpx.Client(base_url=f"http://{server.http_address}", timeout=30) as http:
+                response = http.post("/v1/decide", json={"customer_id": "CUST-000001", "channel": "AGENT_DESKTOP"})
+                assert response.status_code == 200, response.text
+                decided.append(response.json()["decision_id"])
+        assert set(server.wait_for_decisions(decided)) == set(decided)
+        workers = {e["pid"] for e in read_json_lines(tmp_path / "server.log") if e.get("event") == "worker_serving"}
+        assert len(workers) == 2
+    finally:
+        server.stop()
