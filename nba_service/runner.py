@@ -21,10 +21,11 @@ from nba_service.app import Application, build_application, configured_ruleset
 from nba_service.deploy.control import RulesetControl
 from nba_service.deploy.startup import follow_configured_files
 from nba_service.deploy.state import VersionInfo
-from nba_service.errors import NbaError, RulesetInvalid
+from nba_service.errors import FailedPrecondition, NbaError, RulesetInvalid
 from nba_service.review.queries import ReviewQueries
 from nba_service.security.access import AccessControl, access_from_settings
 from nba_service.security.limits import CallLimits, Rate
+from nba_service.security.panel_session import PanelSessions, new_secret, read_secret_file
 from nba_service.security.tls import PLAIN_TEXT_HINT, ServerTls, listener_security
 from nba_service.settings import Settings
 from nba_service.transport.grpc_admin import ADMIN_SERVICE_NAME, add_admin
@@ -32,6 +33,7 @@ from nba_service.transport.grpc_review import REVIEW_SERVICE_NAME, ReviewService
 from nba_service.transport.grpc_server import GrpcServer
 from nba_service.transport.http_api import create_app
 from nba_service.transport.http_server import HttpServer
+from nba_service.transport.panel import PanelConfig
 from nba_service.worker import CONNECTION_AGE_S, RETIRE_DRAIN_S
 
 log = structlog.get_logger(__name__)
@@ -43,11 +45,14 @@ async def serve(
     *,
     worker: int | None = None,
     control: RulesetControl | None = None,
+    panel_secret: bytes | None = None,
 ) -> None:
     """Serves until SIGTERM or SIGINT. `on_ready(server, store_ready, version)` is called once calls are taken.
 
     `worker` is this process's index among a supervisor's workers: it then shares the port with the others
     and logs `worker_serving`, leaving the one `serving` event, which people and tools wait for, to the supervisor.
+    `panel_secret` signs agent panel sessions when no `--panel-secret-file` is set: a supervisor gives every
+    worker the same one; a lone server makes its own.
     """
     tls = listener_security(settings)  # before anything is loaded: plain text off loopback fails at once
     access = access_from_settings(settings)  # a bad policy file, too
@@ -74,7 +79,7 @@ async def serve(
         review = ReviewQueries(app.archive, app.records, app.service, admin)
         add_review(ReviewServicer(review), server.server)
         server.reflect(REVIEW_SERVICE_NAME)
-        http = _http_server(settings, app, server, access, tls, worker, review)
+        http = _http_server(settings, app, server, access, tls, worker, panel_secret, review)
     except BaseException:
         await app.close()
         raise
@@ -147,14 +152,32 @@ def _http_server(
     access: AccessControl,
     tls: ServerTls | None,
     worker: int | None,
+    panel_secret: bytes | None,
     review: ReviewQueries,
 ) -> HttpServer | None:
-    """The HTTP/JSON API beside gRPC (`--http-port`): same service, access control, limits and health state."""
+    """The HTTP/JSON API beside gRPC (`--http-port`): same service, access control, limits and health state,
+    and the agent side panel."""
     if settings.http_port is None:
         return None
-    api = create_app(app.service, access=access, limits=server.limits, serving=lambda: server.serving, review=review)
+    if settings.panel_secret_file is not None:
+        try:
+            secret = read_secret_file(settings.panel_secret_file)
+        except ValueError as exc:  # checked at start-up, but a mounted secret can change before the HTTP side starts
+            raise FailedPrecondition(f"--panel-secret-file / NBA_PANEL_SECRET_FILE: {exc}") from exc
+    else:
+        secret = panel_secret or new_secret()
+    panel = PanelConfig(PanelSessions(secret, settings.panel_session_seconds), settings.panel_origins)
+    api = create_app(
+        app.service, access=access, limits=server.limits, serving=lambda: server.serving, panel=panel, review=review
+    )
     return HttpServer(
-        api, settings.host, settings.http_port, tls=tls, reuse_port=worker is not None, grace=settings.grace_seconds
+        api,
+        settings.host,
+        settings.http_port,
+        tls=tls,
+        reuse_port=worker is not None,
+        grace=settings.grace_seconds,
+        on_stop=panel.changes.close,
     )
 
 

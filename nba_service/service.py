@@ -86,6 +86,7 @@ class DecisionService:
         # Hashes this process has seen kept in the archive, and when the active version became active.
         self._archived: set[str] = set()
         self._activated_at = clock()
+        self._change_listeners: list[Callable[[str], None]] = []
 
     @property
     def active(self) -> ActiveRuleset:
@@ -242,6 +243,26 @@ class DecisionService:
             return False
         return caller.scope.admits(profile.attributes)
 
+    async def current_profile(self, customer_id: str, caller: Caller | None = None) -> Profile:
+        """The profile a decision for this customer would read now, for whoever watches it change (the agent
+        panel); a customer outside the caller's scope is answered as an unknown one."""
+        problems = Problems()
+        validate_customer_id(customer_id, problems)
+        problems.raise_if_any()
+        profile = await self._store.get_profile(customer_id)
+        if caller is not None and not caller.scope.admits(profile.attributes):
+            raise unknown_customer(customer_id)
+        return profile
+
+    def on_profile_change(self, listener: Callable[[str], None]) -> None:
+        """`listener(customer_id)` after this process stored an event or an outcome for the customer: a hint
+        that spares watchers a wait; changes made by other processes reach them only by reading the store."""
+        self._change_listeners.append(listener)
+
+    def _changed(self, customer_id: str) -> None:
+        for listener in self._change_listeners:
+            listener(customer_id)
+
     async def record_outcome(
         self,
         decision_id: str,
@@ -287,6 +308,7 @@ class DecisionService:
         principal = _principal(caller)
         result = Outcome(decision_id, summary.customer_id, action_id, summary.channel, outcome, moment, note, principal)
         await self._store.add_outcome(result)
+        self._changed(summary.customer_id)
         if summary.delivery is not Delivery.SENT:
             # An outcome is the caller's word that the answer did arrive: the record must say so.
             self._log.mark(DeliveryUpdate(decision_id, Delivery.SENT))
@@ -330,7 +352,9 @@ class DecisionService:
         if not await self.in_scope(caller, customer_id):
             raise unknown_customer(customer_id)
         event = Event(event_type, moment, dict(attributes), expires_at)
-        return await self._store.add_event(customer_id, event, recorded_by=_principal(caller))
+        event_id = await self._store.add_event(customer_id, event, recorded_by=_principal(caller))
+        self._changed(customer_id)
+        return event_id
 
 
 @dataclass(frozen=True, slots=True)

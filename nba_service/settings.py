@@ -100,6 +100,21 @@ class Settings(BaseSettings):
         30.0, ge=0, le=600, description="clock skew allowed when checking a token's exp, nbf and iat"
     )
 
+    panel_frame_ancestors: str | None = Field(
+        None,
+        description="host origins that may frame the agent side panel (/panel on --http-port), separated by spaces, "
+        "e.g. https://acme.lightning.force.com https://*.mypurecloud.com (http for loopback only); unset: only "
+        "this server's own pages",
+    )
+    panel_session_seconds: int = Field(
+        900, ge=60, le=86_400, description="how long a panel session lasts before the panel renews it"
+    )
+    panel_secret_file: Path | None = Field(
+        None,
+        description="a file holding the secret (32 bytes or more) that signs panel sessions, shared by every replica; "
+        "unset: a random secret per server (shared by its workers), so sessions end when it restarts",
+    )
+
     rate_limit: float = Field(
         0.0,
         ge=0,
@@ -174,6 +189,43 @@ class Settings(BaseSettings):
                 "certificates) or --jwks-file / NBA_JWKS_FILE (bearer tokens)"
             )
         return self
+
+    @field_validator("panel_frame_ancestors")
+    @classmethod
+    def _panel_origins(cls, value: str | None) -> str | None:
+        from nba_service.security.panel_session import frame_ancestors  # noqa: PLC0415
+
+        return None if value is None else " ".join(frame_ancestors(value))  # ValueError names the origin at fault
+
+    @field_validator("panel_secret_file")
+    @classmethod
+    def _panel_secret(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from nba_service.security.panel_session import read_secret_file  # noqa: PLC0415
+
+            read_secret_file(value)  # raises ValueError naming the file, never its content
+        return value
+
+    @model_validator(mode="after")
+    def _panel_needs_http(self) -> Settings:
+        given = [
+            flag
+            for flag, value in (
+                ("--panel-frame-ancestors / NBA_PANEL_FRAME_ANCESTORS", self.panel_frame_ancestors),
+                ("--panel-secret-file / NBA_PANEL_SECRET_FILE", self.panel_secret_file),
+            )
+            if value
+        ]
+        if given and self.http_port is None:
+            raise ValueError(
+                f"{' and '.join(given)} configure the agent panel, which needs --http-port / NBA_HTTP_PORT"
+            )
+        return self
+
+    @property
+    def panel_origins(self) -> tuple[str, ...]:
+        """The host origins allowed to frame the panel (validated and normalised)."""
+        return tuple((self.panel_frame_ancestors or "").split())
 
     @field_validator("access_policy")
     @classmethod

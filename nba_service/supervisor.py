@@ -33,8 +33,9 @@ from nba_service.deploy.startup import follow_configured_files
 from nba_service.deploy.state import DeployState, VersionInfo
 from nba_service.deploy.supervised import Generation, SupervisorDeploys
 from nba_service.errors import StartFailed, WorkersFailing
+from nba_service.security.panel_session import new_secret
 from nba_service.settings import Settings
-from nba_service.worker import DEPLOY_SOCKET_ENV, RETIRE_DRAIN_S, SETTINGS_ENV
+from nba_service.worker import DEPLOY_SOCKET_ENV, PANEL_SECRET_ENV, RETIRE_DRAIN_S, SETTINGS_ENV
 
 log = structlog.get_logger(__name__)
 
@@ -163,6 +164,9 @@ class Supervisor:
         self._serving = False
         self._stopping = asyncio.Event()
         self._exits: collections.deque[float] = collections.deque()
+        # One random secret for every worker's panel sessions, so a session works on any of them; kept for the
+        # supervisor's life, so replaced and redeployed workers accept the sessions already handed out.
+        self._panel_secret = new_secret() if settings.panel_secret_file is None else None
         self._gave_up: str | None = None
         self._watchers: set[asyncio.Task[None]] = set()
         self._restarts: dict[int, asyncio.Task[None]] = {}
@@ -352,7 +356,10 @@ class Supervisor:
         return worker
 
     def _deploy_env(self) -> dict[str, str]:
-        return {} if self.deploys is None else {DEPLOY_SOCKET_ENV: self.deploys.address}
+        env = {} if self.deploys is None else {DEPLOY_SOCKET_ENV: self.deploys.address}
+        if self._panel_secret is not None:
+            env[PANEL_SECRET_ENV] = self._panel_secret.hex()
+        return env
 
     async def _watch(self, worker: Worker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -23,6 +23,7 @@ from typing import Any
 
 SETTINGS_ENV = "_NBA_WORKER_SETTINGS"
 DEPLOY_SOCKET_ENV = "_NBA_DEPLOY_SOCKET"  # where admin calls go: the supervisor deploys, not the worker
+PANEL_SECRET_ENV = "_NBA_PANEL_SECRET"  # noqa: S105 - a variable name; hex: the panel sessions' secret, one for all workers (no secret file)
 # A worker's connections are closed gracefully (GOAWAY; calls in flight finish) once they are this old, so a
 # retiring worker that has left the port is rid of every connection within RETIRE_DRAIN_S: the clients have
 # reconnected to the other workers by then.
@@ -61,6 +62,7 @@ def main() -> None:
 
     settings = Settings.model_validate_json(os.environ.pop(SETTINGS_ENV))
     deploys = os.environ.pop(DEPLOY_SOCKET_ENV, None)
+    panel_secret = os.environ.pop(PANEL_SECRET_ENV, None)
     structlog.contextvars.bind_contextvars(worker=index)
     configure_logging(settings.log_format, settings.log_level)
     with socket.socket(fileno=control_fd) as control:
@@ -73,6 +75,7 @@ def main() -> None:
                     ),
                     worker=index,
                     control=None if deploys is None else SupervisedRulesets(deploys),
+                    panel_secret=None if panel_secret is None else bytes.fromhex(panel_secret),
                 )
             )
         except Exception as exc:

@@ -25,6 +25,7 @@ import structlog
 
 from nba_service.errors import AccessPolicyInvalid, Unauthenticated
 from nba_service.security.authn import NO_CREDENTIALS, Authenticator, authenticator_from_settings
+from nba_service.security.identity import Identity
 from nba_service.security.policy import AccessPolicy, Caller, load_access_policy
 from nba_service.settings import Settings
 
@@ -58,13 +59,7 @@ class AccessControl:
             self._callers.move_to_end(key)
             return kept[0]
         identity = self.authenticator.authenticate(metadata, auth_context)
-        policy = self._policy
-        if policy is None:
-            caller = Caller.trusted(identity.principal)
-        elif identity.anonymous:
-            raise Unauthenticated(NO_CREDENTIALS)
-        else:
-            caller = policy.resolve(identity)
+        caller = self.resolve(identity)
         until = now + CALLER_CACHE_SECONDS
         expiry = identity.claims.get("exp")
         if isinstance(expiry, int | float) and not isinstance(expiry, bool):
@@ -73,6 +68,15 @@ class AccessControl:
         if len(self._callers) > CALLER_CACHE_SIZE:
             self._callers.popitem(last=False)
         return caller
+
+    def resolve(self, identity: Identity) -> Caller:
+        """The caller a verified identity is under the policy in force (a panel session's identity too)."""
+        policy = self._policy
+        if policy is None:
+            return Caller.trusted(identity.principal)
+        if identity.anonymous:
+            raise Unauthenticated(NO_CREDENTIALS)
+        return policy.resolve(identity)
 
     async def reload(self) -> bool:
         """Reads the policy file again; on any problem keeps the policy in force and logs why."""

@@ -207,7 +207,7 @@ class Authenticator:
         `metadata` is the call's invocation metadata, `auth_context` what the transport verified (gRPC's
         `ServicerContext.auth_context()`: `x509_pem_cert`, `x509_common_name`, ...).
         """
-        token = _bearer_token(metadata)
+        token = bearer_token(metadata)
         if token is not None:
             return self.verify_token(token)
         certificate = certificate_identity(auth_context)
@@ -272,7 +272,8 @@ class Authenticator:
         )
 
 
-def _bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
+def bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
+    """The one bearer token of a call, or None; raises Unauthenticated for several or a malformed header."""
     values = [value for key, value in metadata if key.lower() == "authorization"]
     if not values:
         return None

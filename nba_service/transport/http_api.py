@@ -11,7 +11,8 @@ The request and response models are the OpenAPI document (`/openapi.json`, 3.1):
 enums by their proto names, times as RFC 3339. Authentication runs as a dependency, before the body is
 validated, so a caller without credentials learns nothing about the request's shape. Client certificates are
 required by the TLS listener when `--tls-client-ca` is set, but uvicorn does not hand the verified
-certificate to the application, so on HTTP callers are identified by bearer token only.
+certificate to the application, so on HTTP callers are identified by bearer token only: a JWT, or a session of
+the agent side panel (`transport.panel`), which stands for the identity of the JWT it was exchanged for.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ from nba_service.transport.explanation import explanation_message
 from nba_service.transport.grpc_errors import status_code
 from nba_service.transport.grpc_limits import LimitsInterceptor
 from nba_service.transport.grpc_server import DELIVERY_MARGIN_S
-from nba_service.transport.http_identity import CallerDep, peer
+from nba_service.transport.http_identity import CallerDep, authenticated, peer
 from nba_service.transport.http_review import review_router
+from nba_service.transport.panel import PanelConfig, add_panel
 from nba_service.transport.wire import shown_key, text_problem
 
 log = structlog.get_logger(__name__)
@@ -266,9 +268,11 @@ def create_app(
     limits: LimitsInterceptor | None,
     serving: Callable[[], bool],
     review: ReviewQueries | None = None,
+    panel: PanelConfig | None = None,
 ) -> FastAPI:
     """The ASGI app. `access` None lets every call through as a trusted in-process caller (tests only, as the
-    gRPC server); `limits` None enforces none; `serving` is what /healthz answers (gRPC health's state)."""
+    gRPC server); `limits` None enforces none; `serving` is what /healthz answers (gRPC health's state); `panel`
+    mounts the agent side panel (`transport.panel`), whose sessions every call then accepts as bearer tokens."""
     app = FastAPI(
         title="Next best action (HTTP/JSON)",
         version="1",
@@ -279,6 +283,7 @@ def create_app(
     )
 
     app.state.access = access
+    app.state.sessions = None if panel is None else panel.sessions
 
     @app.exception_handler(NbaError)
     async def domain_error(_: Request, exc: NbaError) -> JSONResponse:
@@ -403,6 +408,9 @@ def create_app(
         finally:
             leave()
         return IngestEventResponse(event_id=event_id)
+
+    if panel is not None:
+        add_panel(app, service, access, panel, admitted, authenticated)
 
     @app.get("/healthz", responses={503: {"model": Health, "description": "not serving"}})
     async def healthz() -> JSONResponse:

@@ -12,6 +12,8 @@ from fastapi import Depends, Request
 
 from nba_service.errors import NbaError
 from nba_service.security.access import AccessControl
+from nba_service.security.authn import bearer_token
+from nba_service.security.panel_session import PanelSessions
 from nba_service.security.policy import Caller
 
 log = structlog.get_logger(__name__)
@@ -35,6 +37,11 @@ async def authenticated(request: Request) -> Caller | None:
     chain = ((request.scope.get("extensions") or {}).get("tls") or {}).get("client_cert_chain") or []
     verified = {"x509_pem_cert": [chain[0].encode("ascii")]} if chain else {}
     try:
+        sessions: PanelSessions | None = request.app.state.sessions
+        token = bearer_token(headers) if sessions is not None else None
+        if sessions is not None and token is not None and PanelSessions.is_session(token):
+            identity, _ = sessions.verify(token)
+            return access.resolve(identity)  # the policy in force, as for the token it was exchanged for
         return access.caller(headers, verified)
     except NbaError as exc:
         log.info("call_refused", path=request.url.path, code=exc.code.value, reason=exc.message)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -26,8 +27,17 @@ from nba_service.transport.grpc_server import check_can_listen
 
 class HttpServer:
     def __init__(
-        self, app: FastAPI, host: str, port: int, *, tls: ServerTls | None, reuse_port: bool, grace: float
+        self,
+        app: FastAPI,
+        host: str,
+        port: int,
+        *,
+        tls: ServerTls | None,
+        reuse_port: bool,
+        grace: float,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
+        """`on_stop` runs first on stop: it ends what would otherwise wait out the grace (the panel's long polls)."""
         check_can_listen(host, port, reuse_port=reuse_port)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)
@@ -56,6 +66,7 @@ class HttpServer:
             config.ssl = tls.ssl_context()
         self._server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None
+        self._on_stop = on_stop
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]), name="http")
@@ -67,6 +78,8 @@ class HttpServer:
 
     async def stop(self) -> None:
         """Takes no new connection, lets requests in flight finish (up to the grace), then closes."""
+        if self._on_stop is not None:
+            self._on_stop()
         self._server.should_exit = True
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,0 +1,73 @@
+"""A real headless Chromium (Debian's, driven by Selenium) for the panel's browser tests.
+
+Without Chromium, its driver or selenium the tests skip locally and fail under CI=true, as the render test does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+INSTALL = "install them with: sudo apt-get install -y chromium chromium-driver (make test does this when it can)"
+T = TypeVar("T")
+
+
+def missing(message: str) -> NoReturn:
+    if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI=true and the browser test cannot run: {message}; {INSTALL}", pytrace=False)
+    pytest.skip(f"the browser test cannot run: {message}; {INSTALL}")
+
+
+@contextmanager
+def chromium(profile: Path, width: int, height: int) -> Iterator[Any]:
+    absent = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
+    if absent:
+        missing(f"{' and '.join(absent)} not found")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing("the selenium package is not installed (pip install -e '.[dev]')")
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--window-size={width},{height}",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """The first truthy value `check` returns within `timeout` seconds; fails naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:g} s: {what}")
+        time.sleep(interval)
