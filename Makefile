@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint chromium bench bench-pg bench-embedded bench-workers bench-shadow bench-reload bench-diff proto clean
+.PHONY: serve test lint chromium bench bench-pg bench-embedded bench-workers bench-shadow bench-reload bench-diff bench-dialer proto clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'" >&2; exit 1; }
@@ -56,6 +56,9 @@ bench-reload: $(STAMP)
 
 bench-diff: $(STAMP)
 	$(BIN)/python loadtests/bench_diff.py
+
+bench-dialer: $(STAMP)
+	$(BIN)/python loadtests/bench_dialer.py
 
 proto: $(STAMP)
 	$(BIN)/python -m nba_service.protogen

@@ -540,7 +540,8 @@ def db_seed(dsn: str, dsn_password_file: Path | None, customers: int, seed_value
         raise click.ClickException(exc.message) from exc
     click.echo(
         f"seeded {report.customers} customers, {report.events} events, {report.contacts} contacts, "
-        f"{report.consents} consents, {report.do_not_call} do-not-call in {report.seconds:.1f} s"
+        f"{report.consents} consents, {report.do_not_call} do-not-call, {report.phones} phone numbers "
+        f"in {report.seconds:.1f} s"
     )
 
 
@@ -706,6 +707,9 @@ def _register_commands() -> None:
     from nba_service.security.devcerts_cli import register as register_dev_certs  # noqa: PLC0415
 
     register_dev_certs(main)
+    from nba_service.dialer_cli import register as register_dialer  # noqa: PLC0415
+
+    register_dialer(main, _TARGET)
     # REVIEW-COMMANDS
 
 

@@ -6,23 +6,37 @@ gRPC today, HTTP/JSON later: both call these methods, and both get domain errors
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import structlog
 from opentelemetry import trace
 
+from nba_service.domain.contact_points import PhoneNumber, e164_problem
+from nba_service.domain.dialer import (
+    DEFAULT_LEGAL_WINDOW,
+    CallWindow,
+    Exclusion,
+    LegalWindow,
+    call_window,
+    choose_number,
+    exclusion,
+    idempotency_key,
+    parse_legal_window,
+)
 from nba_service.domain.model import Channel, Ruleset
 from nba_service.domain.pipeline import ActiveRuleset, Evaluation, evaluate
 from nba_service.domain.ports import DecisionLog, ProfileStore, RulesetArchive
 from nba_service.domain.profile import AttributeValue, Event, Outcome, OutcomeKind, Profile
 from nba_service.domain.records import (
+    DecidedAction,
     Decision,
     DecisionInputs,
     DecisionRecord,
@@ -31,7 +45,16 @@ from nba_service.domain.records import (
     ShadowRun,
     ShadowUpdate,
 )
-from nba_service.errors import DeadlineExceeded, InvalidArgument, NbaError, NotFound, Problems, Unavailable
+from nba_service.domain.segments import Segment, parse_segment
+from nba_service.errors import (
+    DeadlineExceeded,
+    FieldProblem,
+    InvalidArgument,
+    NbaError,
+    NotFound,
+    Problems,
+    Unavailable,
+)
 from nba_service.review.explain import DRY_RUN_PREFIX, explain
 from nba_service.security.policy import Caller
 
@@ -44,6 +67,7 @@ CLOCK_SKEW = timedelta(minutes=5)
 # Used with fullmatch only: `$` also matches before a final newline, which would let "CUST-1\n" through.
 _CUSTOMER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 _CONTEXT_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 MAX_CONTEXT_ENTRIES = 50
 MAX_CONTEXT_VALUE = 500
@@ -55,6 +79,15 @@ MAX_EVENT_STRING = 1000
 MAX_CONTEXT_RECORDED = 16_384
 MAX_EVENT_RECORDED = 2_048
 MAX_ID_LENGTH = 64
+# Ids in one DecideBatch request: 10,000 ids of the longest legal length (64) still fit in the server's 1 MiB
+# message limit, so this limit, not the transport's, is the one a caller meets. Larger campaigns use a segment.
+MAX_CAMPAIGN_IDS = 10_000
+# Profiles read (one round trip on PostgreSQL) and records committed (one group commit) at a time.
+CAMPAIGN_PAGE = 500
+# Decisions whose records commit together while the next chunk is decided: small enough that no record waits
+# long for its commit (a whole page decided first made records wait ~0.15 s, over 1 s on a busy machine).
+CAMPAIGN_CHUNK = 100
+MAX_CAMPAIGN_AHEAD = timedelta(days=7)
 
 
 def validate_customer_id(customer_id: str, problems: Problems) -> None:
@@ -181,23 +214,8 @@ class DecisionService:
             log.error("engine_failed_using_reference", error=result.engine_error, customer_id=customer_id)
         decision_id = DRY_RUN_PREFIX + _new_id() if dry_run else _new_id()
         decision = Decision(decision_id, now, customer_id, channel, result.actions, active.ref)
-        record = DecisionRecord(
-            decision_id=decision.decision_id,
-            # The very moment the pipeline ran at: a replay runs the inputs at `decided_at`.
-            decided_at=now,
-            customer_id=customer_id,
-            channel=channel,
-            ruleset=decision.ruleset,
-            engine=result.engine,
-            rules_fired=result.rules_fired,
-            dropped=result.dropped,
-            actions=result.actions,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            context_reason=context_reason,
-            context=context_map,
-            profile_problems=result.profile_problems,
-            inputs=DecisionInputs(profile, limit),
-            caller=_principal(caller),
+        record = _record(
+            decision_id, now, profile, channel, active, result, started, limit, context_reason, context_map, caller
         )
         if dry_run:
             return replace(decision, explanation=explain(record, active.ruleset, dry_run=True))
@@ -271,10 +289,24 @@ class DecisionService:
         when: datetime | None,
         note: str = "",
         caller: Caller | None = None,
+        *,
+        idempotency_key: str = "",
+        wrong_number: str = "",
+        validate_only: bool = False,
     ) -> OutcomeReceipt:
         """A decision about a customer outside the caller's scope is answered as an unknown decision. The
-        receipt names the decision's customer only to the caller the decision was answered to."""
+        receipt names the decision's customer only to the caller the decision was answered to.
+
+        `idempotency_key`: a second outcome with the same key stores nothing (the receipt says `stored=False`), so
+        a dialer's disposition file can be imported again. `wrong_number`: the number dialled did not reach the
+        customer; it must be one of theirs, and is marked so no campaign exports it again. `validate_only` checks
+        everything a real call would, the decision and the number included, and stores nothing: an importer
+        checks a whole file this way before storing any of it."""
         problems = Problems()
+        if idempotency_key and not _KEY.fullmatch(idempotency_key):
+            problems.add("idempotency_key", "must be 1-100 letters, digits, '_', '.', ':' or '-'")
+        if wrong_number and (problem := e164_problem(wrong_number)) is not None:
+            problems.add("wrong_number", problem)
         for field, value in (("decision_id", decision_id), ("action_id", action_id)):
             if not value:
                 problems.add(field, "is required")
@@ -305,14 +337,34 @@ class DecisionService:
             raise InvalidArgument.of(
                 "action_id", f"{action_id!r} was not returned by decision {decision_id} (returned: {offered})"
             )
+        if wrong_number:
+            profile = await self._store.get_profile(summary.customer_id)
+            if wrong_number not in {phone.number for phone in profile.phones}:
+                raise InvalidArgument.of("wrong_number", f"{wrong_number} is not a number of the decision's customer")
         principal = _principal(caller)
-        result = Outcome(decision_id, summary.customer_id, action_id, summary.channel, outcome, moment, note, principal)
-        await self._store.add_outcome(result)
-        self._changed(summary.customer_id)
+        result = Outcome(
+            decision_id,
+            summary.customer_id,
+            action_id,
+            summary.channel,
+            outcome,
+            moment,
+            note,
+            principal,
+            idempotency_key,
+        )
+        shown = summary.customer_id if summary.caller == principal else ""
+        if validate_only:
+            return OutcomeReceipt(result, shown, stored=False)
+        if wrong_number:
+            await self._store.mark_wrong_number(summary.customer_id, wrong_number, moment)
+        stored = await self._store.add_outcome(result)
+        if stored or wrong_number:
+            self._changed(summary.customer_id)
         if summary.delivery is not Delivery.SENT:
             # An outcome is the caller's word that the answer did arrive: the record must say so.
             self._log.mark(DeliveryUpdate(decision_id, Delivery.SENT))
-        return OutcomeReceipt(result, summary.customer_id if summary.caller == principal else "")
+        return OutcomeReceipt(result, shown, stored=stored)
 
     async def ingest_event(
         self,
@@ -356,6 +408,305 @@ class DecisionService:
         self._changed(customer_id)
         return event_id
 
+    # ------------------------------------------------------------------ dialer campaigns
+
+    async def prepare_campaign(
+        self,
+        campaign_id: str,
+        channel: Channel | None,
+        *,
+        customer_ids: Sequence[str] | None = None,
+        segment: Mapping[str, str] | None = None,
+        all_customers: bool = False,
+        at: datetime | None = None,
+        legal_window: str = "",
+        caller: Caller | None = None,
+    ) -> Campaign:
+        """Checks a whole campaign before anything is decided, so a bad one is refused with nothing recorded:
+        every field, and every listed customer (an unknown one, or one outside the caller's scope, refuses the
+        campaign naming it)."""
+        problems = Problems()
+        if not campaign_id:
+            problems.add("campaign_id", "is required")
+        elif not _CUSTOMER_ID.fullmatch(campaign_id):
+            problems.add(
+                "campaign_id", "must be 1-64 letters, digits, '_', '.', ':' or '-', starting with a letter or digit"
+            )
+        if channel is None:
+            problems.add("channel", "is required (OUTBOUND_DIALER)")
+        elif channel is not Channel.OUTBOUND_DIALER:
+            problems.add("channel", f"a campaign is for OUTBOUND_DIALER; {channel.value} has no numbers to call")
+        listed = customer_ids is not None and len(customer_ids) > 0
+        chosen = segment is not None and (bool(segment) or all_customers)
+        if listed == chosen:
+            problems.add("customers", "give either customer_ids or a segment (conditions, or all_customers)")
+        ids: tuple[str, ...] | None = None
+        if listed and customer_ids is not None:
+            ids = tuple(customer_ids)
+            if len(ids) > MAX_CAMPAIGN_IDS:
+                problems.add(
+                    "customer_ids",
+                    f"{len(ids):,} ids; one request takes at most {MAX_CAMPAIGN_IDS:,} (split the list, or select the "
+                    "customers with a segment)",
+                )
+            else:
+                _validate_ids(ids, problems)
+        active = self._active
+        chosen_segment = None
+        if chosen and segment is not None:
+            chosen_segment = parse_segment(active.ruleset, segment, all_customers, problems)
+        now = self._clock()
+        moment = at or now
+        if moment < now - CLOCK_SKEW:
+            problems.add("time", "is in the past: a campaign is decided for now or a time to come")
+        elif moment > now + MAX_CAMPAIGN_AHEAD:
+            problems.add("time", f"is more than {MAX_CAMPAIGN_AHEAD.days} days ahead")
+        legal = DEFAULT_LEGAL_WINDOW
+        if legal_window:
+            try:
+                legal = parse_legal_window(legal_window)
+            except ValueError as exc:
+                problems.add("legal_window", str(exc))
+        problems.raise_if_any()
+        if ids is not None:
+            await self._check_listed(ids, caller)
+        return Campaign(campaign_id, ids, chosen_segment, moment, legal, active)
+
+    async def _check_listed(self, ids: tuple[str, ...], caller: Caller | None) -> None:
+        missing = await self._store.missing_customers(ids)
+        if caller is not None and not caller.scope.unrestricted:
+            # Outside the caller's scope reads exactly as unknown, so a scoped caller learns nothing from the refusal.
+            gone = set(missing)
+            for start in range(0, len(ids), CAMPAIGN_PAGE):
+                for profile in await self._store.get_profiles(ids[start : start + CAMPAIGN_PAGE]):
+                    if not caller.scope.admits(profile.attributes):
+                        gone.add(start + ids[start : start + CAMPAIGN_PAGE].index(profile.customer_id))
+            missing = sorted(gone)
+        if missing:
+            error = InvalidArgument.many(
+                [FieldProblem(f"customer_ids[{i}]", f"customer {_shown(ids[i])} not found") for i in missing[:10]],
+                max(0, len(missing) - 10),
+            )
+            raise NotFound(
+                f"{len(missing):,} of {len(ids):,} listed customers not found (nothing was decided): {error.message}",
+                error.problems,
+            )
+
+    async def decide_batch(
+        self, campaign: Campaign, *, deadline: float | None = None, caller: Caller | None = None
+    ) -> AsyncIterator[CampaignResult]:
+        """One result per customer of a prepared campaign, each decided by the one pipeline and durably recorded
+        before it is yielded. Profiles are read a page at a time (the next page is read while this one is
+        decided); decisions go in chunks, each chunk's records committing (one group commit) while the next
+        chunk is decided, so memory stays bounded by a few pages however large the campaign, and no record
+        waits for more than about one chunk's work. Stopping early (a deadline, a cancelled call) leaves every
+        yielded result recorded as sent and corrects the records of results that were never yielded."""
+        active = campaign.active
+        if self._archive is not None and active.ruleset.content_hash not in self._archived:
+            await self._ensure_archived(active)
+        pages = self._campaign_pages(campaign)
+        reading: asyncio.Task[list[Profile]] | None = asyncio.ensure_future(anext(pages, []))
+        pending: tuple[list[CampaignResult], asyncio.Future[list[None]]] | None = None
+        unsent: dict[str, None] = {}
+        try:
+            while reading is not None:
+                page = await reading
+                reading = asyncio.ensure_future(anext(pages, [])) if page else None
+                for start in range(0, len(page), CAMPAIGN_CHUNK):
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise DeadlineExceeded(
+                            "the caller's deadline passed during the campaign; what was streamed stands"
+                        )
+                    current = self._decide_chunk(campaign, page[start : start + CAMPAIGN_CHUNK], caller, unsent)
+                    await asyncio.sleep(0)  # the writer takes this chunk's records before the last chunk is awaited
+                    if pending is not None:
+                        results, committed = pending
+                        await committed
+                        for result in results:
+                            del unsent[result.decision_id]
+                            yield result
+                    pending = current
+            if pending is not None:
+                results, committed = pending
+                pending = None
+                await committed
+                for result in results:
+                    del unsent[result.decision_id]
+                    yield result
+        except BaseException as exc:
+            late = isinstance(exc, DeadlineExceeded) or (deadline is not None and time.monotonic() >= deadline)
+            if pending is not None:
+                pending[1].cancel()
+                pending[1].add_done_callback(_consume)
+            for decision_id in unsent:
+                self.undelivered(decision_id, Delivery.DEADLINE_EXCEEDED if late else Delivery.CANCELLED)
+            raise
+        finally:
+            if reading is not None:
+                reading.cancel()
+                with contextlib.suppress(BaseException):
+                    await reading
+            await pages.aclose()
+
+    async def _campaign_pages(self, campaign: Campaign) -> AsyncGenerator[list[Profile]]:
+        if campaign.customer_ids is not None:
+            for start in range(0, len(campaign.customer_ids), CAMPAIGN_PAGE):
+                yield await self._store.get_profiles(campaign.customer_ids[start : start + CAMPAIGN_PAGE])
+            return
+        assert campaign.segment is not None  # prepare_campaign sets exactly one of the two
+        after = ""
+        while True:
+            page = await self._store.segment_page(campaign.segment, after, CAMPAIGN_PAGE)
+            if not page:
+                return
+            yield page
+            after = page[-1].customer_id
+
+    def _decide_chunk(
+        self, campaign: Campaign, profiles: list[Profile], caller: Caller | None, unsent: dict[str, None]
+    ) -> tuple[list[CampaignResult], asyncio.Future[list[None]]]:
+        """Decides a chunk (CPU only) and hands its records to the writer; the results may leave once they commit."""
+        active, at, channel = campaign.active, campaign.at, Channel.OUTBOUND_DIALER
+        results: list[CampaignResult] = []
+        records: list[DecisionRecord] = []
+        for profile in profiles:
+            if caller is not None and not caller.scope.admits(profile.attributes):
+                continue  # a segment never reaches beyond the caller's scope (a list was checked up front)
+            started = time.perf_counter()
+            evaluation = evaluate(active, profile, channel, at, 1)
+            if evaluation.engine_error is not None:
+                log.error(
+                    "engine_failed_using_reference", error=evaluation.engine_error, customer_id=profile.customer_id
+                )
+            decision_id = _new_id()
+            result = _campaign_result(campaign, decision_id, profile, evaluation)
+            context = {"campaign_id": campaign.campaign_id, "legal_window": str(campaign.legal)}
+            if isinstance(result, CampaignCall):
+                context.update(
+                    idempotency_key=result.idempotency_key,
+                    phone=result.phone.number,
+                    phone_type=result.phone.type.value,
+                    call_earliest=result.window.earliest.isoformat(),
+                    call_latest=result.window.latest.isoformat(),
+                )
+            else:
+                context.update(excluded=result.reason.value)
+            reason = f"campaign {campaign.campaign_id}"
+            records.append(
+                _record(decision_id, at, profile, channel, active, evaluation, started, 1, reason, context, caller)
+            )
+            results.append(result)
+            unsent[decision_id] = None
+            if self._shadow is not None:
+                asyncio.get_running_loop().call_soon(
+                    self._shadow_after, self._shadow, profile, channel, at, 1, evaluation, decision_id
+                )
+        return results, asyncio.gather(*(self._log.record(record) for record in records))
+
+
+def _consume(future: asyncio.Future[list[None]]) -> None:
+    """Takes the outcome of a commit nobody waits for any more, so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _campaign_result(campaign: Campaign, decision_id: str, profile: Profile, evaluation: Evaluation) -> CampaignResult:
+    """The pipeline's answer as a call-list row, or the one reason the customer is left out."""
+    ident = profile.customer_id
+    excluded = exclusion(evaluation)
+    if excluded is not None:
+        return CampaignExclusion(decision_id, ident, *excluded)
+    action = evaluation.actions[0]
+    phone = choose_number(profile)
+    if phone is None:
+        detail = "no number with the customer's consent that is not known to be wrong"
+        return CampaignExclusion(decision_id, ident, Exclusion.NO_CALLABLE_NUMBER, detail)
+    window = call_window(campaign.active.ruleset, profile, campaign.at, campaign.legal)
+    if window is None:
+        detail = f"no time left today within {campaign.legal} outside the quiet hours, in the customer's time zone"
+        return CampaignExclusion(decision_id, ident, Exclusion.OUTSIDE_LEGAL_WINDOW, detail)
+    key = idempotency_key(campaign.campaign_id, ident, action.action_id, phone.number)
+    return CampaignCall(decision_id, ident, action, phone, window, key)
+
+
+def _validate_ids(ids: Sequence[str], problems: Problems) -> None:
+    seen: dict[str, int] = {}
+    for index, ident in enumerate(ids):
+        field = f"customer_ids[{index}]"
+        if not _CUSTOMER_ID.fullmatch(ident):
+            problems.add(field, f"{_shown(ident)} is not a customer id (1-64 letters, digits, '_', '.', ':' or '-')")
+        elif ident in seen:
+            problems.add(field, f"{_shown(ident)} is listed twice (first at customer_ids[{seen[ident]}])")
+        else:
+            seen[ident] = index
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    """A checked campaign: who (a list or a segment), when, within which legal hours, and under which version
+    (held from start to end, so a deploy during a long campaign does not mix versions within it)."""
+
+    campaign_id: str
+    customer_ids: tuple[str, ...] | None
+    segment: Segment | None
+    at: datetime
+    legal: LegalWindow
+    active: ActiveRuleset
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignCall:
+    decision_id: str
+    customer_id: str
+    action: DecidedAction
+    phone: PhoneNumber
+    window: CallWindow
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignExclusion:
+    decision_id: str
+    customer_id: str
+    reason: Exclusion
+    detail: str
+
+
+CampaignResult = CampaignCall | CampaignExclusion
+
+
+def _record(
+    decision_id: str,
+    now: datetime,
+    profile: Profile,
+    channel: Channel,
+    active: ActiveRuleset,
+    result: Evaluation,
+    started: float,
+    limit: int,
+    context_reason: str,
+    context: dict[str, str],
+    caller: Caller | None,
+) -> DecisionRecord:
+    return DecisionRecord(
+        decision_id=decision_id,
+        # The very moment the pipeline ran at: a replay runs the inputs at `decided_at`.
+        decided_at=now,
+        customer_id=profile.customer_id,
+        channel=channel,
+        ruleset=active.ref,
+        engine=result.engine,
+        rules_fired=result.rules_fired,
+        dropped=result.dropped,
+        actions=result.actions,
+        latency_ms=round((time.perf_counter() - started) * 1000, 3),
+        context_reason=context_reason,
+        context=context,
+        profile_problems=result.profile_problems,
+        inputs=DecisionInputs(profile, limit),
+        caller=_principal(caller),
+    )
+
 
 @dataclass(frozen=True, slots=True)
 class OutcomeReceipt:
@@ -364,6 +715,8 @@ class OutcomeReceipt:
 
     outcome: Outcome
     customer_id: str
+    stored: bool = True
+    """False when nothing was written: a validation only, or an outcome whose idempotency key was already stored."""
 
 
 def unknown_customer(customer_id: str) -> NotFound:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Final, Literal, TypeVar
 
+from nba_service.domain.contact_points import PhoneNumber, PhoneType, phone_from_json, phone_to_json
 from nba_service.domain.model import Channel
 from nba_service.domain.profile import AttributeValue, Contact, Event, OutcomeKind, Profile
 
@@ -115,6 +116,19 @@ _HOME_COUNTRY: Final = {
     "Asia/Singapore": "SG",
     "Australia/Sydney": "AU",
 }
+
+# Numbers from ranges set aside for drama and testing where the country has one (Ofcom's 07700 900xxx and
+# 020 7946 0xxx, the North American 555-01xx, ACMA's 0491 570 xxx and 02 5550 xxxx), so a synthetic call list
+# can never ring a real person. Each entry: (prefix, how many random digits follow).
+_PHONE_RANGES: Final[dict[str, dict[PhoneType, tuple[str, int]]]] = {
+    "GB": {PhoneType.MOBILE: ("+447700900", 3), PhoneType.HOME: ("+44207946", 4), PhoneType.WORK: ("+441134960", 3)},
+    "IE": {PhoneType.MOBILE: ("+35385155", 4), PhoneType.HOME: ("+35319110", 4), PhoneType.WORK: ("+35321490", 4)},
+    "US": {PhoneType.MOBILE: ("+121255501", 2), PhoneType.HOME: ("+191755501", 2), PhoneType.WORK: ("+164655501", 2)},
+    "SG": {PhoneType.MOBILE: ("+658555", 4), PhoneType.HOME: ("+656555", 4), PhoneType.WORK: ("+656556", 4)},
+    "AU": {PhoneType.MOBILE: ("+61491570", 3), PhoneType.HOME: ("+61255501", 3), PhoneType.WORK: ("+61255502", 3)},
+}
+_PHONE_COUNTS: Final = {1: 55.0, 2: 35.0, 3: 10.0}
+_PHONE_CONSENT: Final = 0.9
 
 # fmt: off
 _FIRST_NAMES: Final[dict[str, tuple[str, ...]]] = {
@@ -360,7 +374,9 @@ def generate_profile(
     person = _draw_person(rng)
     events = _draw_events(rng, person, now)
     contacts = _draw_contacts(rng, person, now, action_ids)
-    return Profile(customer_id=ident, attributes=person.attributes(), events=events, contacts=contacts)
+    # A stream of its own, so adding numbers changed none of the draws above for any existing seed.
+    phones = _draw_phones(random.Random(f"{seed}:{index}:phones"), person)
+    return Profile(ident, person.attributes(), events, contacts, phones)
 
 
 def profile_to_record(profile: Profile, now: datetime) -> Record:
@@ -389,6 +405,7 @@ def profile_to_record(profile: Profile, now: datetime) -> Record:
         "attributes": dict(profile.attributes),
         "events": events,
         "contacts": contacts,
+        "phones": [phone_to_json(phone) for phone in profile.phones],
     }
 
 
@@ -414,11 +431,13 @@ def record_to_profile(record: Mapping[str, Any], now: datetime) -> Profile:
         )
         for item in record.get("contacts", ())
     )
+    phones = tuple(phone_from_json(item, f"phones[{i}]") for i, item in enumerate(record.get("phones", ())))
     return Profile(
         customer_id=str(record["customer_id"]),
         attributes=_checked_attributes(record["attributes"]),
         events=events,
         contacts=contacts,
+        phones=phones,
     )
 
 
@@ -765,6 +784,20 @@ def _draw_contacts(
             )
         )
     return tuple(sorted(contacts, key=lambda contact: contact.time))
+
+
+def _draw_phones(rng: random.Random, person: _Person) -> tuple[PhoneNumber, ...]:
+    """1-3 distinct numbers in the customer's home country, a mobile first for most; each with its own consent."""
+    ranges = _PHONE_RANGES[_HOME_COUNTRY[person.timezone]]
+    count = _pick(rng, _PHONE_COUNTS)
+    first = PhoneType.MOBILE if _chance(rng, 0.8) else PhoneType.HOME
+    kinds = [first, *rng.sample([k for k in PhoneType if k is not first], count - 1)]
+    phones: list[PhoneNumber] = []
+    for kind in kinds:
+        prefix, digits = ranges[kind]
+        number = prefix + "".join(str(rng.randrange(10)) for _ in range(digits))
+        phones.append(PhoneNumber(number, kind, consent=_chance(rng, _PHONE_CONSENT)))
+    return tuple(phones)
 
 
 def main(argv: Iterable[str] | None = None) -> None:

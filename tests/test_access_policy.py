@@ -9,6 +9,7 @@ import json
 import sqlite3
 import textwrap
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -576,13 +577,21 @@ class TestRecordsKeepTheCaller:
         with sqlite3.connect(path) as conn:
             for statement in (*sqlite_module._SCHEMA, *sqlite_module._MIGRATIONS[2]):
                 conn.execute(statement)
-            sqlite_module._load(conn, generate_profiles(3, now=NOW, seed=DEFAULT_SEED), NOW)
+            # Files from before schema 4 have no phone numbers.
+            sqlite_module._load(
+                conn, (replace(p, phones=()) for p in generate_profiles(3, now=NOW, seed=DEFAULT_SEED)), NOW
+            )
             conn.execute("PRAGMA user_version = 2")
             events_before = conn.execute("SELECT count(*) FROM events").fetchone()[0]
         store = SqliteStore(path, event_types=("large_deposit",), history=timedelta(days=90), clock=lambda: NOW)
         with capture_logs() as logs:
             await store.open()
-        assert {"event": "embedded_database_upgraded", "schema_from": 2, "schema_to": 3, "log_level": "info"} in logs
+        assert {
+            "event": "embedded_database_upgraded",
+            "schema_from": 2,
+            "schema_to": sqlite_module.SCHEMA_VERSION,
+            "log_level": "info",
+        } in logs
         try:
             await store.write([_record("11111111-1111-1111-1111-111111111111", "jwt:i#desk")], ())
             summary = await store.find("11111111-1111-1111-1111-111111111111")
@@ -606,7 +615,7 @@ class TestRecordsKeepTheCaller:
         assert [e["caller"] for e in exported if e["kind"] == "decision"] == ["jwt:i#desk"]
         assert [e["recorded_by"] for e in exported if e["kind"] == "outcome"] == ["jwt:i#desk"]
         with sqlite3.connect(path) as conn:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION
             rows = dict(conn.execute("SELECT event_id, recorded_by FROM events").fetchall())
         assert rows[event_id] == "jwt:i#feed"
         assert list(rows.values()).count(None) == events_before

@@ -41,13 +41,26 @@ def _channel_block(ruleset: Ruleset, profile: Profile, channel: Channel, now: da
 
 def _zone(quiet: QuietHours, profile: Profile) -> zoneinfo.ZoneInfo:
     """The customer's time zone, or the ruleset's default when the profile has none or an unknown one."""
-    zone_name = profile.attributes.get(quiet.timezone_field)
+    return profile_zone(profile, quiet.timezone_field, quiet.default_timezone)
+
+
+def profile_zone(profile: Profile, field: str, default: str) -> zoneinfo.ZoneInfo:
+    zone_name = profile.attributes.get(field)
     if isinstance(zone_name, str) and zone_name:
         try:
             return zoneinfo.ZoneInfo(zone_name)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             pass
-    return zoneinfo.ZoneInfo(quiet.default_timezone)
+    return zoneinfo.ZoneInfo(default)
+
+
+def customer_zone(ruleset: Ruleset, profile: Profile) -> zoneinfo.ZoneInfo:
+    """The zone the ruleset's quiet hours are kept in for this customer (the `timezone` attribute, else UTC, for a
+    ruleset without quiet hours): a dialer's call window must be reckoned in the very same zone."""
+    quiet = ruleset.policies.quiet_hours
+    if quiet is None:
+        return profile_zone(profile, "timezone", "UTC")
+    return _zone(quiet, profile)
 
 
 def next_quiet_start(quiet: QuietHours, profile: Profile, now: datetime) -> datetime:

@@ -11,6 +11,7 @@ from nba_service.domain.facts import FactValue
 from nba_service.domain.model import Ruleset
 from nba_service.domain.profile import Event, Outcome, Profile
 from nba_service.domain.records import DecisionRecord, DecisionSummary, DeliveryUpdate, RecordUpdate, ShadowUpdate
+from nba_service.domain.segments import Segment
 
 
 class ProfileStore(Protocol):
@@ -23,8 +24,26 @@ class ProfileStore(Protocol):
         for an unknown customer."""
         ...
 
-    async def add_outcome(self, outcome: Outcome) -> None:
-        """Stores an outcome durably: one contact per offered action (its latest outcome), plus the audit row."""
+    async def add_outcome(self, outcome: Outcome) -> bool:
+        """Stores an outcome durably: one contact per offered action (its latest outcome), plus the audit row.
+        False when an outcome with the same `idempotency_key` was already stored (nothing is written then)."""
+        ...
+
+    async def get_profiles(self, customer_ids: Sequence[str]) -> list[Profile]:
+        """The live profiles of a batch of customers (one round trip on PostgreSQL), in the order asked; unknown
+        customers are left out."""
+        ...
+
+    async def missing_customers(self, customer_ids: Sequence[str]) -> list[int]:
+        """Positions in `customer_ids` of customers the store does not hold (a campaign checks before deciding)."""
+        ...
+
+    async def segment_page(self, segment: Segment, after: str, limit: int) -> list[Profile]:
+        """Up to `limit` profiles of the segment's customers whose ids sort after `after`, in id order."""
+        ...
+
+    async def mark_wrong_number(self, customer_id: str, number: str, when: datetime) -> bool:
+        """Marks the customer's number as not reaching them (never exported again); False for no such number."""
         ...
 
     def set_reads(self, event_types: Sequence[str], history: timedelta) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from nba_service.domain.contact_points import PhoneNumber
 from nba_service.domain.model import Channel
 
 AttributeValue = str | int | float | bool | None
@@ -62,6 +63,8 @@ class Profile:
     attributes: Mapping[str, AttributeValue]
     events: tuple[Event, ...] = ()
     contacts: tuple[Contact, ...] = ()
+    # The numbers a dialer may use, in the customer's order of preference. Rules never read them.
+    phones: tuple[PhoneNumber, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +78,5 @@ class Outcome:
     note: str = ""
     recorded_by: str = ""
     """The principal that reported it ("" for outcomes reported before callers were recorded)."""
+    idempotency_key: str = ""
+    """When set, a second outcome with the same key is not stored again (dialer imports run twice)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from nba_service.domain.contact_points import phone_from_json, phone_to_json
 from nba_service.domain.model import Channel
 from nba_service.domain.profile import AttributeValue, Contact, Event, Outcome, OutcomeKind, Profile
 
@@ -137,7 +138,7 @@ class DecisionInputs:
 
     def to_json(self) -> dict[str, Any]:
         profile = self.profile
-        return {
+        data: dict[str, Any] = {
             "profile": {
                 "customer_id": profile.customer_id,
                 "attributes": _values_json(profile.attributes),
@@ -165,6 +166,9 @@ class DecisionInputs:
             },
             "limit": self.limit,
         }
+        if profile.phones:  # absent for profiles without numbers, as in records written before numbers were kept
+            data["profile"]["phones"] = [phone_to_json(p) for p in profile.phones]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DecisionInputs:
@@ -196,6 +200,7 @@ class DecisionInputs:
                         )
                         for c in profile["contacts"]
                     ),
+                    tuple(phone_from_json(p, f"phones[{i}]") for i, p in enumerate(profile.get("phones") or ())),
                 ),
                 int(data["limit"]),
             )

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import structlog
 
 from nba_service.domain.archive import ArchivedSource, ArchivedVersion, ambiguous, archivable_text, hash_prefix
+from nba_service.domain.contact_points import PhoneNumber, PhoneType, phone_problems
 from nba_service.domain.model import Channel, Ruleset
 from nba_service.domain.profile import CONTACTED_OUTCOMES, Contact, Event, Outcome, OutcomeKind, Profile
 from nba_service.domain.records import (
@@ -39,11 +40,12 @@ from nba_service.domain.records import (
     RecordUpdate,
     outcome_to_json,
 )
+from nba_service.domain.segments import Segment
 from nba_service.errors import NotFound, Unavailable
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 READER_THREADS = 4
 CONSENT_PREFIX = "consent_"
 DO_NOT_CALL = "do_not_call"
@@ -136,6 +138,22 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE events ADD COLUMN recorded_by TEXT",
         "ALTER TABLE outcomes ADD COLUMN recorded_by TEXT",
     ),
+    4: (
+        # Contact points for dialer campaigns. The CHECK is E.164 as nba_service.domain.contact_points.E164 says
+        # it (SQLite has no regular expressions): '+', a first digit 1-9, 8 to 15 digits in all.
+        """CREATE TABLE phones (
+            customer_id     TEXT NOT NULL REFERENCES customers ON DELETE CASCADE,
+            position        INTEGER NOT NULL,
+            number          TEXT NOT NULL CHECK (number GLOB '+[1-9]*' AND length(number) BETWEEN 9 AND 16
+                                                 AND substr(number, 2) NOT GLOB '*[^0-9]*'),
+            type            TEXT NOT NULL CHECK (type IN ('mobile', 'home', 'work')),
+            consent         INTEGER NOT NULL CHECK (consent IN (0, 1)),
+            wrong_number_at TEXT,
+            PRIMARY KEY (customer_id, number)) WITHOUT ROWID""",
+        # A dialer's disposition file imported twice stores each outcome once.
+        "ALTER TABLE outcomes ADD COLUMN idempotency_key TEXT",
+        "CREATE UNIQUE INDEX outcomes_idempotency ON outcomes (idempotency_key) WHERE idempotency_key IS NOT NULL",
+    ),
 }
 
 _EVENTS_SQL = """
@@ -150,6 +168,7 @@ _CONTACTS_SQL = """
 SELECT action_id, channel, time, outcome, decision_id, reached FROM contacts
  WHERE customer_id = ? AND time > ? ORDER BY time
 """
+_PHONES_SQL = "SELECT number, type, consent, wrong_number_at FROM phones WHERE customer_id = ? ORDER BY position"
 _UPSERT_CONTACT = """
 INSERT INTO contacts (customer_id, decision_id, action_id, channel, time, outcome, reached, note)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -281,25 +300,17 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ ProfileStore
 
-    async def get_profile(self, customer_id: str) -> Profile:
-        now = self._clock()
-
-        def read(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
-            row = conn.execute("SELECT attributes FROM customers WHERE customer_id = ?", (customer_id,)).fetchone()
-            if row is None:
-                return None
-            return (
-                row,
-                conn.execute("SELECT purpose, granted FROM consents WHERE customer_id = ?", (customer_id,)).fetchall(),
-                conn.execute("SELECT 1 FROM do_not_call WHERE customer_id = ?", (customer_id,)).fetchone(),
-                conn.execute(_EVENTS_SQL, (customer_id, stamp(now), self._event_types)).fetchall(),
-                conn.execute(_CONTACTS_SQL, (customer_id, stamp(now - self._history))).fetchall(),
-            )
-
-        found = await self._in_reader("reading a profile", read)
-        if found is None:
-            raise NotFound(f"customer {customer_id!r} not found")
-        row, consents, listed, events, contacts = found
+    def _read_profile(self, conn: sqlite3.Connection, customer_id: str, now: datetime) -> Profile | None:
+        row = conn.execute("SELECT attributes FROM customers WHERE customer_id = ?", (customer_id,)).fetchone()
+        if row is None:
+            return None
+        consents = conn.execute(
+            "SELECT purpose, granted FROM consents WHERE customer_id = ?", (customer_id,)
+        ).fetchall()
+        listed = conn.execute("SELECT 1 FROM do_not_call WHERE customer_id = ?", (customer_id,)).fetchone()
+        events = conn.execute(_EVENTS_SQL, (customer_id, stamp(now), self._event_types)).fetchall()
+        contacts = conn.execute(_CONTACTS_SQL, (customer_id, stamp(now - self._history))).fetchall()
+        phones = conn.execute(_PHONES_SQL, (customer_id,)).fetchall()
         attributes = json.loads(row[0])
         attributes.update({CONSENT_PREFIX + purpose: bool(granted) for purpose, granted in consents})
         attributes[DO_NOT_CALL] = listed is not None
@@ -314,7 +325,80 @@ class SqliteStore:
                 Contact(action, Channel(channel), _time(at), OutcomeKind(outcome), decision or "", reached=bool(hit))
                 for action, channel, at, outcome, decision, hit in contacts
             ),
+            tuple(
+                PhoneNumber(number, PhoneType(kind), bool(consent), wrong is not None)
+                for number, kind, consent, wrong in phones
+            ),
         )
+
+    async def get_profile(self, customer_id: str) -> Profile:
+        now = self._clock()
+        found = await self._in_reader("reading a profile", lambda conn: self._read_profile(conn, customer_id, now))
+        if found is None:
+            raise NotFound(f"customer {customer_id!r} not found")
+        return found
+
+    async def get_profiles(self, customer_ids: Sequence[str]) -> list[Profile]:
+        """The live profiles of these customers in one snapshot, in the order asked; unknown ones are left out."""
+        now = self._clock()
+
+        def read(conn: sqlite3.Connection) -> list[Profile]:
+            found = (self._read_profile(conn, ident, now) for ident in customer_ids)
+            return [profile for profile in found if profile is not None]
+
+        return await self._in_reader("reading profiles", read)
+
+    async def missing_customers(self, customer_ids: Sequence[str]) -> list[int]:
+        """Positions in `customer_ids` of the customers this store does not hold."""
+        rows = await self._in_reader(
+            "checking customers",
+            lambda conn: conn.execute(
+                "SELECT j.key FROM json_each(?) AS j LEFT JOIN customers AS c ON c.customer_id = j.value"
+                " WHERE c.customer_id IS NULL ORDER BY j.key",
+                (json.dumps(list(customer_ids)),),
+            ).fetchall(),
+        )
+        return [int(row[0]) for row in rows]
+
+    async def segment_page(self, segment: Segment, after: str, limit: int) -> list[Profile]:
+        """Up to `limit` profiles of the segment's customers with ids after `after`, in id order."""
+        now = self._clock()
+        where: list[str] = ["customer_id > ?"]
+        args: list[object] = [after]
+        for name, value in segment.equals:
+            path = f"$.{name}"  # a declared field name: [a-z][a-z0-9_]*, checked by Segment
+            if isinstance(value, bool):
+                where.append("json_type(attributes, ?) = ?")
+                args += [path, "true" if value else "false"]
+            elif isinstance(value, str):
+                where.append("json_type(attributes, ?) = 'text' AND json_extract(attributes, ?) = ?")
+                args += [path, path, value]
+            else:
+                where.append("json_type(attributes, ?) IN ('integer', 'real') AND json_extract(attributes, ?) = ?")
+                args += [path, path, value]
+        sql = f"SELECT customer_id FROM customers WHERE {' AND '.join(where)} ORDER BY customer_id LIMIT ?"  # noqa: S608
+
+        def read(conn: sqlite3.Connection) -> list[Profile]:
+            ids = [row[0] for row in conn.execute(sql, (*args, limit)).fetchall()]
+            found = (self._read_profile(conn, ident, now) for ident in ids)
+            return [profile for profile in found if profile is not None]
+
+        return await self._in_reader("reading a segment", read)
+
+    async def mark_wrong_number(self, customer_id: str, number: str, when: datetime) -> bool:
+        """Marks one of the customer's numbers as not reaching them; False when the customer has no such number.
+        Marking again keeps the first time."""
+        found: list[bool] = []
+
+        def mark(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                "UPDATE phones SET wrong_number_at = coalesce(wrong_number_at, ?) WHERE customer_id = ? AND number = ?",
+                (stamp(when), customer_id, number),
+            )
+            found.append(cursor.rowcount > 0)
+
+        await self._write("marking a wrong number", mark)
+        return found[0]
 
     async def customer_ids(self, after: str = "", limit: int = 10_000) -> list[str]:
         """A page of customer ids in order, those after `after`: how `nba rulesets diff` walks the store."""
@@ -346,7 +430,7 @@ class SqliteStore:
         await self._write("storing an event", insert)
         return event_id
 
-    async def add_outcome(self, outcome: Outcome) -> None:
+    async def add_outcome(self, outcome: Outcome) -> bool:
         recorded = stamp(self._clock())
         contact = (
             outcome.customer_id,
@@ -368,17 +452,23 @@ class SqliteStore:
             outcome.note,
             recorded,
             outcome.recorded_by or None,
+            outcome.idempotency_key or None,
         )
+        stored: list[bool] = []
 
         def upsert(conn: sqlite3.Connection) -> None:
-            conn.execute(_UPSERT_CONTACT, contact)
-            conn.execute(
+            cursor = conn.execute(
                 "INSERT INTO outcomes (decision_id, customer_id, action_id, channel, outcome, time, note, recorded_at,"
-                " recorded_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " recorded_by, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
                 audit,
             )
+            stored.append(cursor.rowcount > 0)
+            if stored[0]:
+                conn.execute(_UPSERT_CONTACT, contact)
 
         await self._write("storing an outcome", upsert)
+        return stored[0]
 
     async def _write(self, what: str, work: Callable[[sqlite3.Connection], None]) -> None:
         try:
@@ -648,6 +738,17 @@ def _load(conn: sqlite3.Connection, profiles: Iterable[Profile], now: datetime) 
         if listed:
             conn.execute("INSERT INTO do_not_call VALUES (?, ?, 'sample')", (ident, created))
         conn.executemany("INSERT INTO consents VALUES (?, ?, ?)", consents)
+        problems = phone_problems(profile.phones)
+        if problems:
+            raise ValueError(f"{ident}: {'; '.join(problems)}")
+        if profile.phones:
+            conn.executemany(
+                "INSERT INTO phones VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (ident, i, p.number, p.type.value, int(p.consent), created if p.wrong_number else None)
+                    for i, p in enumerate(profile.phones)
+                ],
+            )
         conn.executemany(
             _SEED_EVENT,
             [

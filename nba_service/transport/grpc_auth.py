@@ -11,7 +11,7 @@ Health and reflection pass untouched.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -47,6 +47,7 @@ def ask_of(method: str, request: object) -> Ask:
 
 
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
@@ -64,7 +65,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
         method: str = details.method
         if handler is None or is_open(method):
             return handler
-        if handler.unary_unary is None:  # only unary methods are ours (grpc_server.add_servicer)
+        if handler.unary_stream is not None:  # DecideBatch: checked once, before the first result
+            return grpc.unary_stream_rpc_method_handler(
+                self._guard_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_unary is None:  # only unary and server-streaming methods are ours (add_servicer)
             return _refusing(handler, method)
         return grpc.unary_unary_rpc_method_handler(
             self._guard(method, handler.unary_unary),
@@ -73,20 +80,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
         )
 
     def _guard(self, method: str, behaviour: Behaviour) -> Behaviour:
-        access = self._access
-
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                caller = access.caller(context.invocation_metadata() or (), context.auth_context())
-                authorize(caller, ask_of(method, request))
-            except (Unauthenticated, PermissionDenied) as exc:
-                log.info("call_refused", method=method, code=exc.code.value, reason=exc.message, peer=context.peer())
-                await context.abort_with_status(to_status(exc))
-                raise AssertionError("unreachable") from exc  # abort_with_status always raises
-            except Exception as exc:  # never gRPC's UNKNOWN with a Python exception in it
-                log.exception("authentication_failed", method=method)
-                await context.abort_with_status(internal_status("internal error; the failure was logged"))
-                raise AssertionError("unreachable") from exc
+            caller = await self._admit(method, request, context)
             token = CURRENT_CALLER.set(caller)
             try:
                 return await behaviour(request, context)
@@ -94,6 +89,33 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
                 CURRENT_CALLER.reset(token)
 
         return guarded
+
+    def _guard_stream(self, method: str, behaviour: StreamBehaviour) -> StreamBehaviour:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            caller = await self._admit(method, request, context)
+            token = CURRENT_CALLER.set(caller)
+            try:
+                async for item in behaviour(request, context):
+                    yield item
+            finally:
+                CURRENT_CALLER.reset(token)
+
+        return guarded
+
+    async def _admit(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Caller:
+        """The authenticated and authorised caller, or the call ends here with the refusal."""
+        try:
+            caller = self._access.caller(context.invocation_metadata() or (), context.auth_context())
+            authorize(caller, ask_of(method, request))
+        except (Unauthenticated, PermissionDenied) as exc:
+            log.info("call_refused", method=method, code=exc.code.value, reason=exc.message, peer=context.peer())
+            await context.abort_with_status(to_status(exc))
+            raise AssertionError("unreachable") from exc  # abort_with_status always raises
+        except Exception as exc:  # never gRPC's UNKNOWN with a Python exception in it
+            log.exception("authentication_failed", method=method)
+            await context.abort_with_status(internal_status("internal error; the failure was logged"))
+            raise AssertionError("unreachable") from exc
+        return caller
 
 
 def _refusing(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:

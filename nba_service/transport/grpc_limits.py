@@ -10,7 +10,7 @@ server as busy, not as down; reflection (a stream) passes untouched too.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -25,6 +25,7 @@ from nba_service.transport.grpc_errors import to_status
 log = structlog.get_logger(__name__)
 
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 RateFor = Callable[[Caller | None], Rate | None]
 """The rate a caller gets (None: unlimited). The seam for per-role limits: today every caller gets the one
 configured rate."""
@@ -76,16 +77,25 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # gr
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         method: str = details.method
-        if handler is None or handler.unary_unary is None or method.startswith(_EXEMPT_PREFIX):
+        if handler is None or method.startswith(_EXEMPT_PREFIX):
+            return handler
+        if handler.unary_unary is None and handler.unary_stream is None:  # reflection, a bidirectional stream
             return handler
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            self._limited(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        if handler.unary_stream is not None:  # a campaign takes one token and holds one slot while it streams
+            wrapped = grpc.unary_stream_rpc_method_handler(
+                self._limited_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        else:
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self._limited(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -98,6 +108,21 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # gr
                 raise AssertionError("unreachable") from exc  # abort_with_status always raises
             try:
                 return await behaviour(request, context)
+            finally:
+                slot.leave()
+
+        return limited
+
+    def _limited_stream(self, method: str, behaviour: StreamBehaviour) -> StreamBehaviour:
+        async def limited(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                slot = self.admit(method, current_caller(), context.peer())
+            except ResourceExhausted as exc:
+                await context.abort_with_status(to_status(exc))
+                raise AssertionError("unreachable") from exc
+            try:
+                async for item in behaviour(request, context):
+                    yield item
             finally:
                 slot.leave()
 

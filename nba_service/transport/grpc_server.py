@@ -9,7 +9,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -21,13 +21,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from nba_service._proto.nba.v1 import nba_pb2, nba_pb2_grpc
+from nba_service.domain.contact_points import PhoneType
 from nba_service.domain.model import Channel
 from nba_service.domain.profile import AttributeValue, OutcomeKind
 from nba_service.domain.records import Delivery
 from nba_service.errors import DeadlineExceeded, InvalidArgument, NbaError, Problems
 from nba_service.security.access import AccessControl
 from nba_service.security.limits import CallLimits
-from nba_service.service import DecisionService
+from nba_service.service import CampaignExclusion, CampaignResult, DecisionService
 from nba_service.transport.explanation import explanation_message
 from nba_service.transport.grpc_auth import AuthInterceptor, current_caller
 from nba_service.transport.grpc_errors import internal_status, to_status
@@ -70,6 +71,27 @@ def _edge(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
             log.exception("unexpected_error", method=method.__name__)
             await context.abort_with_status(internal_status("internal error; the failure was logged"))
         raise AssertionError("unreachable")  # abort_with_status always raises
+
+    return wrapper
+
+
+StreamHandler = Callable[[Any, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]]
+
+
+def _stream_edge(method: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
+    """`_edge` for a server-streaming method: an error after some results ends the stream with its status."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> AsyncIterator[Resp]:
+        try:
+            _check_wire(request)
+            async for item in method(self, request, context):
+                yield item
+        except NbaError as exc:
+            await context.abort_with_status(to_status(exc))
+        except Exception:
+            log.exception("unexpected_error", method=method.__name__)
+            await context.abort_with_status(internal_status("internal error; the failure was logged"))
 
     return wrapper
 
@@ -197,8 +219,11 @@ class NextBestActionServicer(nba_pb2_grpc.NextBestActionServicer):
             _optional_time(request, "time"),
             request.note,
             caller=current_caller(),
+            idempotency_key=request.idempotency_key,
+            wrong_number=request.wrong_number,
+            validate_only=request.validate_only,
         )
-        return nba_pb2.RecordOutcomeResponse(customer_id=receipt.customer_id)
+        return nba_pb2.RecordOutcomeResponse(customer_id=receipt.customer_id, stored=receipt.stored)
 
     @_edge
     async def IngestEvent(  # noqa: N802
@@ -215,6 +240,66 @@ class NextBestActionServicer(nba_pb2_grpc.NextBestActionServicer):
         )
         return nba_pb2.IngestEventResponse(event_id=event_id)
 
+    @_stream_edge
+    async def DecideBatch(  # noqa: N802
+        self, request: nba_pb2.DecideBatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[nba_pb2.BatchResult]:
+        which = request.WhichOneof("customers")
+        caller = current_caller()
+        campaign = await self._service.prepare_campaign(
+            request.campaign_id,
+            _channel(request.channel),
+            customer_ids=list(request.customer_ids.ids) if which == "customer_ids" else None,
+            segment=dict(request.segment.equals) if which == "segment" else None,
+            all_customers=which == "segment" and request.segment.all_customers,
+            at=_optional_time(request, "time"),
+            legal_window=request.legal_window,
+            caller=caller,
+        )
+        async for result in self._service.decide_batch(campaign, deadline=_deadline(context), caller=caller):
+            yield batch_result_message(result)
+
+
+_PHONE_TYPES = {PhoneType.MOBILE: nba_pb2.MOBILE, PhoneType.HOME: nba_pb2.HOME, PhoneType.WORK: nba_pb2.WORK}
+
+
+def batch_result_message(result: CampaignResult) -> nba_pb2.BatchResult:
+    if isinstance(result, CampaignExclusion):
+        return nba_pb2.BatchResult(
+            customer_id=result.customer_id,
+            decision_id=result.decision_id,
+            excluded=nba_pb2.Excluded(
+                reason=nba_pb2.ExclusionReason.Value(result.reason.value.upper()), detail=result.detail
+            ),
+        )
+    a, window = result.action, result.window
+    return nba_pb2.BatchResult(
+        customer_id=result.customer_id,
+        decision_id=result.decision_id,
+        call=nba_pb2.DialerCall(
+            action=nba_pb2.Action(
+                action_id=a.action_id,
+                script=a.script,
+                priority=a.priority,
+                category=a.category,
+                reason=a.reason,
+                rule_id=a.rule_id,
+                valid_until=_timestamp(a.valid_until),
+            ),
+            phone=result.phone.number,
+            phone_type=_PHONE_TYPES[result.phone.type],
+            window=nba_pb2.CallWindow(
+                time_zone=window.time_zone,
+                earliest=_timestamp(window.earliest),
+                latest=_timestamp(window.latest),
+                earliest_local=window.earliest.isoformat(timespec="seconds"),
+                latest_local=window.latest.isoformat(timespec="seconds"),
+            ),
+            expires_at=_timestamp(a.valid_until),
+            idempotency_key=result.idempotency_key,
+        ),
+    )
+
 
 def add_servicer(
     servicer: object, server: grpc.aio.Server, module: Any = nba_pb2, service: str = "NextBestAction"
@@ -225,9 +310,12 @@ def add_servicer(
     descriptor = module.DESCRIPTOR.services_by_name[service]
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in descriptor.methods:
-        if method.client_streaming or method.server_streaming:
-            raise TypeError(f"{method.full_name}: only unary methods are registered here")
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+        if method.client_streaming:
+            raise TypeError(f"{method.full_name}: only unary and server-streaming methods are registered here")
+        factory = (
+            grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = factory(
             getattr(servicer, method.name),
             request_deserializer=lenient_deserializer(getattr(module, method.input_type.name)),
             response_serializer=getattr(module, method.output_type.name).SerializeToString,

@@ -38,7 +38,7 @@ def test_health_unknown_service_is_not_found(server: ServerHandle) -> None:
 
 def test_reflection_lists_the_services(server: ServerHandle) -> None:
     """Server reflection lists nba.v1.NextBestAction (plus health and reflection) and serves its proto file,
-    whose descriptor has the three RPCs of the contract."""
+    whose descriptor has the four RPCs of the contract."""
     stub = reflection_pb2_grpc.ServerReflectionStub(server.new_channel())
     requests = [
         reflection_pb2.ServerReflectionRequest(list_services=""),
@@ -56,7 +56,7 @@ def test_reflection_lists_the_services(server: ServerHandle) -> None:
     ]
     nba_file = next(f for f in files if f.package == "nba.v1")
     service = next(s for s in nba_file.service if s.name == "NextBestAction")
-    assert {m.name for m in service.method} == {"Decide", "RecordOutcome", "IngestEvent"}
+    assert {m.name for m in service.method} == {"Decide", "RecordOutcome", "IngestEvent", "DecideBatch"}
 
 
 def test_expired_and_tiny_deadlines(server: ServerHandle) -> None:

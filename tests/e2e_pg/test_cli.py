@@ -83,7 +83,8 @@ def test_seed_loads_the_population_then_refuses_a_second_time(pg_dsn: str) -> No
     assert counts == want
     assert (
         f"seeded {CUSTOMERS} customers, {want['events']} events, {want['contacts']} contacts, "
-        f"{want['consents']} consents, {want['do_not_call']} do-not-call in" in first.stdout
+        f"{want['consents']} consents, {want['do_not_call']} do-not-call, {len(expected.phones)} phone numbers in"
+        in first.stdout
     )
     ids = [r["customer_id"] for r in fetch(pg_dsn, "SELECT customer_id FROM customers ORDER BY customer_id")]
     assert ids == [f"CUST-{n:06d}" for n in range(1, CUSTOMERS + 1)]

@@ -14,13 +14,14 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import structlog
 
+from nba_service.domain.contact_points import PhoneNumber, PhoneType
 from nba_service.domain.model import Channel
 from nba_service.domain.profile import (
     CONTACTED_OUTCOMES,
@@ -31,6 +32,7 @@ from nba_service.domain.profile import (
     OutcomeKind,
     Profile,
 )
+from nba_service.domain.segments import Segment
 from nba_service.errors import InvalidArgument, NotFound, Unavailable
 from nba_service.stores.postgres.migrate import migrations
 
@@ -39,8 +41,8 @@ log = structlog.get_logger(__name__)
 # The newest live event per *declared* type: one index scan (events_customer_type_time) per type the
 # ruleset reads, so thousands of events of other types cost the read nothing and can never crowd out a
 # live trigger. Contacts are one row per offered action, so an offer answered many times is read once.
-PROFILE_SQL = """
-SELECT c.attributes,
+_PROFILE_COLUMNS = """
+SELECT c.customer_id, c.attributes,
        (SELECT coalesce(jsonb_object_agg('consent_' || k.purpose, k.granted), '{}'::jsonb)
           FROM consents k WHERE k.customer_id = c.customer_id) AS consents,
        EXISTS (SELECT 1 FROM do_not_call d WHERE d.customer_id = c.customer_id) AS do_not_call,
@@ -58,19 +60,47 @@ SELECT c.attributes,
                                                      'outcome', h.outcome, 'decision_id', h.decision_id,
                                                      'reached', h.reached)
                                   ORDER BY h.time), '[]'::jsonb)
-          FROM contacts h WHERE h.customer_id = c.customer_id AND h.time > $3) AS contacts
-  FROM customers c
- WHERE c.customer_id = $1
+          FROM contacts h WHERE h.customer_id = c.customer_id AND h.time > $3) AS contacts,
+       (SELECT coalesce(jsonb_agg(jsonb_build_array(p.number, p.type, p.consent, p.wrong_number_at IS NOT NULL)
+                                  ORDER BY p.position), '[]'::jsonb)
+          FROM phones p WHERE p.customer_id = c.customer_id) AS phones
+"""
+PROFILE_SQL = _PROFILE_COLUMNS + "  FROM customers c WHERE c.customer_id = $1"
+# A campaign's profiles, a batch per round trip, in the order asked (unknown ids are left out).
+PROFILES_SQL = (
+    _PROFILE_COLUMNS
+    + "  FROM unnest($1::text[]) WITH ORDINALITY AS q(customer_id, n) JOIN customers c USING (customer_id)"
+    + " ORDER BY q.n"
+)
+# A page of a segment in id order: keyset pagination on the primary key, the filter as jsonb containment.
+SEGMENT_SQL = (
+    _PROFILE_COLUMNS
+    + "  FROM customers c WHERE c.customer_id > $1 AND c.attributes @> $5::jsonb ORDER BY c.customer_id LIMIT $6"
+)
+MISSING_SQL = """
+SELECT q.n - 1 FROM unnest($1::text[]) WITH ORDINALITY AS q(customer_id, n)
+ WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = q.customer_id) ORDER BY q.n
 """
 
 _CONTACTED_SQL = ", ".join(f"'{kind.value}'" for kind in sorted(CONTACTED_OUTCOMES))
 # One statement, so one round trip and one transaction: the offer's contact row takes the latest outcome
 # (by its time; a later report wins a tie) and stays reached once any outcome reached the customer, and
 # the audit row is appended. A foreign-key failure (unknown customer) leaves neither.
+# One statement, so one round trip and one transaction: the audit row is appended unless an outcome with the
+# same idempotency key is already stored, and only then the offer's contact row takes the latest outcome (by
+# its time; a later report wins a tie) and stays reached once any outcome reached the customer. A foreign-key
+# failure (unknown customer) leaves neither. Returns how many audit rows were written (0 or 1).
 ADD_OUTCOME_SQL = f"""
-WITH contact AS (
+WITH audit AS (
+    INSERT INTO outcomes (decision_id, customer_id, action_id, channel, outcome, time, note, recorded_by,
+                          idempotency_key)
+    VALUES ($2, $1, $3, $4, $6, $5, $7, $9, $10)
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING 1
+), contact AS (
     INSERT INTO contacts AS k (customer_id, decision_id, action_id, channel, time, outcome, note, reached)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    SELECT $1::text, $2::uuid, $3::text, $4::text, $5::timestamptz, $6::text, $7::text, $8::boolean
+     WHERE EXISTS (SELECT 1 FROM audit)
     ON CONFLICT (decision_id, action_id) WHERE decision_id IS NOT NULL DO UPDATE
        SET outcome = CASE WHEN excluded.time >= k.time THEN excluded.outcome ELSE k.outcome END,
            note = CASE WHEN excluded.time >= k.time THEN excluded.note ELSE k.note END,
@@ -78,8 +108,7 @@ WITH contact AS (
            reached = coalesce(k.reached, k.outcome IN ({_CONTACTED_SQL})) OR excluded.reached
     RETURNING 1
 )
-INSERT INTO outcomes (decision_id, customer_id, action_id, channel, outcome, time, note, recorded_by)
-SELECT $2, $1, $3, $4, $6, $5, $7, $9 FROM contact
+SELECT (SELECT count(*) FROM audit) + 0 * (SELECT count(*) FROM contact)
 """  # noqa: S608 - the interpolated list is the fixed outcome names
 
 _SCHEMA_VERSION = "SELECT max(version) FROM schema_migrations"
@@ -135,6 +164,36 @@ def _time(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
+def _profile(row: Any) -> Profile:
+    attributes: dict[str, AttributeValue] = dict(row["attributes"])
+    attributes.update(row["consents"])
+    attributes["do_not_call"] = bool(row["do_not_call"])
+    events = tuple(
+        Event(
+            e["type"],
+            _time(e["time"]),
+            e["attributes"],
+            _time(e["expires_at"]) if e["expires_at"] is not None else None,
+        )
+        for e in row["events"]
+    )
+    contacts = tuple(
+        Contact(
+            c["action_id"],
+            Channel(c["channel"]),
+            _time(c["time"]),
+            OutcomeKind(c["outcome"]),
+            c["decision_id"] or "",
+            reached=c["reached"],
+        )
+        for c in row["contacts"]
+    )
+    phones = tuple(
+        PhoneNumber(number, PhoneType(kind), consent, wrong) for number, kind, consent, wrong in row["phones"]
+    )
+    return Profile(row["customer_id"], attributes, events, contacts, phones)
+
+
 class PostgresProfileStore:
     def __init__(
         self,
@@ -183,30 +242,55 @@ class PostgresProfileStore:
         row = await self._run("reading a profile", read)
         if row is None:
             raise NotFound(f"customer {customer_id!r} not found")
-        attributes: dict[str, AttributeValue] = dict(row["attributes"])
-        attributes.update(row["consents"])
-        attributes["do_not_call"] = bool(row["do_not_call"])
-        events = tuple(
-            Event(
-                e["type"],
-                _time(e["time"]),
-                e["attributes"],
-                _time(e["expires_at"]) if e["expires_at"] is not None else None,
+        return _profile(row)
+
+    async def get_profiles(self, customer_ids: Sequence[str]) -> list[Profile]:
+        """The live profiles of these customers in one round trip, in the order asked; unknown ones left out."""
+        now = self._clock()
+
+        async def read(conn: asyncpg.Connection, budget: float) -> Any:
+            return await conn.fetch(
+                PROFILES_SQL, list(customer_ids), now, now - self._history, self._event_types, timeout=budget
             )
-            for e in row["events"]
-        )
-        contacts = tuple(
-            Contact(
-                c["action_id"],
-                Channel(c["channel"]),
-                _time(c["time"]),
-                OutcomeKind(c["outcome"]),
-                c["decision_id"] or "",
-                reached=c["reached"],
+
+        return [_profile(row) for row in await self._run("reading profiles", read)]
+
+    async def missing_customers(self, customer_ids: Sequence[str]) -> list[int]:
+        """Positions in `customer_ids` of the customers this store does not hold."""
+
+        async def read(conn: asyncpg.Connection, budget: float) -> Any:
+            return await conn.fetch(MISSING_SQL, list(customer_ids), timeout=budget)
+
+        return [int(row[0]) for row in await self._run("checking customers", read)]
+
+    async def segment_page(self, segment: Segment, after: str, limit: int) -> list[Profile]:
+        """Up to `limit` profiles of the segment's customers with ids after `after`, in id order."""
+        now = self._clock()
+        wanted = dict(segment.equals)
+
+        async def read(conn: asyncpg.Connection, budget: float) -> Any:
+            return await conn.fetch(
+                SEGMENT_SQL, after, now, now - self._history, self._event_types, wanted, limit, timeout=budget
             )
-            for c in row["contacts"]
-        )
-        return Profile(customer_id, attributes, events, contacts)
+
+        return [_profile(row) for row in await self._run("reading a segment", read)]
+
+    async def mark_wrong_number(self, customer_id: str, number: str, when: datetime) -> bool:
+        """Marks one of the customer's numbers as not reaching them; False when the customer has no such number.
+        Marking again keeps the first time."""
+
+        async def mark(conn: asyncpg.Connection, budget: float) -> Any:
+            return await conn.execute(
+                "UPDATE phones SET wrong_number_at = coalesce(wrong_number_at, $3), updated_at = now()"
+                " WHERE customer_id = $1 AND number = $2",
+                customer_id,
+                number,
+                when,
+                timeout=budget,
+            )
+
+        status: str = await self._run("marking a wrong number", mark)
+        return status != "UPDATE 0"
 
     async def customer_ids(self, after: str = "", limit: int = 10_000) -> list[str]:
         """A page of customer ids in order, those after `after`: how `nba rulesets diff` walks the store."""
@@ -246,14 +330,14 @@ class PostgresProfileStore:
             raise NotFound(f"customer {customer_id!r} not found") from exc
         return str(event_id)
 
-    async def add_outcome(self, outcome: Outcome) -> None:
+    async def add_outcome(self, outcome: Outcome) -> bool:
         try:
             decision_id = uuid.UUID(outcome.decision_id)
         except ValueError as exc:
             raise InvalidArgument.of("decision_id", f"{outcome.decision_id!r} is not a decision id") from exc
 
-        async def upsert(conn: asyncpg.Connection, budget: float) -> None:
-            await conn.execute(
+        async def upsert(conn: asyncpg.Connection, budget: float) -> Any:
+            return await conn.fetchval(
                 ADD_OUTCOME_SQL,
                 outcome.customer_id,
                 decision_id,
@@ -264,13 +348,15 @@ class PostgresProfileStore:
                 outcome.note,
                 outcome.outcome in CONTACTED_OUTCOMES,
                 outcome.recorded_by or None,
+                outcome.idempotency_key or None,
                 timeout=budget,
             )
 
         try:
-            await self._run("storing an outcome", upsert)
+            written = await self._run("storing an outcome", upsert)
         except asyncpg.ForeignKeyViolationError as exc:
             raise NotFound(f"customer {outcome.customer_id!r} not found") from exc
+        return bool(written)
 
     async def ready(self) -> bool:
         """Reachable and migrated: a database restored without the schema must not look healthy."""

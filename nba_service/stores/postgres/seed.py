@@ -10,6 +10,7 @@ reads back into exactly the same `Profile`:
 - `events`: one row per event, keyed by a UUID derived from the seed, customer id and position
   (except an event that expires the instant it happens, which no reader could ever see and the
   table's CHECK forbids: the generator draws a few mortgage rates expiring in 0 days);
+- `phones`: one row per phone number, in the profile's order (`position`), E.164 checked before COPY;
 - `contacts`: one row per entry of contact history (generated ones have no decision id, an empty note and
   no `reached`, which the profile store reads as "judge by the outcome").
 
@@ -25,11 +26,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final
 
 import asyncpg
 
+from nba_service.domain.contact_points import phone_problems
 from nba_service.domain.profile import AttributeValue, Profile
 from nba_service.errors import InvalidArgument, SchemaNotMigrated, SeedError, SeedRefused
 from nba_service.stores.postgres.migrate import pending
@@ -51,9 +53,12 @@ _CUSTOMER_COLUMNS: Final = ("customer_id", "attributes")
 _CONSENT_COLUMNS: Final = ("customer_id", "purpose", "granted")
 _DO_NOT_CALL_COLUMNS: Final = ("customer_id", "source")
 _EVENT_COLUMNS: Final = ("event_id", "customer_id", "type", "time", "attributes", "expires_at")
+_PHONE_COLUMNS: Final = ("customer_id", "position", "number", "type", "consent", "wrong_number_at")
 _CONTACT_COLUMNS: Final = ("customer_id", "decision_id", "action_id", "channel", "time", "outcome", "note", "reached")
 
 Row = tuple[object, ...]
+# When a generated number already marked wrong was marked: the generator makes none, a sample file may.
+_NOW_MARK: Final = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,7 @@ class SeedReport:
     skipped_events: int = 0
     # Existing customers with a synthetic id that `force` deleted (with all their rows) before loading.
     replaced: int = 0
+    phones: int = 0
 
 
 @dataclass(slots=True)
@@ -82,6 +88,7 @@ class Batch:
     do_not_call: list[Row] = field(default_factory=list)
     events: list[Row] = field(default_factory=list)
     contacts: list[Row] = field(default_factory=list)
+    phones: list[Row] = field(default_factory=list)
     skipped_events: int = 0
 
     def add(self, profile: Profile, *, seed: int) -> None:
@@ -98,8 +105,14 @@ class Batch:
             if not isinstance(granted, bool):
                 raise ValueError(f"{ident}: attribute {name} must be a boolean, got {granted!r}")
             self.consents.append((ident, name.removeprefix(CONSENT_PREFIX), granted))
+        problems = phone_problems(profile.phones)
+        if problems:
+            raise ValueError(f"{ident}: {'; '.join(problems)}")
         self.customer_ids.append(ident)
         self.customers.append((ident, _json(attributes)))
+        for position, phone in enumerate(profile.phones):
+            wrong = _NOW_MARK if phone.wrong_number else None
+            self.phones.append((ident, position, phone.number, phone.type.value, phone.consent, wrong))
         for index, event in enumerate(profile.events):
             if event.expires_at is not None and event.expires_at <= event.time:
                 # Expired the moment it happened (a rate expiring in 0 days): no reader ever shows it,
@@ -176,7 +189,7 @@ async def seed(
     started = time.perf_counter()
     await _check_schema(conn)
     totals = dict.fromkeys(
-        ("customers", "events", "contacts", "consents", "do_not_call", "skipped_events", "replaced"), 0
+        ("customers", "events", "contacts", "consents", "do_not_call", "skipped_events", "replaced", "phones"), 0
     )
     loop = asyncio.get_running_loop()
     starts = range(1, count + 1, batch_size)
@@ -216,6 +229,8 @@ async def seed(
                 await _copy(conn, "do_not_call", _DO_NOT_CALL_COLUMNS, batch.do_not_call)
                 await _copy(conn, "events", _EVENT_COLUMNS, batch.events)
                 await _copy(conn, "contacts", _CONTACT_COLUMNS, batch.contacts)
+                await _copy(conn, "phones", _PHONE_COLUMNS, batch.phones)
+                totals["phones"] += len(batch.phones)
                 totals["customers"] += len(batch.customers)
                 totals["consents"] += len(batch.consents)
                 totals["do_not_call"] += len(batch.do_not_call)

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from nba_service._proto.nba.v1 import explain_pb2 as nba_dot_v1_dot_explain__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10nba/v1/nba.proto\x12\x06nba.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14nba/v1/explain.proto\"\x97\x01\n\x12InteractionContext\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12>\n\nattributes\x18\x02 \x03(\x0b\x32*.nba.v1.InteractionContext.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x99\x01\n\rDecideRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12 \n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x0f.nba.v1.Channel\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.nba.v1.InteractionContext\x12\x13\n\x0bmax_actions\x18\x04 \x01(\r\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\"\xa1\x01\n\x06\x41\x63tion\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0e\n\x06script\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\r\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07rule_id\x18\x06 \x01(\t\x12/\n\x0bvalid_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"9\n\nRulesetRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04hash\x18\x03 \x01(\t\"\xc5\x01\n\x0e\x44\x65\x63ideResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x1f\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32\x0e.nba.v1.Action\x12#\n\x07ruleset\x18\x03 \x01(\x0b\x32\x12.nba.v1.RulesetRef\x12.\n\ndecided_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x0b\x65xplanation\x18\x05 \x01(\x0b\x32\x13.nba.v1.Explanation\"\x98\x01\n\x14RecordOutcomeRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x11\n\taction_id\x18\x02 \x01(\t\x12 \n\x07outcome\x18\x03 \x01(\x0e\x32\x0f.nba.v1.Outcome\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04note\x18\x05 \x01(\t\",\n\x15RecordOutcomeResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"\x9c\x02\n\x12IngestEventRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\nattributes\x18\x04 \x03(\x0b\x32*.nba.v1.IngestEventRequest.AttributesEntry\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aI\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.nba.v1.AttributeValue:\x02\x38\x01\"s\n\x0e\x41ttributeValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x16\n\x0cnumber_value\x18\x02 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x04 \x01(\x12H\x00\x42\x06\n\x04kind\"\'\n\x13IngestEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t*J\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x11\n\rAGENT_DESKTOP\x10\x01\x12\x13\n\x0fOUTBOUND_DIALER\x10\x02*\x85\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\x0c\n\x08\x44\x45\x43LINED\x10\x02\x12\r\n\tNO_ANSWER\x10\x03\x12\r\n\tCONVERTED\x10\x04\x12\x16\n\x12\x43\x41LLBACK_REQUESTED\x10\x05\x12\x0f\n\x0bNOT_OFFERED\x10\x06\x32\xdf\x01\n\x0eNextBestAction\x12\x37\n\x06\x44\x65\x63ide\x12\x15.nba.v1.DecideRequest\x1a\x16.nba.v1.DecideResponse\x12L\n\rRecordOutcome\x12\x1c.nba.v1.RecordOutcomeRequest\x1a\x1d.nba.v1.RecordOutcomeResponse\x12\x46\n\x0bIngestEvent\x12\x1a.nba.v1.IngestEventRequest\x1a\x1b.nba.v1.IngestEventResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10nba/v1/nba.proto\x12\x06nba.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14nba/v1/explain.proto\"\x97\x01\n\x12InteractionContext\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12>\n\nattributes\x18\x02 \x03(\x0b\x32*.nba.v1.InteractionContext.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x99\x01\n\rDecideRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12 \n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x0f.nba.v1.Channel\x12+\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1a.nba.v1.InteractionContext\x12\x13\n\x0bmax_actions\x18\x04 \x01(\r\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\"\xa1\x01\n\x06\x41\x63tion\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0e\n\x06script\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\r\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07rule_id\x18\x06 \x01(\t\x12/\n\x0bvalid_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"9\n\nRulesetRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04hash\x18\x03 \x01(\t\"\xc5\x01\n\x0e\x44\x65\x63ideResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x1f\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32\x0e.nba.v1.Action\x12#\n\x07ruleset\x18\x03 \x01(\x0b\x32\x12.nba.v1.RulesetRef\x12.\n\ndecided_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x0b\x65xplanation\x18\x05 \x01(\x0b\x32\x13.nba.v1.Explanation\"\xde\x01\n\x14RecordOutcomeRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x11\n\taction_id\x18\x02 \x01(\t\x12 \n\x07outcome\x18\x03 \x01(\x0e\x32\x0f.nba.v1.Outcome\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04note\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x14\n\x0cwrong_number\x18\x07 \x01(\t\x12\x15\n\rvalidate_only\x18\x08 \x01(\x08\"<\n\x15RecordOutcomeResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0e\n\x06stored\x18\x02 \x01(\x08\"\x1b\n\x0c\x43ustomerList\x12\x0b\n\x03ids\x18\x01 \x03(\t\"|\n\x07Segment\x12+\n\x06\x65quals\x18\x01 \x03(\x0b\x32\x1b.nba.v1.Segment.EqualsEntry\x12\x15\n\rall_customers\x18\x02 \x01(\x08\x1a-\n\x0b\x45qualsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xea\x01\n\x12\x44\x65\x63ideBatchRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12 \n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x0f.nba.v1.Channel\x12,\n\x0c\x63ustomer_ids\x18\x03 \x01(\x0b\x32\x14.nba.v1.CustomerListH\x00\x12\"\n\x07segment\x18\x04 \x01(\x0b\x32\x0f.nba.v1.SegmentH\x00\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0clegal_window\x18\x06 \x01(\tB\x0b\n\tcustomers\"\xa7\x01\n\nCallWindow\x12\x11\n\ttime_zone\x18\x01 \x01(\t\x12,\n\x08\x65\x61rliest\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06latest\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x65\x61rliest_local\x18\x04 \x01(\t\x12\x14\n\x0clatest_local\x18\x05 \x01(\t\"\xcf\x01\n\nDialerCall\x12\x1e\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x0e.nba.v1.Action\x12\r\n\x05phone\x18\x02 \x01(\t\x12%\n\nphone_type\x18\x03 \x01(\x0e\x32\x11.nba.v1.PhoneType\x12\"\n\x06window\x18\x04 \x01(\x0b\x32\x12.nba.v1.CallWindow\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"C\n\x08\x45xcluded\x12\'\n\x06reason\x18\x01 \x01(\x0e\x32\x17.nba.v1.ExclusionReason\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\x8b\x01\n\x0b\x42\x61tchResult\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\"\n\x04\x63\x61ll\x18\x03 \x01(\x0b\x32\x12.nba.v1.DialerCallH\x00\x12$\n\x08\x65xcluded\x18\x04 \x01(\x0b\x32\x10.nba.v1.ExcludedH\x00\x42\x08\n\x06result\"\x9c\x02\n\x12IngestEventRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\nattributes\x18\x04 \x03(\x0b\x32*.nba.v1.IngestEventRequest.AttributesEntry\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aI\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.nba.v1.AttributeValue:\x02\x38\x01\"s\n\x0e\x41ttributeValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x16\n\x0cnumber_value\x18\x02 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x04 \x01(\x12H\x00\x42\x06\n\x04kind\"\'\n\x13IngestEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t*J\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x11\n\rAGENT_DESKTOP\x10\x01\x12\x13\n\x0fOUTBOUND_DIALER\x10\x02*\x85\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\x0c\n\x08\x44\x45\x43LINED\x10\x02\x12\r\n\tNO_ANSWER\x10\x03\x12\r\n\tCONVERTED\x10\x04\x12\x16\n\x12\x43\x41LLBACK_REQUESTED\x10\x05\x12\x0f\n\x0bNOT_OFFERED\x10\x06*G\n\tPhoneType\x12\x1a\n\x16PHONE_TYPE_UNSPECIFIED\x10\x00\x12\n\n\x06MOBILE\x10\x01\x12\x08\n\x04HOME\x10\x02\x12\x08\n\x04WORK\x10\x03*\xca\x01\n\x0f\x45xclusionReason\x12 \n\x1c\x45XCLUSION_REASON_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x44O_NOT_CALL\x10\x01\x12\x0e\n\nNO_CONSENT\x10\x02\x12\x0f\n\x0bQUIET_HOURS\x10\x03\x12\x0f\n\x0bSUPPRESSION\x10\x04\x12\x11\n\rFREQUENCY_CAP\x10\x05\x12\r\n\tNO_ACTION\x10\x06\x12\x16\n\x12NO_CALLABLE_NUMBER\x10\x07\x12\x18\n\x14OUTSIDE_LEGAL_WINDOW\x10\x08\x32\xa1\x02\n\x0eNextBestAction\x12\x37\n\x06\x44\x65\x63ide\x12\x15.nba.v1.DecideRequest\x1a\x16.nba.v1.DecideResponse\x12L\n\rRecordOutcome\x12\x1c.nba.v1.RecordOutcomeRequest\x1a\x1d.nba.v1.RecordOutcomeResponse\x12\x46\n\x0bIngestEvent\x12\x1a.nba.v1.IngestEventRequest\x1a\x1b.nba.v1.IngestEventResponse\x12@\n\x0b\x44\x65\x63ideBatch\x12\x1a.nba.v1.DecideBatchRequest\x1a\x13.nba.v1.BatchResult0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INTERACTIONCONTEXT_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_INTERACTIONCONTEXT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_SEGMENT_EQUALSENTRY']._loaded_options = None
+  _globals['_SEGMENT_EQUALSENTRY']._serialized_options = b'8\001'
   _globals['_INGESTEVENTREQUEST_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_INGESTEVENTREQUEST_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_CHANNEL']._serialized_start=1462
-  _globals['_CHANNEL']._serialized_end=1536
-  _globals['_OUTCOME']._serialized_start=1539
-  _globals['_OUTCOME']._serialized_end=1672
+  _globals['_CHANNEL']._serialized_start=2531
+  _globals['_CHANNEL']._serialized_end=2605
+  _globals['_OUTCOME']._serialized_start=2608
+  _globals['_OUTCOME']._serialized_end=2741
+  _globals['_PHONETYPE']._serialized_start=2743
+  _globals['_PHONETYPE']._serialized_end=2814
+  _globals['_EXCLUSIONREASON']._serialized_start=2817
+  _globals['_EXCLUSIONREASON']._serialized_end=3019
   _globals['_INTERACTIONCONTEXT']._serialized_start=84
   _globals['_INTERACTIONCONTEXT']._serialized_end=235
   _globals['_INTERACTIONCONTEXT_ATTRIBUTESENTRY']._serialized_start=186
@@ -54,17 +60,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECIDERESPONSE']._serialized_start=617
   _globals['_DECIDERESPONSE']._serialized_end=814
   _globals['_RECORDOUTCOMEREQUEST']._serialized_start=817
-  _globals['_RECORDOUTCOMEREQUEST']._serialized_end=969
-  _globals['_RECORDOUTCOMERESPONSE']._serialized_start=971
-  _globals['_RECORDOUTCOMERESPONSE']._serialized_end=1015
-  _globals['_INGESTEVENTREQUEST']._serialized_start=1018
-  _globals['_INGESTEVENTREQUEST']._serialized_end=1302
-  _globals['_INGESTEVENTREQUEST_ATTRIBUTESENTRY']._serialized_start=1229
-  _globals['_INGESTEVENTREQUEST_ATTRIBUTESENTRY']._serialized_end=1302
-  _globals['_ATTRIBUTEVALUE']._serialized_start=1304
-  _globals['_ATTRIBUTEVALUE']._serialized_end=1419
-  _globals['_INGESTEVENTRESPONSE']._serialized_start=1421
-  _globals['_INGESTEVENTRESPONSE']._serialized_end=1460
-  _globals['_NEXTBESTACTION']._serialized_start=1675
-  _globals['_NEXTBESTACTION']._serialized_end=1898
+  _globals['_RECORDOUTCOMEREQUEST']._serialized_end=1039
+  _globals['_RECORDOUTCOMERESPONSE']._serialized_start=1041
+  _globals['_RECORDOUTCOMERESPONSE']._serialized_end=1101
+  _globals['_CUSTOMERLIST']._serialized_start=1103
+  _globals['_CUSTOMERLIST']._serialized_end=1130
+  _globals['_SEGMENT']._serialized_start=1132
+  _globals['_SEGMENT']._serialized_end=1256
+  _globals['_SEGMENT_EQUALSENTRY']._serialized_start=1211
+  _globals['_SEGMENT_EQUALSENTRY']._serialized_end=1256
+  _globals['_DECIDEBATCHREQUEST']._serialized_start=1259
+  _globals['_DECIDEBATCHREQUEST']._serialized_end=1493
+  _globals['_CALLWINDOW']._serialized_start=1496
+  _globals['_CALLWINDOW']._serialized_end=1663
+  _globals['_DIALERCALL']._serialized_start=1666
+  _globals['_DIALERCALL']._serialized_end=1873
+  _globals['_EXCLUDED']._serialized_start=1875
+  _globals['_EXCLUDED']._serialized_end=1942
+  _globals['_BATCHRESULT']._serialized_start=1945
+  _globals['_BATCHRESULT']._serialized_end=2084
+  _globals['_INGESTEVENTREQUEST']._serialized_start=2087
+  _globals['_INGESTEVENTREQUEST']._serialized_end=2371
+  _globals['_INGESTEVENTREQUEST_ATTRIBUTESENTRY']._serialized_start=2298
+  _globals['_INGESTEVENTREQUEST_ATTRIBUTESENTRY']._serialized_end=2371
+  _globals['_ATTRIBUTEVALUE']._serialized_start=2373
+  _globals['_ATTRIBUTEVALUE']._serialized_end=2488
+  _globals['_INGESTEVENTRESPONSE']._serialized_start=2490
+  _globals['_INGESTEVENTRESPONSE']._serialized_end=2529
+  _globals['_NEXTBESTACTION']._serialized_start=3022
+  _globals['_NEXTBESTACTION']._serialized_end=3311
 # @@protoc_insertion_point(module_scope)

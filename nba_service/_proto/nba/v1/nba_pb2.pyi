@@ -65,6 +65,60 @@ CALLBACK_REQUESTED: Outcome.ValueType  # 5
 NOT_OFFERED: Outcome.ValueType  # 6
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
+class _PhoneType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PhoneTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PhoneType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PHONE_TYPE_UNSPECIFIED: _PhoneType.ValueType  # 0
+    MOBILE: _PhoneType.ValueType  # 1
+    HOME: _PhoneType.ValueType  # 2
+    WORK: _PhoneType.ValueType  # 3
+
+class PhoneType(_PhoneType, metaclass=_PhoneTypeEnumTypeWrapper): ...
+
+PHONE_TYPE_UNSPECIFIED: PhoneType.ValueType  # 0
+MOBILE: PhoneType.ValueType  # 1
+HOME: PhoneType.ValueType  # 2
+WORK: PhoneType.ValueType  # 3
+Global___PhoneType: _TypeAlias = PhoneType  # noqa: Y015
+
+class _ExclusionReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExclusionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExclusionReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXCLUSION_REASON_UNSPECIFIED: _ExclusionReason.ValueType  # 0
+    DO_NOT_CALL: _ExclusionReason.ValueType  # 1
+    NO_CONSENT: _ExclusionReason.ValueType  # 2
+    QUIET_HOURS: _ExclusionReason.ValueType  # 3
+    SUPPRESSION: _ExclusionReason.ValueType  # 4
+    FREQUENCY_CAP: _ExclusionReason.ValueType  # 5
+    NO_ACTION: _ExclusionReason.ValueType  # 6
+    """No rule chose an action this customer may be called about."""
+    NO_CALLABLE_NUMBER: _ExclusionReason.ValueType  # 7
+    """No number with the customer's consent that is not known to be wrong."""
+    OUTSIDE_LEGAL_WINDOW: _ExclusionReason.ValueType  # 8
+    """No time left that day within the legal window outside the quiet hours."""
+
+class ExclusionReason(_ExclusionReason, metaclass=_ExclusionReasonEnumTypeWrapper): ...
+
+EXCLUSION_REASON_UNSPECIFIED: ExclusionReason.ValueType  # 0
+DO_NOT_CALL: ExclusionReason.ValueType  # 1
+NO_CONSENT: ExclusionReason.ValueType  # 2
+QUIET_HOURS: ExclusionReason.ValueType  # 3
+SUPPRESSION: ExclusionReason.ValueType  # 4
+FREQUENCY_CAP: ExclusionReason.ValueType  # 5
+NO_ACTION: ExclusionReason.ValueType  # 6
+"""No rule chose an action this customer may be called about."""
+NO_CALLABLE_NUMBER: ExclusionReason.ValueType  # 7
+"""No number with the customer's consent that is not known to be wrong."""
+OUTSIDE_LEGAL_WINDOW: ExclusionReason.ValueType  # 8
+"""No time left that day within the legal window outside the quiet hours."""
+Global___ExclusionReason: _TypeAlias = ExclusionReason  # noqa: Y015
+
 @_typing.final
 class InteractionContext(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -261,11 +315,24 @@ class RecordOutcomeRequest(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    WRONG_NUMBER_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     action_id: _builtins.str
     outcome: Global___Outcome.ValueType
     note: _builtins.str
     """Free text from the agent (recorded only)."""
+    idempotency_key: _builtins.str
+    """Optional (1-100 of A-Z a-z 0-9 _ . : -): an outcome whose key is already stored is not stored again, so a
+    dialer's disposition file can be imported twice.
+    """
+    wrong_number: _builtins.str
+    """Optional, E.164: the number dialled turned out not to be the customer's. It must be one of theirs; it is
+    marked wrong and never exported to a dialer again (their consent is left as they gave it).
+    """
+    validate_only: _builtins.bool
+    """Check everything a real call would (the decision, the action, the number) and store nothing."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When it happened; the server's time when unset."""
@@ -278,10 +345,13 @@ class RecordOutcomeRequest(_message.Message):
         outcome: Global___Outcome.ValueType = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         note: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+        wrong_number: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "decision_id", b"decision_id", "note", b"note", "outcome", b"outcome", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "decision_id", b"decision_id", "idempotency_key", b"idempotency_key", "note", b"note", "outcome", b"outcome", "time", b"time", "validate_only", b"validate_only", "wrong_number", b"wrong_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -292,22 +362,278 @@ class RecordOutcomeResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    STORED_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     """The customer the decision was about, only when the caller recording the outcome is the caller the decision
     was answered to (the same principal); empty for anyone else, who learns nothing from a decision id.
     """
+    stored: _builtins.bool
+    """False when nothing was stored: validate_only, or an idempotency_key already stored."""
     def __init__(
         self,
         *,
         customer_id: _builtins.str = ...,
+        stored: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "stored", b"stored"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordOutcomeResponse: _TypeAlias = RecordOutcomeResponse  # noqa: Y015
+
+@_typing.final
+class CustomerList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 10,000 ids per request; larger campaigns select customers with a segment."""
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustomerList: _TypeAlias = CustomerList  # noqa: Y015
+
+@_typing.final
+class Segment(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EqualsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    EQUALS_FIELD_NUMBER: _builtins.int
+    ALL_CUSTOMERS_FIELD_NUMBER: _builtins.int
+    all_customers: _builtins.bool
+    """Every customer (instead of conditions)."""
+    @_builtins.property
+    def equals(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Attribute equalities that must all hold, e.g. {"segment": "premier", "has_mortgage": "true"}. Each name must
+        be a field the active ruleset declares (contact permissions excepted) and each value of its declared type.
+        """
+
+    def __init__(
+        self,
+        *,
+        equals: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        all_customers: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_customers", b"all_customers", "equals", b"equals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Segment: _TypeAlias = Segment  # noqa: Y015
+
+@_typing.final
+class DecideBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    CUSTOMER_IDS_FIELD_NUMBER: _builtins.int
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    LEGAL_WINDOW_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    """Names the campaign in every decision record, and goes into each call's idempotency key."""
+    channel: Global___Channel.ValueType
+    """OUTBOUND_DIALER."""
+    legal_window: _builtins.str
+    """The hours the law allows calls in, in each customer's time zone, "HH:MM-HH:MM"; "08:00-21:00" when empty."""
+    @_builtins.property
+    def customer_ids(self) -> Global___CustomerList: ...
+    @_builtins.property
+    def segment(self) -> Global___Segment: ...
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the calls will be placed (within 7 days); the server's time when unset. Quiet hours and caps are judged
+        at this moment.
+        """
+
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        channel: Global___Channel.ValueType = ...,
+        customer_ids: Global___CustomerList | None = ...,
+        segment: Global___Segment | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        legal_window: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["customer_ids", b"customer_ids", "customers", b"customers", "segment", b"segment", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "channel", b"channel", "customer_ids", b"customer_ids", "customers", b"customers", "legal_window", b"legal_window", "segment", b"segment", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_customers: _TypeAlias = _typing.Literal["customer_ids", "segment"]  # noqa: Y015
+    _WhichOneofArgType_customers: _TypeAlias = _typing.Literal["customers", b"customers"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_customers) -> _WhichOneofReturnType_customers | None: ...
+
+Global___DecideBatchRequest: _TypeAlias = DecideBatchRequest  # noqa: Y015
+
+@_typing.final
+class CallWindow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    EARLIEST_FIELD_NUMBER: _builtins.int
+    LATEST_FIELD_NUMBER: _builtins.int
+    EARLIEST_LOCAL_FIELD_NUMBER: _builtins.int
+    LATEST_LOCAL_FIELD_NUMBER: _builtins.int
+    time_zone: _builtins.str
+    """The customer's IANA time zone."""
+    earliest_local: _builtins.str
+    """The same two moments as local ISO 8601 times with their offset, e.g. "2026-03-30T09:00:00+01:00"."""
+    latest_local: _builtins.str
+    @_builtins.property
+    def earliest(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def latest(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        time_zone: _builtins.str = ...,
+        earliest: _timestamp_pb2.Timestamp | None = ...,
+        latest: _timestamp_pb2.Timestamp | None = ...,
+        earliest_local: _builtins.str = ...,
+        latest_local: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["earliest", b"earliest", "latest", b"latest"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["earliest", b"earliest", "earliest_local", b"earliest_local", "latest", b"latest", "latest_local", b"latest_local", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallWindow: _TypeAlias = CallWindow  # noqa: Y015
+
+@_typing.final
+class DialerCall(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    PHONE_TYPE_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    phone: _builtins.str
+    """E.164."""
+    phone_type: Global___PhoneType.ValueType
+    idempotency_key: _builtins.str
+    """The same for the same campaign, customer, action and number on every export: a dialer drops a row it holds."""
+    @_builtins.property
+    def action(self) -> Global___Action:
+        """The action to call about; its script is the plain text for the dialer (no raw trigger data)."""
+
+    @_builtins.property
+    def window(self) -> Global___CallWindow:
+        """The ruleset's quiet hours intersected with the legal window, from `time` on, that local day."""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the offer stops being right (the action's valid_until)."""
+
+    def __init__(
+        self,
+        *,
+        action: Global___Action | None = ...,
+        phone: _builtins.str = ...,
+        phone_type: Global___PhoneType.ValueType = ...,
+        window: Global___CallWindow | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "expires_at", b"expires_at", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "expires_at", b"expires_at", "idempotency_key", b"idempotency_key", "phone", b"phone", "phone_type", b"phone_type", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DialerCall: _TypeAlias = DialerCall  # noqa: Y015
+
+@_typing.final
+class Excluded(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    reason: Global___ExclusionReason.ValueType
+    detail: _builtins.str
+    """The policy in words (a cap's id and limit, a suppression's description); never a profile or trigger value."""
+    def __init__(
+        self,
+        *,
+        reason: Global___ExclusionReason.ValueType = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Excluded: _TypeAlias = Excluded  # noqa: Y015
+
+@_typing.final
+class BatchResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    CALL_FIELD_NUMBER: _builtins.int
+    EXCLUDED_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    decision_id: _builtins.str
+    """The recorded decision (an excluded customer's decision is recorded too)."""
+    @_builtins.property
+    def call(self) -> Global___DialerCall: ...
+    @_builtins.property
+    def excluded(self) -> Global___Excluded: ...
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        decision_id: _builtins.str = ...,
+        call: Global___DialerCall | None = ...,
+        excluded: Global___Excluded | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "excluded", b"excluded", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "customer_id", b"customer_id", "decision_id", b"decision_id", "excluded", b"excluded", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["call", "excluded"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___BatchResult: _TypeAlias = BatchResult  # noqa: Y015
 
 @_typing.final
 class IngestEventRequest(_message.Message):

@@ -49,6 +49,11 @@ class NextBestActionStub:
                 request_serializer=nba_dot_v1_dot_nba__pb2.IngestEventRequest.SerializeToString,
                 response_deserializer=nba_dot_v1_dot_nba__pb2.IngestEventResponse.FromString,
                 _registered_method=True)
+        self.DecideBatch = channel.unary_stream(
+                '/nba.v1.NextBestAction/DecideBatch',
+                request_serializer=nba_dot_v1_dot_nba__pb2.DecideBatchRequest.SerializeToString,
+                response_deserializer=nba_dot_v1_dot_nba__pb2.BatchResult.FromString,
+                _registered_method=True)
 
 
 class NextBestActionServicer:
@@ -75,6 +80,15 @@ class NextBestActionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DecideBatch(self, request, context):
+        """A dialer campaign: one result per customer (the call to place, or why not), each decided exactly as Decide
+        decides and durably recorded before its result is streamed. The whole request is checked first (every listed
+        customer included), so a bad one is refused before anything is decided. Cancelling the call stops it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NextBestActionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +106,11 @@ def add_NextBestActionServicer_to_server(servicer, server):
                     servicer.IngestEvent,
                     request_deserializer=nba_dot_v1_dot_nba__pb2.IngestEventRequest.FromString,
                     response_serializer=nba_dot_v1_dot_nba__pb2.IngestEventResponse.SerializeToString,
+            ),
+            'DecideBatch': grpc.unary_stream_rpc_method_handler(
+                    servicer.DecideBatch,
+                    request_deserializer=nba_dot_v1_dot_nba__pb2.DecideBatchRequest.FromString,
+                    response_serializer=nba_dot_v1_dot_nba__pb2.BatchResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +194,33 @@ class NextBestAction:
             '/nba.v1.NextBestAction/IngestEvent',
             nba_dot_v1_dot_nba__pb2.IngestEventRequest.SerializeToString,
             nba_dot_v1_dot_nba__pb2.IngestEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nba.v1.NextBestAction/DecideBatch',
+            nba_dot_v1_dot_nba__pb2.DecideBatchRequest.SerializeToString,
+            nba_dot_v1_dot_nba__pb2.BatchResult.FromString,
             options,
             channel_credentials,
             insecure,

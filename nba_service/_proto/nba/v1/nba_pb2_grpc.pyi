@@ -39,6 +39,11 @@ class NextBestActionStub:
     """The result of an action that a decision returned; feeds contact history and measurement."""
     IngestEvent: _grpc.UnaryUnaryMultiCallable[_nba_pb2.IngestEventRequest, _nba_pb2.IngestEventResponse]
     """A live trigger event for a customer; the next decision sees it."""
+    DecideBatch: _grpc.UnaryStreamMultiCallable[_nba_pb2.DecideBatchRequest, _nba_pb2.BatchResult]
+    """A dialer campaign: one result per customer (the call to place, or why not), each decided exactly as Decide
+    decides and durably recorded before its result is streamed. The whole request is checked first (every listed
+    customer included), so a bad one is refused before anything is decided. Cancelling the call stops it.
+    """
 
 @_typing.type_check_only
 class NextBestActionAsyncStub(NextBestActionStub):
@@ -49,6 +54,11 @@ class NextBestActionAsyncStub(NextBestActionStub):
     """The result of an action that a decision returned; feeds contact history and measurement."""
     IngestEvent: _aio.UnaryUnaryMultiCallable[_nba_pb2.IngestEventRequest, _nba_pb2.IngestEventResponse]  # type: ignore[assignment]
     """A live trigger event for a customer; the next decision sees it."""
+    DecideBatch: _aio.UnaryStreamMultiCallable[_nba_pb2.DecideBatchRequest, _nba_pb2.BatchResult]  # type: ignore[assignment]
+    """A dialer campaign: one result per customer (the call to place, or why not), each decided exactly as Decide
+    decides and durably recorded before its result is streamed. The whole request is checked first (every listed
+    customer included), so a bad one is refused before anything is decided. Cancelling the call stops it.
+    """
 
 class NextBestActionServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -74,5 +84,16 @@ class NextBestActionServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_nba_pb2.IngestEventResponse, _abc.Awaitable[_nba_pb2.IngestEventResponse]]:
         """A live trigger event for a customer; the next decision sees it."""
+
+    @_abc_1.abstractmethod
+    def DecideBatch(
+        self,
+        request: _nba_pb2.DecideBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_nba_pb2.BatchResult], _abc.AsyncIterator[_nba_pb2.BatchResult]]:
+        """A dialer campaign: one result per customer (the call to place, or why not), each decided exactly as Decide
+        decides and durably recorded before its result is streamed. The whole request is checked first (every listed
+        customer included), so a bad one is refused before anything is decided. Cancelling the call stops it.
+        """
 
 def add_NextBestActionServicer_to_server(servicer: NextBestActionServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
