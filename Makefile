@@ -64,4 +64,4 @@ proto: $(STAMP)
 	$(BIN)/python -m nba_service.protogen
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) var .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis

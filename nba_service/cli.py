@@ -710,6 +710,10 @@ def _register_commands() -> None:
     from nba_service.dialer_cli import register as register_dialer  # noqa: PLC0415
 
     register_dialer(main, _TARGET)
+
+    from nba_service.health_cli import register as register_health  # noqa: PLC0415
+
+    register_health(main, _TARGET)
     # REVIEW-COMMANDS
 
 

@@ -37,6 +37,9 @@ from nba_service.transport.wire import Undecodable, check_storable_text, lenient
 
 log = structlog.get_logger(__name__)
 SERVICE_NAME = nba_pb2.DESCRIPTOR.services_by_name["NextBestAction"].full_name
+# A health name that is SERVING while the process answers at all, whatever the store: a liveness probe asks for it,
+# so that a database outage takes replicas out of the load balancer (readiness) instead of restarting them.
+LIVENESS_NAME = "liveness"
 
 _CHANNELS: dict[int, Channel] = {
     nba_pb2.AGENT_DESKTOP: Channel.AGENT_DESKTOP,
@@ -425,6 +428,7 @@ class GrpcServer:
         if self._reflection:
             reflection.enable_server_reflection((*self._reflected, reflection.SERVICE_NAME), self.server)
         await self.server.start()
+        await self.health.set(LIVENESS_NAME, health_pb2.HealthCheckResponse.SERVING)
         await self.set_serving(serving)
 
     async def set_serving(self, serving: bool) -> None:
