@@ -1,4 +1,4 @@
-"""A real headless Chromium (Debian's, driven by Selenium) for the panel's browser tests.
+"""A real headless Chromium (Debian's, driven by Selenium) for the browser tests (the panel, the rendered ruleset).
 
 Without Chromium, its driver or selenium the tests skip locally and fail under CI=true, as the render test does.
 """
@@ -27,7 +27,8 @@ def missing(message: str) -> NoReturn:
 
 
 @contextmanager
-def chromium(profile: Path, width: int, height: int) -> Iterator[Any]:
+def chromium(profile: Path, width: int, height: int, log: str = "browser") -> Iterator[Any]:
+    """`log` names the Chrome log the test reads: `browser` (the console) or `performance` (network requests)."""
     absent = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
     if absent:
         missing(f"{' and '.join(absent)} not found")
@@ -53,7 +54,7 @@ def chromium(profile: Path, width: int, height: int) -> Iterator[Any]:
         f"--user-data-dir={profile}",
     ):
         options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    options.set_capability("goog:loggingPrefs", {log: "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
         yield driver

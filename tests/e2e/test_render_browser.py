@@ -19,29 +19,21 @@ import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
 from nba_service.domain import wording
 from nba_service.domain.loader import load_ruleset_file
 from nba_service.domain.model import Channel, Ruleset
+from tests.e2e._browser import chromium
 from tests.e2e._support import NBA_SCRIPT, REPO_ROOT, RULESET_PATH, server_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-INSTALL = "install them with: sudo apt-get install -y chromium chromium-driver (make test does this when it can)"
 WIDTH, HEIGHT = 1200, 1500
 SCREENSHOT = REPO_ROOT / "docs" / "images" / "ruleset-render.png"
 HOSTILE = "<script>document.title = 'hijacked'; document.body.innerHTML = ''</script>"
-
-
-def _missing(message: str) -> NoReturn:
-    if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI=true and the browser test cannot run: {message}; {INSTALL}", pytrace=False)
-    pytest.skip(f"the browser test cannot run: {message}; {INSTALL}")
 
 
 def _render(ruleset: Path, out: Path) -> None:
@@ -60,37 +52,8 @@ def _render(ruleset: Path, out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
-    if missing:
-        _missing(f"{' and '.join(missing)} not found")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.options import Options
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        _missing("the selenium package is not installed (pip install -e '.[dev]')")
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--hide-scrollbars",
-        f"--window-size={WIDTH},{HEIGHT}",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
+    with chromium(tmp_path_factory.mktemp("chromium-profile"), WIDTH, HEIGHT, log="performance") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture(scope="module")
