@@ -8,6 +8,7 @@ import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from nba_service.domain.model import Channel
 from nba_service.domain.records import (
@@ -59,6 +60,27 @@ def test_migrate_applies_the_schema_once(pg_empty_dsn: str) -> None:
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == "schema is up to date; nothing applied"
     assert fetchval(pg_empty_dsn, "SELECT count(*) FROM schema_migrations") == len(names)
+
+
+def test_migrate_without_the_right_to_create_tables_says_so(pg_empty_dsn: str) -> None:
+    """A role that may connect but not create tables gets one clear line naming the refusal and the fix, exit 1,
+    no traceback; nothing is half applied, and the schema's owner then migrates as usual."""
+    role = f"nba_limited_{uuid.uuid4().hex[:8]}"
+    fetch(pg_empty_dsn, f"CREATE ROLE {role} LOGIN")
+    try:
+        fetch(pg_empty_dsn, "REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        parts = urlsplit(pg_empty_dsn)
+        limited = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+        refused = _nba("db", "migrate", "--dsn", limited)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert "permission denied for schema public" in refused.stderr
+        assert f"{role} needs CREATE on the schema" in refused.stderr
+        assert fetchval(pg_empty_dsn, "SELECT to_regclass('schema_migrations') IS NULL")
+        owner = _nba("db", "migrate", "--dsn", pg_empty_dsn)
+        assert owner.returncode == 0, owner.stderr
+    finally:
+        fetch(pg_empty_dsn, f"DROP ROLE {role}")
 
 
 def test_seed_loads_the_population_then_refuses_a_second_time(pg_dsn: str) -> None:

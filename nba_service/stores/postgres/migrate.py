@@ -44,7 +44,27 @@ def migrations() -> list[Migration]:
 
 
 async def migrate(conn: asyncpg.Connection) -> list[Migration]:
-    """Applies what is missing and returns it; each migration commits on its own."""
+    """Applies what is missing and returns it; each migration commits on its own.
+
+    A statement the server refuses (most often: a role without the right to create tables) is a
+    `MigrationError` with the server's words and, for a migration file, its name: for the operator to fix,
+    never a traceback.
+    """
+    try:
+        return await _migrate(conn)
+    except asyncpg.PostgresError as exc:
+        raise MigrationError(_refused(exc, conn)) from exc
+
+
+def _refused(exc: asyncpg.PostgresError, conn: asyncpg.Connection) -> str:
+    hint = ""
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        user = getattr(conn.get_settings(), "session_authorization", "") or "this role"
+        hint = f"; {user} needs CREATE on the schema, or run `nba db migrate` as the schema's owner"
+    return f"the database refused the migration: {exc}{hint}"
+
+
+async def _migrate(conn: asyncpg.Connection) -> list[Migration]:
     # Lock first: concurrent CREATE TABLE IF NOT EXISTS from replicas starting together would collide.
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
@@ -75,14 +95,21 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
                         "add a new migration instead"
                     )
                 continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
-                )
+            try:
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                        migration.version,
+                        migration.name,
+                        migration.checksum,
+                    )
+            except asyncpg.PostgresError as exc:
+                applied_now = ", ".join(f"{m.version:04d}_{m.name}" for m in done) or "none"
+                raise MigrationError(
+                    f"migration {migration.version:04d}_{migration.name} was not applied (applied before it in this "
+                    f"run: {applied_now}): {_refused(exc, conn)}"
+                ) from exc
             done.append(migration)
         return done
     finally:
