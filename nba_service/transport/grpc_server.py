@@ -29,7 +29,7 @@ from nba_service.errors import DeadlineExceeded, InvalidArgument, NbaError, Prob
 from nba_service.security.access import AccessControl
 from nba_service.security.limits import CallLimits
 from nba_service.service import CampaignExclusion, CampaignResult, DecisionService
-from nba_service.transport.explanation import explanation_message
+from nba_service.transport.explanation import action_message, explanation_message
 from nba_service.transport.grpc_auth import AuthInterceptor, current_caller
 from nba_service.transport.grpc_errors import internal_status, to_status
 from nba_service.transport.grpc_limits import LimitsInterceptor
@@ -188,18 +188,7 @@ class NextBestActionServicer(nba_pb2_grpc.NextBestActionServicer):
             _watch_delivery(context, self._service, decision.decision_id)
         response = nba_pb2.DecideResponse(
             decision_id=decision.decision_id,
-            actions=[
-                nba_pb2.Action(
-                    action_id=a.action_id,
-                    script=a.script,
-                    priority=a.priority,
-                    category=a.category,
-                    reason=a.reason,
-                    rule_id=a.rule_id,
-                    valid_until=_timestamp(a.valid_until),
-                )
-                for a in decision.actions
-            ],
+            actions=[action_message(a) for a in decision.actions],
             ruleset=nba_pb2.RulesetRef(
                 name=decision.ruleset.name, version=decision.ruleset.version, hash=decision.ruleset.hash
             ),
@@ -280,15 +269,7 @@ def batch_result_message(result: CampaignResult) -> nba_pb2.BatchResult:
         customer_id=result.customer_id,
         decision_id=result.decision_id,
         call=nba_pb2.DialerCall(
-            action=nba_pb2.Action(
-                action_id=a.action_id,
-                script=a.script,
-                priority=a.priority,
-                category=a.category,
-                reason=a.reason,
-                rule_id=a.rule_id,
-                valid_until=_timestamp(a.valid_until),
-            ),
+            action=action_message(a),
             phone=result.phone.number,
             phone_type=_PHONE_TYPES[result.phone.type],
             window=nba_pb2.CallWindow(

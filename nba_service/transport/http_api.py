@@ -46,7 +46,7 @@ from nba_service.transport.grpc_errors import status_code
 from nba_service.transport.grpc_limits import LimitsInterceptor
 from nba_service.transport.grpc_server import DELIVERY_MARGIN_S
 from nba_service.transport.http_identity import CallerDep, authenticated, peer
-from nba_service.transport.http_review import review_router
+from nba_service.transport.http_review import RulesetRef, review_router
 from nba_service.transport.panel import PanelConfig, add_panel
 from nba_service.transport.wire import shown_key, text_problem
 
@@ -104,12 +104,6 @@ class RecommendedAction(_Model):
     reason: str
     rule_id: str
     valid_until: AwareDatetime
-
-
-class RulesetRef(_Model):
-    name: str
-    version: str
-    hash: str
 
 
 class DecideResponse(_Model):
