@@ -188,7 +188,8 @@ def _serve(**options: Any) -> None:
     except ValidationError as exc:
         raise click.UsageError(f"invalid settings: {'; '.join(_settings_problem(e) for e in exc.errors())}") from exc
     try:
-        check_can_listen(settings.host, settings.port)  # before loading anything: a taken port fails in a moment
+        # Before loading anything: a taken port fails in a moment.
+        check_can_listen(settings.host, settings.port if settings.grpc else settings.http_port or 0)
         listener_security(settings)  # and plain text off loopback without --insecure
     except (OSError, NbaError) as exc:
         click.echo(redact(f"cannot start: {exc}"), err=True)

@@ -64,7 +64,7 @@ async def serve(
         server = GrpcServer(
             app.service,
             settings.host,
-            settings.port,
+            settings.port if settings.grpc else None,
             reuse_port=worker is not None,
             connection_age=None if worker is None else CONNECTION_AGE_S,
             credentials=None if tls is None else tls.grpc_credentials(),
@@ -104,17 +104,18 @@ async def serve(
     if http is not None:
         await http.start()
     event = "serving" if worker is None else "worker_serving"
+    addresses = {"address": server.address} if server.listening else {}
+    if http is not None:
+        addresses["http_address"] = http.address
     if tls is None:
-        log.warning("plain_text_listener", address=server.address, hint=PLAIN_TEXT_HINT)
-    extra = {} if http is None else {"http_address": http.address}
+        log.warning("plain_text_listener", **addresses, hint=PLAIN_TEXT_HINT)
     log.info(
         event,
-        address=server.address,
+        **addresses,
         pid=os.getpid(),
         store=settings.store,
         ready=ready,
         tls=_tls_mode(tls),
-        **extra,
     )
     if on_ready is not None:
         on_ready(server, ready, app.version)

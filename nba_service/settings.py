@@ -78,6 +78,11 @@ class Settings(BaseSettings):
         description="the access policy (YAML): which callers hold which roles; required unless the server runs in "
         "plain text on loopback, where every caller may do everything without one",
     )
+    grpc: bool = Field(
+        True,
+        description="serve gRPC on --port; --no-grpc serves the HTTP/JSON API on --http-port alone, for sites whose "
+        "callers all speak HTTP",
+    )
     reflection: bool = Field(True, description="serve gRPC server reflection, which grpcurl and other tools read")
     tls_cert: Path | None = Field(
         None, description="the server's certificate chain (PEM): every listening port then speaks TLS"
@@ -142,6 +147,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _http_port_fits(self) -> Settings:
+        if not self.grpc and self.http_port is None:
+            raise ValueError("--no-grpc / NBA_GRPC=false needs --http-port: with neither port, nothing would be served")
         if self.http_port == 0 and self.workers > 1:
             raise ValueError(
                 "--http-port 0 needs --workers 1: workers share a fixed HTTP port, and port 0 would give each its own"

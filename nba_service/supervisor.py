@@ -235,19 +235,17 @@ class Supervisor:
         self._serving = True
         if self.deploys is not None:
             await self.deploys.started(self)  # before `serving`: whoever waits for it may deploy at once
+        addresses = {"address": _shown(self.settings.host, self.settings.port)} if self.settings.grpc else {}
+        if self.settings.http_port is not None:
+            addresses["http_address"] = _shown(self.settings.host, self.settings.http_port)
         log.info(
             "serving",
-            address=_shown(self.settings.host, self.settings.port),
+            **addresses,
             pid=os.getpid(),
             store=self.settings.store,
             ready=all(w.ready for w in workers),
             workers=len(workers),
             worker_pids=self.pids,
-            **(
-                {}
-                if self.settings.http_port is None
-                else {"http_address": _shown(self.settings.host, self.settings.http_port)}
-            ),
         )
         return True
 
@@ -503,9 +501,11 @@ class Supervisor:
 
 def supervise(settings: Settings) -> None:
     """Runs `settings.workers` workers on the port until SIGTERM or SIGINT (see Supervisor.run)."""
-    held, port = reserve_port(settings.host, settings.port)
+    # Without gRPC the HTTP port is the one held (it is fixed: workers cannot share port 0).
+    held, port = reserve_port(settings.host, settings.port if settings.grpc else settings.http_port or 0)
+    update = {"port": port} if settings.grpc else {}
     try:
-        asyncio.run(Supervisor(settings.model_copy(update={"port": port})).run())
+        asyncio.run(Supervisor(settings.model_copy(update=update)).run())
     finally:
         for sock in held:
             sock.close()

@@ -350,13 +350,15 @@ class GrpcServer:
     `access` (nba_service.security.access) authenticates and authorises every call but health and reflection
     (grpc_auth); without it every call is let through as it is, which only tests that need no caller do.
     `reflection` False serves no reflection at all.
+    `port` None listens nowhere (`--no-grpc`): the object still holds the health state and the limits that the
+    HTTP edge shares, so both transports answer alike whichever of them listens.
     """
 
     def __init__(
         self,
         service: DecisionService,
         host: str,
-        port: int,
+        port: int | None,
         *,
         reuse_port: bool = False,
         connection_age: float | None = None,
@@ -386,6 +388,13 @@ class GrpcServer:
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._reflected = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        self.host = host
+        self.serving = False
+        self.listening = port is not None
+        self.port = 0
+        self.address = ""
+        if port is None:
+            return
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         check_can_listen(host, port, reuse_port=reuse_port)
         try:
@@ -397,8 +406,6 @@ class GrpcServer:
             raise OSError(f"cannot listen on {bind}: {exc}") from exc
         if self.port == 0:
             raise OSError(f"cannot listen on {bind}")
-        self.host = host
-        self.serving = False
         self.address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     def reflect(self, service_name: str) -> None:
@@ -408,7 +415,8 @@ class GrpcServer:
     async def start(self, serving: bool = True) -> None:
         if self._reflection:
             reflection.enable_server_reflection((*self._reflected, reflection.SERVICE_NAME), self.server)
-        await self.server.start()
+        if self.listening:
+            await self.server.start()
         await self.health.set(LIVENESS_NAME, health_pb2.HealthCheckResponse.SERVING)
         await self.set_serving(serving)
 
@@ -420,7 +428,8 @@ class GrpcServer:
 
     async def stop(self, grace: float) -> None:
         await self.set_serving(False)
-        await self.server.stop(grace)
+        if self.listening:
+            await self.server.stop(grace)
 
     def leave_port(self) -> None:
         """Takes no new connection from now on and goes on serving the ones it has (Linux only).
@@ -431,7 +440,7 @@ class GrpcServer:
         for it, so its listening socket is found among this process's descriptors and shut down, not closed:
         the descriptor stays gRPC's.
         """
-        if sys.platform != "linux":
+        if sys.platform != "linux" or not self.listening:
             return
         for name in os.listdir("/proc/self/fd"):
             try:

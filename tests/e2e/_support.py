@@ -207,7 +207,7 @@ def start_server(
         time.sleep(0.02)
     return ServerHandle(
         process,
-        serving["address"],
+        serving.get("address", ""),  # none with --no-grpc
         database or workdir / "var" / "nba.db",
         server_log,
         spawned_at,

@@ -4,6 +4,7 @@ errors as gRPC, and an OpenAPI document the responses keep to."""
 from __future__ import annotations
 
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,16 @@ import httpx
 import pytest
 
 from nba_service.domain.model import Channel
-from tests.e2e._support import Oracle, ServerHandle, ids, read_json_lines, start_server, with_event
+from tests.e2e._support import (
+    Oracle,
+    ServerHandle,
+    ids,
+    read_json_lines,
+    server_command,
+    server_env,
+    start_server,
+    with_event,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -185,3 +195,56 @@ def test_workers_share_the_http_port(tmp_path: Path) -> None:
         assert len(workers) == 2
     finally:
         server.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _refuses_connections(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_http_alone(tmp_path: Path, workers: int) -> None:
+    """`--no-grpc`: the HTTP/JSON API serves alone, decisions are answered and recorded, /healthz is SERVING,
+    nothing listens on the gRPC port, and SIGTERM stops it cleanly; with workers the supervisor holds the HTTP
+    port instead of the gRPC one."""
+    grpc_port, http_port = _free_port(), _free_port()
+    server = start_server(
+        tmp_path,
+        *("--workers", str(workers), "--no-grpc", "--port", str(grpc_port), "--http-port", str(http_port)),
+    )
+    try:
+        serving = next(e for e in server.log_events() if e.get("event") == "serving")
+        assert "address" not in serving, serving
+        assert serving["http_address"] == f"127.0.0.1:{http_port}"
+        with httpx.Client(base_url=f"http://{server.http_address}", timeout=30) as http:
+            assert http.get("/healthz").json()["status"] == "SERVING"
+            decided = []
+            for _ in range(4):
+                response = http.post("/v1/decide", json={"customer_id": "CUST-000001", "channel": "AGENT_DESKTOP"})
+                assert response.status_code == 200, response.text
+                decided.append(response.json()["decision_id"])
+        assert set(server.wait_for_decisions(decided)) == set(decided)
+        assert _refuses_connections(grpc_port), "something listens on the gRPC port although --no-grpc was given"
+    finally:
+        assert server.stop() == 0, server.log_text()
+
+
+def test_no_grpc_needs_an_http_port(tmp_path: Path) -> None:
+    """Nothing to serve is a start-up error that names both options, before anything is loaded."""
+    done = subprocess.run(
+        server_command(tmp_path, "--no-grpc"),
+        check=False,
+        cwd=tmp_path,
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--no-grpc / NBA_GRPC=false needs --http-port" in done.stderr
