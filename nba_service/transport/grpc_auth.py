@@ -55,6 +55,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
 
     def __init__(self, access: AccessControl) -> None:
         self._access = access
+        # The wrapped handler per method, made once: gRPC hands the same handler for a method on every call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -65,19 +67,25 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
         method: str = details.method
         if handler is None or is_open(method):
             return handler
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         if handler.unary_stream is not None:  # DecideBatch: checked once, before the first result
-            return grpc.unary_stream_rpc_method_handler(
+            wrapped = grpc.unary_stream_rpc_method_handler(
                 self._guard_stream(method, handler.unary_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        if handler.unary_unary is None:  # only unary and server-streaming methods are ours (add_servicer)
-            return _refusing(handler, method)
-        return grpc.unary_unary_rpc_method_handler(
-            self._guard(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        elif handler.unary_unary is None:  # only unary and server-streaming methods are ours (add_servicer)
+            wrapped = _refusing(handler, method)
+        else:
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self._guard(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def _guard(self, method: str, behaviour: Behaviour) -> Behaviour:
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
