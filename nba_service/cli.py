@@ -705,6 +705,9 @@ def _register_commands() -> None:
     from nba_service.review.diff_cli import register as register_diff  # noqa: PLC0415
 
     register_diff(rulesets)
+    from nba_service.review.starved_cli import register as register_starved  # noqa: PLC0415
+
+    register_starved(rulesets)
     from nba_service.security.devcerts_cli import register as register_dev_certs  # noqa: PLC0415
 
     register_dev_certs(main)

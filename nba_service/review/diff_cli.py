@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,7 @@ _CHANNELS = ("agent_desktop", "outbound_dialer")
 _MAX_ACTIONS = 20  # the service's own limit (service.MAX_ACTIONS_LIMIT)
 
 
-def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime:
+def parse_moment(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime:
     """ISO 8601 with a zone: the answers depend on the customer's local time (dialer quiet hours), so a time
     without one would be a guess."""
     if value is None:
@@ -59,7 +60,7 @@ def register(group: click.Group) -> None:
         "file named sample).",
     )
     @click.option("--channel", type=click.Choice(_CHANNELS), help="Only this channel [default: both].")
-    @click.option("--at", callback=_moment, help="Decide as at this moment (ISO 8601 with a zone) [default: now].")
+    @click.option("--at", callback=parse_moment, help="Decide as at this moment (ISO 8601 with a zone) [default: now].")
     @click.option(
         "--limit",
         type=click.IntRange(1, _MAX_ACTIONS),
@@ -119,7 +120,7 @@ def register(group: click.Group) -> None:
         try:
             report = _compare(
                 *versions,
-                _population(population, store, db_path, at, versions),
+                open_population(population, store, db_path, at, versions),
                 channels=channels,
                 at=at,
                 limit=limit,
@@ -140,13 +141,19 @@ def register(group: click.Group) -> None:
 
 
 def _load(old: Path, new: Path, as_json: bool) -> tuple[Ruleset, Ruleset]:
-    """Both versions, or every problem of both files printed and exit 2: a reviewer fixes them in one go."""
+    first, second = load_checked([old, new], as_json)
+    return first, second
+
+
+def load_checked(paths: Sequence[Path], as_json: bool) -> list[Ruleset]:
+    """Every file loaded and compiled, or every problem of all of them printed and exit 2: a reviewer fixes
+    them in one go."""
     from nba_service.domain.compiler import compile_ruleset  # noqa: PLC0415
     from nba_service.domain.loader import load_ruleset_file  # noqa: PLC0415
 
     loaded: list[Ruleset] = []
     problems: list[RulesetProblem] = []
-    for path in (old, new):
+    for path in paths:
         try:
             ruleset = load_ruleset_file(path)
             compile_ruleset(ruleset)  # the engine's limits, before any worker loads it
@@ -164,16 +171,20 @@ def _load(old: Path, new: Path, as_json: bool) -> tuple[Ruleset, Ruleset]:
             for problem in problems:
                 click.echo(str(problem))
             files = len({p.file for p in problems})
-            click.echo(f"{len(problems)} problem(s) in {files} file(s); nothing was compared")
+            click.echo(
+                f"{len(problems)} problem(s) in {files} file(s); nothing was compared"
+                if len(paths) > 1
+                else f"{len(problems)} problem(s) in {files} file(s); nothing was evaluated"
+            )
         sys.exit(EXIT_INVALID)
-    return loaded[0], loaded[1]
+    return loaded
 
 
 def _problem_json(problem: RulesetProblem) -> dict[str, Any]:
     return {"file": problem.file, "line": problem.line, "where": problem.where, "problem": problem.problem}
 
 
-def _population(source: str, store: str, db_path: Path, at: datetime, versions: tuple[Ruleset, Ruleset]) -> Population:
+def open_population(source: str, store: str, db_path: Path, at: datetime, versions: Sequence[Ruleset]) -> Population:
     from nba_service.review.population import SAMPLE, STORE, FilePopulation, StorePopulation  # noqa: PLC0415
 
     if source == SAMPLE:

@@ -12,7 +12,7 @@ from html import escape
 from nba_service.review.diff import ChannelImpact, ItemChange, StructuralDiff
 from nba_service.review.diff_report import DiffReport, percent, short
 
-_CSS = """
+REPORT_CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2430; margin: 2em auto;
        max-width: 70em; padding: 0 1em; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccd; }
@@ -40,7 +40,7 @@ def render_html(report: DiffReport) -> str:
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>Ruleset diff: {escape(short(old))} to {escape(short(new))}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{REPORT_CSS}</style></head><body>",
         f"<h1>Ruleset diff: {escape(short(old))} &rarr; {escape(short(new))}</h1>",
         '<p class="muted">',
         f"Old file: <code>{escape(report.old.source)}</code><br>New file: <code>{escape(report.new.source)}</code>",

@@ -1,8 +1,9 @@
-"""Runs two versions of a ruleset through the one decision pipeline over a population, on every core.
+"""Runs rulesets through the one decision pipeline over a population, on every core: two versions for
+`nba rulesets diff`, one for `nba rulesets starved`.
 
-Each worker process loads both versions into durable_rules once (the engine that serves, through
+Each worker process loads the versions into durable_rules once (the engine that serves, through
 `app.activate`, the loading the service itself does) and then evaluates chunks of customers, returning
-only the small tallies of `review.diff`; the parent adds them up. Worker processes are started with
+only small tallies (`review.diff`, `review.starved`); the parent adds them up. Worker processes are started with
 `spawn`: the parent may hold threads (a store's reader threads) that a fork would copy mid-flight, and
 durable_rules keeps process-global state that must be born in the process that uses it. A worker that
 dies fails the run (`BrokenProcessPool`) instead of leaving it waiting. At most two chunks per worker are in
@@ -19,6 +20,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
+from typing import Any, Protocol
 
 from nba_service.domain.model import Channel, Ruleset
 from nba_service.domain.pipeline import FALLBACK_ENGINE, ActiveRuleset, evaluate
@@ -68,18 +71,55 @@ class Versions:
         return customers, impacts
 
 
-_loaded: Versions | None = None
+class Loaded(Protocol):
+    """Rulesets loaded into the engine in one process, tallying chunks of customers."""
+
+    def tally(self, chunk: Chunk) -> Any: ...
+
+    def close(self) -> None: ...
 
 
-def _start_worker(old: Ruleset, new: Ruleset, channels: tuple[Channel, ...], now: datetime, limit: int) -> None:
+_loaded: Loaded | None = None
+
+
+def _start_worker(load: Callable[[], Loaded]) -> None:
     global _loaded  # noqa: PLW0603 - one per worker process, made once by the pool's initializer
-    _loaded = Versions.load(old, new, channels, now, limit)
+    _loaded = load()
 
 
-def _work(chunk: Chunk) -> Tally:
+def _work(chunk: Chunk) -> Any:
     if _loaded is None:
         raise RuntimeError("worker process started without its rulesets")
     return _loaded.tally(chunk)
+
+
+def run_chunks(
+    load: Callable[[], Loaded], population: Population, *, workers: int, take: Callable[[Any], None]
+) -> None:
+    """`load()` (picklable: it runs in each worker process) once per process, then each chunk's tally handed
+    to `take` in population order."""
+    if workers == 1:
+        loaded = load()
+        try:
+            for chunk in population.chunks(CHUNK):
+                take(loaded.tally(chunk))
+        finally:
+            loaded.close()
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(load,)) as pool:
+        pending: deque[Future[Any]] = deque()
+        try:
+            for chunk in population.chunks(CHUNK):
+                pending.append(pool.submit(_work, chunk))
+                while len(pending) >= 2 * workers:
+                    take(pending.popleft().result())
+            while pending:
+                take(pending.popleft().result())
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,27 +152,5 @@ def simulate(
         merge_impacts(impacts, tally[1])
         progress(tally[0])
 
-    if workers == 1:
-        versions = Versions.load(old, new, channels, now, limit)
-        try:
-            for chunk in population.chunks(CHUNK):
-                take(versions.tally(chunk))
-        finally:
-            versions.close()
-    else:
-        context = multiprocessing.get_context("spawn")
-        start = (old, new, tuple(channels), now, limit)
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=start) as pool:
-            pending: deque[Future[Tally]] = deque()
-            try:
-                for chunk in population.chunks(CHUNK):
-                    pending.append(pool.submit(_work, chunk))
-                    while len(pending) >= 2 * workers:
-                        take(pending.popleft().result())
-                while pending:
-                    take(pending.popleft().result())
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
+    run_chunks(partial(Versions.load, old, new, channels, now, limit), population, workers=workers, take=take)
     return Simulation(impacts, customers, time.perf_counter() - started, workers)
