@@ -294,3 +294,33 @@ class TestCapsWithinOneDecision:
             ("tip-b", "ranked_out"),
             ("thanks", "ranked_out"),
         ]
+
+
+class TestZeroCaps:
+    """A cap of 0 is how a manager switches one thing off. Peers' users report a 0 cap that silently capped
+    everything; here it blocks exactly what it names (an action, a category, a channel, or all) and nothing else,
+    with no contact history needed."""
+
+    @pytest.mark.parametrize(
+        ("scope", "blocked"),
+        [
+            ("action: rates", {"rates"}),
+            ("category: rescue", {"survey"}),
+            ("channel: agent_desktop", {"rates", "survey", "hello"}),
+            ("action: hello, channel: outbound_dialer", set()),
+            ("description: everything", {"rates", "survey", "hello"}),
+        ],
+    )
+    def test_zero_cap_blocks_only_what_it_names(self, scope: str, blocked: set[str]) -> None:
+        text = RULESET.replace(
+            "  frequency_caps:\n", f"  frequency_caps:\n    - {{id: off, max: 0, within: 1d, {scope}}}\n", 1
+        )
+        capped = load_ruleset_text(text, "zero-cap.yaml")
+        baseline, _ = decide(load_ruleset_text(RULESET, "policy-test.yaml"), profile(), Channel.AGENT_DESKTOP)
+        chosen, _ = decide(capped, profile(), Channel.AGENT_DESKTOP)
+        assert set(baseline) == {"rates", "survey", "hello"}
+        assert chosen == [a for a in baseline if a not in blocked]
+        result = evaluate(reference_active(capped), profile(), Channel.AGENT_DESKTOP, NOON_LONDON, 5)
+        by_cap = {d.action_id for d in result.dropped if d.reason == "frequency_cap"}
+        assert by_cap == blocked
+        assert all(d.policy == "off" for d in result.dropped if d.reason == "frequency_cap")
