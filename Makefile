@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint chromium bench bench-pg bench-embedded bench-workers bench-shadow bench-reload bench-diff bench-dialer proto clean
+.PHONY: serve test lint chromium bench bench-pg bench-embedded bench-workers bench-shadow bench-reload bench-diff bench-dialer bench-published proto clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'" >&2; exit 1; }
@@ -59,6 +59,10 @@ bench-diff: $(STAMP)
 
 bench-dialer: $(STAMP)
 	$(BIN)/python loadtests/bench_dialer.py
+
+# Echo baseline, then the service on the embedded store and on PostgreSQL; writes docs/benchmarks/ and docs/images/.
+bench-published: $(STAMP)
+	$(BIN)/python loadtests/bench_published.py $(ARGS)
 
 proto: $(STAMP)
 	$(BIN)/python -m nba_service.protogen

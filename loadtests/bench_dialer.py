@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         report["database"] = asyncio.run(prepare_database(dsn, args.customers))
         command = server_command(workdir, ["--workers", "1"])
-        server, address = start_server(command, dsn, workdir / "server.log", workdir)
+        server, serving = start_server(command, workdir / "server.log", workdir, {"NBA_DSN": dsn})
+        address = str(serving["address"])
         try:
             note(f"streaming the campaign of {args.customers:,} customers through {address} ...")
             report["load_before"] = load_average()

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import math
@@ -39,13 +38,11 @@ import multiprocessing
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -56,7 +53,21 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psutil
-from bench_common import Stats, Target, load_average, machine_info
+from bench_common import (
+    PhaseResult,
+    Send,
+    Stats,
+    Target,
+    load_average,
+    machine_info,
+    note,
+    open_channels,
+    open_loop,
+    read_json_lines,
+    serve_command,
+    start_server,
+    stop_server,
+)
 
 from nba_service.app import contact_history_window
 from nba_service.domain.loader import load_ruleset_file
@@ -76,18 +87,8 @@ MIB = 1024 * 1024
 TARGET_PROFILE_P99_MS = 2.0
 TARGET_DECIDE_P99_MS = 10.0
 
-START_TIMEOUT_S = 60.0
 # The generator counts as behind schedule when a call leaves this much later than planned.
 LATE_MS = 5.0
-
-
-# --------------------------------------------------------------------------------------------------
-# Figures
-# --------------------------------------------------------------------------------------------------
-
-
-def note(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,152 +229,13 @@ async def profile_reads(dsn: str, customers: int, reads: int, warmup: int, rng: 
 # --------------------------------------------------------------------------------------------------
 
 
-def read_json_lines(path: Path) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    if not path.exists():
-        return items
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            item = json.loads(line)
-            if isinstance(item, dict):
-                items.append(item)
-    return items
-
-
 def server_command(workdir: Path, extra: Sequence[str]) -> list[str]:
-    """The server's command line; the DSN goes in its environment (`start_server`), never on a command line."""
-    script = Path(sys.executable).parent / "nba"
-    launcher = [str(script)] if script.exists() else [sys.executable, "-c", "from nba_service.cli import main; main()"]
-    # --log-level info, not warning: the `serving` event that names the address is logged at info, and
-    # the request path logs nothing below warning, so this costs the measured calls nothing.
-    return [
-        *launcher,
-        "serve",
-        "--store",
-        "postgres",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--rulesets",
-        str(RULESET),
-        "--spill-dir",
-        str(workdir),
-        "--log-format",
-        "json",
-        "--log-level",
-        "info",
-        *extra,
-    ]
-
-
-def start_server(command: list[str], dsn: str, log_path: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("NBA_")}, "NBA_DSN": dsn}
-    with log_path.open("wb") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, cwd=workdir, env=env)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        serving = next((e for e in read_json_lines(log_path) if e.get("event") == "serving"), None)
-        if serving is not None:
-            if not serving.get("ready", True):
-                note("warning: the server reports its store as not ready")
-            return process, str(serving["address"])
-        if process.poll() is not None:
-            raise RuntimeError(f"nba serve exited with {process.returncode}; log:\n{log_path.read_text()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            process.wait(5)
-            raise RuntimeError(
-                f"nba serve did not log 'serving' in {START_TIMEOUT_S:.0f} s; log:\n{log_path.read_text()}"
-            )
-        time.sleep(0.02)
-
-
-def stop_server(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
-    """SIGTERM, then wait for the exit (the decision log drains first); returns the status and seconds taken."""
-    started = time.perf_counter()
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        code = process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-        code = -9
-    return code, time.perf_counter() - started
+    return serve_command(workdir, RULESET, "postgres", extra)
 
 
 # --------------------------------------------------------------------------------------------------
 # The load generator: a separate process with its own event loop
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class PhaseResult:
-    """One open-loop phase, as the generator saw it. Times are perf_counter_ns of the generator process."""
-
-    planned: int
-    latency_ns: list[int] = field(default_factory=list)  # from the moment the call left
-    scheduled_ns: list[int] = field(default_factory=list)  # from the moment it was due (lag included)
-    lag_ns: list[int] = field(default_factory=list)  # how late each call left
-    codes: Counter[str] = field(default_factory=Counter)
-    decision_ids: list[str] = field(default_factory=list)
-    first_sent_ns: int = 0
-    last_sent_ns: int = 0
-    last_done_ns: int = 0
-    peak_in_flight: int = 0
-    cpu_s: float = 0.0
-    wall_start: float = 0.0
-    wall_end: float = 0.0
-
-
-async def open_loop(stubs: Sequence[Any], requests: Sequence[Any], rate: float, deadline_s: float) -> PhaseResult:
-    """Sends `requests` at `rate` per second on a fixed schedule, never waiting for answers; call i goes out
-    on connection i mod len(stubs), as many agent desktops would spread over a server's workers."""
-    import grpc
-
-    result = PhaseResult(planned=len(requests))
-    clock = time.perf_counter_ns
-    interval_ns = 1e9 / rate
-    in_flight = 0
-
-    async def call(stub: Any, request: Any, due: int) -> None:
-        nonlocal in_flight
-        sent = clock()
-        in_flight += 1
-        result.peak_in_flight = max(result.peak_in_flight, in_flight)
-        try:
-            response = await stub.Decide(request, timeout=deadline_s)
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code().name
-        else:
-            code = "OK"
-            result.decision_ids.append(response.decision_id)
-        done = clock()
-        in_flight -= 1
-        result.codes[code] += 1
-        result.latency_ns.append(done - sent)
-        result.scheduled_ns.append(done - due)
-        result.lag_ns.append(sent - due)
-        result.last_done_ns = max(result.last_done_ns, done)
-
-    tasks: list[asyncio.Task[None]] = []
-    cpu = time.process_time()
-    result.wall_start = time.time()
-    start = clock() + 5_000_000
-    for index, request in enumerate(requests):
-        due = start + round(index * interval_ns)
-        delay = due - clock()
-        if delay > 0:
-            await asyncio.sleep(delay / 1e9)
-        tasks.append(asyncio.create_task(call(stubs[index % len(stubs)], request, due)))
-        if index == 0:
-            result.first_sent_ns = clock()
-    result.last_sent_ns = clock()
-    result.wall_end = time.time()
-    await asyncio.gather(*tasks)
-    result.cpu_s = time.process_time() - cpu
-    return result
 
 
 def decide_requests(count: int, customers: int, rng: random.Random, first_channel: int) -> list[Any]:
@@ -389,8 +251,6 @@ def decide_requests(count: int, customers: int, rng: random.Random, first_channe
 
 
 async def drive(pipe: Connection, address: str, options: dict[str, Any]) -> None:
-    import grpc
-
     from nba_service._proto.nba.v1 import nba_pb2_grpc
 
     rng = random.Random(options["seed"])
@@ -403,19 +263,21 @@ async def drive(pipe: Connection, address: str, options: dict[str, Any]) -> None
     gc.collect()
     gc.freeze()
     gc.disable()
-    # A local subchannel pool per channel: otherwise gRPC shares one connection among identical channels.
-    channels = [
-        grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(options["connections"])
-    ]
+    channels = await open_channels(address, options["connections"])
     try:
-        for channel in channels:
-            await asyncio.wait_for(channel.channel_ready(), timeout=10)
         stubs = [nba_pb2_grpc.NextBestActionStub(channel) for channel in channels]
-        warm = await open_loop(stubs, warmup, rate, timeout)
+
+        def sender(requests: Sequence[Any]) -> Send:
+            async def send(index: int) -> str:
+                response = await stubs[index % len(stubs)].Decide(requests[index], timeout=timeout)
+                return str(response.decision_id)
+
+            return send
+
+        warm = await open_loop(sender(warmup), len(warmup), rate)
         await asyncio.sleep(0.2)
         pipe.send(("steady", time.time()))
-        steady_result = await open_loop(stubs, steady, rate, timeout)
+        steady_result = await open_loop(sender(steady), len(steady), rate)
         pipe.send(("sent", time.time()))
     finally:
         for channel in channels:
@@ -740,7 +602,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         command = server_command(workdir, args.server_arg)
         note(f"starting the server: NBA_DSN={redacted(dsn)} {' '.join(command)}")
         started = time.perf_counter()
-        server, address = start_server(command, dsn, log_path, workdir)
+        server, serving = start_server(command, log_path, workdir, {"NBA_DSN": dsn})
+        address = str(serving["address"])
         startup_s = time.perf_counter() - started
         note(f"serving on {address} (pid {server.pid}) after {startup_s:.2f} s; warming up for {args.warmup:g} s ...")
         options = {

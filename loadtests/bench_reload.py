@@ -34,8 +34,6 @@ missed.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import re
 import shlex
@@ -54,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc
 
-from loadtests.bench_common import load_average, machine_info, rank
+from loadtests.bench_common import load_average, machine_info, rank, read_json_lines
 from nba_service._proto.nba.v1 import admin_pb2, admin_pb2_grpc, nba_pb2, nba_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,16 +97,6 @@ def version_for(reload: int, variants: int, distinct: bool) -> str:
 # --------------------------------------------------------------------------------------------------
 # The server and its process tree
 # --------------------------------------------------------------------------------------------------
-
-
-def read_json_lines(path: Path) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            item = json.loads(line)
-            if isinstance(item, dict):
-                items.append(item)
-    return items
 
 
 def server_command(workers: int, rulesets: Path) -> list[str]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -41,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc
 
-from loadtests.bench_common import Stats, Target, load_average, machine_info
+from loadtests.bench_common import Stats, Target, load_average, machine_info, read_json_lines
 from nba_service._proto.nba.v1 import nba_pb2, nba_pb2_grpc
 from nba_service.export import export_records
 from nba_service.settings import Settings
@@ -86,16 +85,6 @@ class Server:
         return self.workdir / "nba.db"
 
 
-def _json_lines(path: Path) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            item = json.loads(line)
-            if isinstance(item, dict):
-                items.append(item)
-    return items
-
-
 def start_server(name: str, workdir: Path, extra: Sequence[str]) -> Server:
     workdir.mkdir(parents=True)
     script = Path(sys.executable).parent / "nba"
@@ -120,7 +109,7 @@ def start_server(name: str, workdir: Path, extra: Sequence[str]) -> Server:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, cwd=workdir, env=env)
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
-        serving = next((e for e in _json_lines(log_path) if e.get("event") == "serving"), None)
+        serving = next((e for e in read_json_lines(log_path) if e.get("event") == "serving"), None)
         if serving is not None:
             return Server(name, workdir, process, str(serving["address"]))
         if process.poll() is not None or time.monotonic() > deadline:

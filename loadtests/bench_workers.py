@@ -41,7 +41,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtests.bench_common import Stats, load_average, machine_info
+from loadtests.bench_common import Stats, load_average, machine_info, read_json_lines
 
 REPO = Path(__file__).resolve().parents[1]
 RULESET = REPO / "rulesets" / "retail-banking.yaml"
@@ -56,16 +56,6 @@ def note(text: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # The server
 # --------------------------------------------------------------------------------------------------
-
-
-def read_json_lines(path: Path) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            item = json.loads(line)
-            if isinstance(item, dict):
-                items.append(item)
-    return items
 
 
 def start_server(workdir: Path, workers: int) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
