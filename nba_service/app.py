@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from nba_service.settings import Settings
 from nba_service.stores.group_commit import GroupCommitWriter
 from nba_service.stores.sqlite import SqliteStore
 from nba_service.synthetic import SAMPLE_PATH, read_sample
+from nba_service.telemetry.metrics import ServiceMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -123,20 +125,28 @@ def configured_ruleset(settings: Settings) -> Ruleset:
     return choose_ruleset(load_ruleset_dir(settings.rulesets), settings.ruleset, str(settings.rulesets))
 
 
-async def build_application(settings: Settings) -> Application:
-    state = None if settings.deploy_dir is None else DeployState(settings.deploy_dir)
+async def build_application(settings: Settings, metrics: ServiceMetrics | None = None) -> Application:
+    """`metrics` (nba_service.telemetry.metrics): what the service, the decision log, the stores and the deploys
+    record into; None records nothing."""
+    outcome = None if metrics is None else metrics.deploys.outcome
+    state = None if settings.deploy_dir is None else DeployState(settings.deploy_dir, outcome)
     # The gate runs before anything opens: a version whose scenarios fail never serves, and fails fast.
     prepared, version = start_version(configured_ruleset(settings), state, activate)
     ruleset, active = prepared.ruleset, prepared.active
     try:
-        return await _build(settings, state, ruleset, active, version)
+        return await _build(settings, state, ruleset, active, version, metrics)
     except BaseException:
         active.engine.close()
         raise
 
 
 async def _build(
-    settings: Settings, state: DeployState | None, ruleset: Ruleset, active: ActiveRuleset, version: VersionInfo
+    settings: Settings,
+    state: DeployState | None,
+    ruleset: Ruleset,
+    active: ActiveRuleset,
+    version: VersionInfo,
+    metrics: ServiceMetrics | None,
 ) -> Application:
     candidate = choose_shadow(settings, ruleset)
     store: ProfileStore
@@ -149,16 +159,26 @@ async def _build(
 
         store, pg_sink, export = await open_postgres(settings, ruleset)
         sink = records = pg_sink
+        if metrics is not None:
+            pool = pg_sink.pool
+            metrics.sample_pool(lambda: pool.get_size() - pool.get_idle_size(), pool.get_idle_size, pool.get_max_size())
         archive = ruleset_archive(pg_sink, settings)
         where = "postgres"
     else:
         sqlite_store = await open_sqlite(settings, ruleset)
         store = sink = export = archive = records = sqlite_store
         where = str(settings.db_path)
+    commits = None if metrics is None else functools.partial(metrics.store_call, "commit_records")
     writer = GroupCommitWriter(
-        sink, timeout=settings.db_timeout, spill_dir=settings.spill_dir, drain_timeout=settings.drain_seconds
+        sink,
+        timeout=settings.db_timeout,
+        spill_dir=settings.spill_dir,
+        drain_timeout=settings.drain_seconds,
+        on_commit=commits,
     )
-    service = DecisionService(store, writer, active, archive=archive)
+    if metrics is not None:
+        metrics.sample_queue(lambda: writer.queued)
+    service = DecisionService(store, writer, active, archive=archive, metrics=metrics)
     service.activate(active, version.activated_at)
     try:
         await service.archive(ruleset, version.activated_at)

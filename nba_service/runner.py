@@ -28,6 +28,9 @@ from nba_service.security.limits import CallLimits, Rate
 from nba_service.security.panel_session import PanelSessions, new_secret, read_secret_file
 from nba_service.security.tls import PLAIN_TEXT_HINT, ServerTls, listener_security
 from nba_service.settings import Settings
+from nba_service.telemetry.endpoint import serve_scrape
+from nba_service.telemetry.metrics import ServiceMetrics, process_metrics
+from nba_service.telemetry.otlp import OtlpMetrics, otlp_requested
 from nba_service.transport.grpc_admin import ADMIN_SERVICE_NAME, add_admin
 from nba_service.transport.grpc_review import REVIEW_SERVICE_NAME, ReviewServicer, add_review
 from nba_service.transport.grpc_server import GrpcServer
@@ -56,7 +59,8 @@ async def serve(
     """
     tls = listener_security(settings)  # before anything is loaded: plain text off loopback fails at once
     access = access_from_settings(settings)  # a bad policy file, too
-    app: Application = await build_application(settings)
+    metrics = process_metrics(settings)
+    app: Application = await build_application(settings, metrics)
     # Start-up objects (rulesets, the sample) live for the whole process: keep full collections off them.
     gc.collect()
     gc.freeze()
@@ -71,6 +75,7 @@ async def serve(
             limits=call_limits(settings),
             access=access,
             reflection=settings.reflection,
+            metrics=metrics,
         )
         admin = app.rulesets if app.rulesets is not None else control
         if admin is not None:
@@ -79,10 +84,18 @@ async def serve(
         review = ReviewQueries(app.archive, app.records, app.service, admin)
         add_review(ReviewServicer(review), server.server)
         server.reflect(REVIEW_SERVICE_NAME)
-        http = _http_server(settings, app, server, access, tls, worker, panel_secret, review)
+        http = _http_server(settings, app, server, access, tls, worker, panel_secret, review, metrics)
+        # A supervisor serves its workers' metrics; a lone server its own.
+        scrape = None
+        if metrics is not None and worker is None and settings.metrics_port is not None:
+            scrape = serve_scrape(metrics.registry, settings.host, settings.metrics_port)
     except BaseException:
         await app.close()
         raise
+    otlp = None
+    if metrics is not None and otlp_requested(os.environ):
+        otlp = OtlpMetrics(metrics.registry, worker=worker)
+        otlp.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Handlers first: a SIGTERM that arrives the moment we report ready must still shut down gracefully.
@@ -109,6 +122,8 @@ async def serve(
         addresses["http_address"] = http.address
     if tls is None:
         log.warning("plain_text_listener", **addresses, hint=PLAIN_TEXT_HINT)
+    if scrape is not None:
+        addresses["metrics_address"] = scrape.address
     log.info(
         event,
         **addresses,
@@ -120,6 +135,8 @@ async def serve(
     if on_ready is not None:
         on_ready(server, ready, app.version)
     background.append(asyncio.create_task(_watch_store(app, server, ready), name="store-health"))
+    if metrics is not None:
+        background.append(asyncio.create_task(_sample(metrics), name="metrics-sampler"))
     try:
         await stopping.wait()
     finally:
@@ -137,6 +154,12 @@ async def serve(
         else:
             await server.stop(settings.grace_seconds)
         await app.close()
+        if metrics is not None:
+            metrics.sample()
+        if otlp is not None:
+            await otlp.close()
+        if scrape is not None:
+            scrape.stop()
         stats = app.decision_log.stats
         log.info(
             "stopped",
@@ -155,6 +178,7 @@ def _http_server(
     worker: int | None,
     panel_secret: bytes | None,
     review: ReviewQueries,
+    metrics: ServiceMetrics | None,
 ) -> HttpServer | None:
     """The HTTP/JSON API beside gRPC (`--http-port`): same service, access control, limits and health state,
     and the agent side panel."""
@@ -169,7 +193,13 @@ def _http_server(
         secret = panel_secret or new_secret()
     panel = PanelConfig(PanelSessions(secret, settings.panel_session_seconds), settings.panel_origins)
     api = create_app(
-        app.service, access=access, limits=server.limits, serving=lambda: server.serving, panel=panel, review=review
+        app.service,
+        access=access,
+        limits=server.limits,
+        serving=lambda: server.serving,
+        panel=panel,
+        review=review,
+        metrics=metrics,
     )
     return HttpServer(
         api,
@@ -180,6 +210,14 @@ def _http_server(
         grace=settings.grace_seconds,
         on_stop=panel.changes.close,
     )
+
+
+async def _sample(metrics: ServiceMetrics, interval: float = 1.0) -> None:
+    """Adds the decisions counted since the last turn to the counters and reads the gauges (decision-log queue,
+    pool): the metrics are at most about a second behind."""
+    while True:
+        metrics.sample()
+        await asyncio.sleep(interval)
 
 
 def _reloads(access: AccessControl, tasks: list[asyncio.Task[None]]) -> Callable[[], None]:

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import structlog
 from opentelemetry import trace
@@ -100,6 +101,16 @@ def validate_customer_id(customer_id: str, problems: Problems) -> None:
         )
 
 
+class DecisionMetrics(Protocol):
+    """What the service tells the metrics (nba_service.telemetry.metrics), kept to a few calls per decision."""
+
+    def decided(self, channel: Channel, active: ActiveRuleset, evaluation: Evaluation) -> None: ...
+
+    def shadow_compared(self, run: ShadowRun) -> None: ...
+
+    def store_call(self, operation: str, seconds: float) -> None: ...
+
+
 class DecisionService:
     def __init__(
         self,
@@ -109,8 +120,10 @@ class DecisionService:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         shadow: ActiveRuleset | None = None,
         archive: RulesetArchive | None = None,
+        metrics: DecisionMetrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._log = decision_log
         self._active = active
         self._clock = clock
@@ -204,8 +217,14 @@ class DecisionService:
         if self._archive is not None and active.ruleset.content_hash not in self._archived:
             await self._ensure_archived(active)
         now = self._clock()
+        metrics = self._metrics
         with tracer.start_as_current_span("profile.read"):
-            profile = await self._store.get_profile(customer_id)
+            read_started = time.perf_counter()
+            try:
+                profile = await self._store.get_profile(customer_id)
+            finally:  # an unknown customer is a store call too
+                if metrics is not None:
+                    metrics.store_call("read_profile", time.perf_counter() - read_started)
         if caller is not None and not caller.scope.admits(profile.attributes):
             raise unknown_customer(customer_id)
         with tracer.start_as_current_span("decide"):
@@ -224,6 +243,8 @@ class DecisionService:
             record = replace(record, delivery=Delivery.DEADLINE_EXCEEDED)
         with tracer.start_as_current_span("decision_record.commit"):
             await self._log.record(record)
+        if metrics is not None:
+            metrics.decided(channel, active, result)
         if shadow is not None:
             asyncio.get_running_loop().call_soon(
                 self._shadow_after, shadow, profile, channel, now, limit, result, decision.decision_id
@@ -244,6 +265,8 @@ class DecisionService:
     ) -> None:
         run = _run_shadow(shadow, profile, channel, now, limit, answer)
         self._log.defer(ShadowUpdate(decision_id, run))
+        if self._metrics is not None:
+            self._metrics.shadow_compared(run)
 
     def undelivered(self, decision_id: str, delivery: Delivery) -> None:
         """Corrects a durable record whose answer the transport could not hand over (a dry run has none)."""
@@ -597,6 +620,8 @@ class DecisionService:
             )
             results.append(result)
             unsent[decision_id] = None
+            if self._metrics is not None:
+                self._metrics.decided(channel, active, evaluation)
             if self._shadow is not None:
                 asyncio.get_running_loop().call_soon(
                     self._shadow_after, self._shadow, profile, channel, at, 1, evaluation, decision_id

@@ -33,6 +33,18 @@ class Settings(BaseSettings):
         description="also serve the HTTP/JSON API for CRM plugins on this port, same host, TLS and access policy "
         "(0 picks a free port; unset: no HTTP)",
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="serve Prometheus metrics at /metrics on this port, same host, plain HTTP; with --workers N one "
+        "scrape covers every worker (9464 is the usual port; 0 picks a free one; unset: no endpoint)",
+    )
+    rpc_duration_metric: Literal["current", "legacy", "both"] = Field(
+        "current",
+        description="the RPC duration histogram: current semantic conventions (rpc.server.call.duration, seconds), "
+        "legacy (rpc.server.duration, milliseconds, as many dashboards expect) or both",
+    )
     rulesets: Path = BUNDLED_RULESETS
     ruleset: str | None = Field(None, description="the active ruleset's name when the path holds several")
     shadow: Path | None = Field(
@@ -153,6 +165,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "--http-port 0 needs --workers 1: workers share a fixed HTTP port, and port 0 would give each its own"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_port_apart(self) -> Settings:
+        if self.metrics_port and self.metrics_port in (self.port, self.http_port):
+            raise ValueError("--metrics-port / NBA_METRICS_PORT must differ from --port and --http-port")
         return self
 
     @model_validator(mode="after")

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
+from prometheus_client import CollectorRegistry
 
 from nba_service.deploy.control import WorkerInfo
 from nba_service.deploy.startup import follow_configured_files
@@ -35,6 +36,9 @@ from nba_service.deploy.supervised import Generation, SupervisorDeploys
 from nba_service.errors import StartFailed, WorkersFailing
 from nba_service.security.panel_session import new_secret
 from nba_service.settings import Settings
+from nba_service.telemetry.endpoint import MULTIPROC_ENV, ScrapeEndpoint, WorkerMetricsFolder, serve_scrape
+from nba_service.telemetry.metrics import DeployMetrics, quiet_exposition
+from nba_service.telemetry.otlp import OtlpMetrics, otlp_requested
 from nba_service.worker import DEPLOY_SOCKET_ENV, PANEL_SECRET_ENV, RETIRE_DRAIN_S, SETTINGS_ENV
 
 log = structlog.get_logger(__name__)
@@ -153,9 +157,15 @@ class Supervisor:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.deploys = (
-            None if settings.deploy_dir is None else SupervisorDeploys(settings, DeployState(settings.deploy_dir))
-        )
+        # Deploys happen here, so their counter lives here; the workers' instruments are summed from their files.
+        quiet_exposition()
+        self._deploy_registry = CollectorRegistry()
+        deploy_metrics = self._deploy_metrics = DeployMetrics(self._deploy_registry)
+        self._metrics_folder = None if settings.metrics_port is None else WorkerMetricsFolder()
+        self._scrape: ScrapeEndpoint | None = None
+        self._otlp: OtlpMetrics | None = None
+        state = None if settings.deploy_dir is None else DeployState(settings.deploy_dir, deploy_metrics.outcome)
+        self.deploys = None if state is None else SupervisorDeploys(settings, state)
         self._failed: Worker | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._workers: dict[int, Worker] = {}  # the serving generation, by index
@@ -187,6 +197,7 @@ class Supervisor:
         if self.deploys is None:
             loop.add_signal_handler(signal.SIGHUP, lambda: self.request_roll(self.settings))
         try:
+            self._start_metrics()
             if await self._start():
                 if self.deploys is not None:
                     watch = asyncio.create_task(
@@ -206,6 +217,25 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _start_metrics(self) -> None:
+        """One scrape endpoint for the pod (the workers' values summed, and the deploys); OTLP of the deploys when
+        asked for (each worker exports its own)."""
+        if self._metrics_folder is not None and self.settings.metrics_port is not None:
+            registry = self._metrics_folder.registry()
+            registry.register(self._deploy_metrics.counter)
+            self._scrape = serve_scrape(registry, self.settings.host, self.settings.metrics_port)
+        if otlp_requested(os.environ):
+            self._otlp = OtlpMetrics(self._deploy_registry)
+            self._otlp.start()
+
+    async def _stop_metrics(self) -> None:
+        if self._otlp is not None:
+            await self._otlp.close()
+        if self._scrape is not None:
+            self._scrape.stop()
+        if self._metrics_folder is not None:
+            self._metrics_folder.remove()
 
     async def _start(self) -> bool:
         """Prepares the store, then starts the first generation; False when told to stop meanwhile."""
@@ -246,6 +276,7 @@ class Supervisor:
             ready=all(w.ready for w in workers),
             workers=len(workers),
             worker_pids=self.pids,
+            **({} if self._scrape is None else {"metrics_address": self._scrape.address}),
         )
         return True
 
@@ -355,6 +386,8 @@ class Supervisor:
 
     def _deploy_env(self) -> dict[str, str]:
         env = {} if self.deploys is None else {DEPLOY_SOCKET_ENV: self.deploys.address}
+        if self._metrics_folder is not None:
+            env[MULTIPROC_ENV] = str(self._metrics_folder.path)
         if self._panel_secret is not None:
             env[PANEL_SECRET_ENV] = self._panel_secret.hex()
         return env
@@ -369,6 +402,8 @@ class Supervisor:
             writer.close()
         worker.returncode = await worker.process.wait()
         self._live.discard(worker)
+        if self._metrics_folder is not None:
+            self._metrics_folder.worker_exited(worker.pid)
         for future in (worker.settled, worker.reaped):
             if not future.done():
                 future.set_result(None)
@@ -497,6 +532,7 @@ class Supervisor:
         await asyncio.gather(*self._retiring, return_exceptions=True)
         await self._retire(list(self._live))
         await asyncio.gather(*self._watchers, return_exceptions=True)
+        await self._stop_metrics()
 
 
 def supervise(settings: Settings) -> None:

@@ -195,6 +195,13 @@ def test_termination_outlasts_grace_and_drain(rendered: dict[str, list[Doc]], va
     assert pod["terminationGracePeriodSeconds"] > needed
 
 
+def test_the_metrics_port_reaches_the_server(rendered: dict[str, list[Doc]]) -> None:
+    env = env_of(rendered["defaults"])
+    port = next(p for p in container(rendered["defaults"])["ports"] if p["name"] == "metrics")
+    assert env["NBA_METRICS_PORT"] == str(port["containerPort"]) == "9464"
+    assert env["NBA_RPC_DURATION_METRIC"] == "current"
+
+
 def test_workers_are_set_explicitly(rendered: dict[str, list[Doc]]) -> None:
     """os.cpu_count() in a container counts the node's cores: the chart always says how many workers."""
     for docs in rendered.values():
@@ -207,10 +214,11 @@ def test_service_ports_are_named_with_app_protocols(rendered: dict[str, list[Doc
     ports = {p["name"]: p for p in service["spec"]["ports"]}
     assert ports["grpc"]["appProtocol"] == "grpc"
     assert ports["http"]["appProtocol"] == "https"
+    assert ports["metrics"]["appProtocol"] == "http"  # plain HTTP whatever the TLS: no customer data in it
     container_ports = {p["name"] for p in container(rendered["defaults"])["ports"]}
     assert {p["targetPort"] for p in ports.values()} <= container_ports
     mesh = {p["name"]: p for p in one(rendered["mesh-plaintext-values.yaml"], "Service")["spec"]["ports"]}
-    assert list(mesh) == ["grpc"]
+    assert list(mesh) == ["grpc", "metrics"]
     assert mesh["grpc"]["appProtocol"] == "kubernetes.io/h2c"
 
 
@@ -270,9 +278,15 @@ def test_network_policy_and_service_monitor_only_when_asked(rendered: dict[str, 
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert {p["port"] for p in policy["spec"]["ingress"][0]["ports"]} == {"grpc", "http"}
     assert {"port": 5432, "protocol": "TCP"} in policy["spec"]["egress"][1]["ports"]
+    scrape = policy["spec"]["ingress"][1]
+    assert scrape["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert scrape["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     monitor = one(docs, "ServiceMonitor")
     assert monitor["spec"]["selector"]["matchLabels"] == one(docs, "Service")["spec"]["selector"]
-    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in one(docs, "Service")["spec"]["ports"]}
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert (endpoint["port"], endpoint["path"], endpoint["scheme"]) == ("metrics", "/metrics", "http")
+    assert "metrics" in {p["name"] for p in one(docs, "Service")["spec"]["ports"]}
+    assert "metrics" in {p["name"] for p in container(docs)["ports"]}
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
@@ -363,6 +377,11 @@ def test_the_schema_names_a_bad_value(helm: Path, args: list[str], message: str)
         (["--set", "store=sqlite"], "store=sqlite keeps an embedded database inside each pod"),
         (["--set", "shutdown.terminationGracePeriodSeconds=30"], "must exceed graceSeconds + drainSeconds"),
         (["--set", "jwt.enabled=true"], "jwt.enabled needs jwt.issuer and jwt.audience"),
+        (
+            ["--set", "serviceMonitor.enabled=true", "--set", "metrics.enabled=false"],
+            "serviceMonitor.enabled needs metrics.enabled",
+        ),
+        (["--set", "metrics.port=8080"], "metrics.port must differ from grpc.port and http.port"),
     ],
 )
 def test_combinations_the_service_would_refuse_fail_at_render(helm: Path, args: list[str], message: str) -> None:

@@ -20,7 +20,7 @@ import structlog
 
 from nba_service.deploy.control import Status, Switch, WorkerInfo
 from nba_service.deploy.gate import Candidate, parse, prepare_in_service
-from nba_service.deploy.state import DeployRecord, DeployState, VersionInfo, log_activated, now
+from nba_service.deploy.state import DeployRecord, DeployState, VersionInfo, now
 from nba_service.domain.model import Ruleset
 from nba_service.domain.pipeline import ActiveRuleset
 from nba_service.errors import (
@@ -138,5 +138,5 @@ class InProcessRulesets:
         # A decision that read its version before the switch may still evaluate on it while its profile read
         # finishes; that read is bounded by the database timeout.
         asyncio.get_running_loop().call_later(self._retire_after, old.engine.close)
-        log_activated(origin, info, record.previous)
+        self._state.activated(origin, info, record.previous)
         return Switch(self._status(record), unchanged=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,8 +81,15 @@ class DeployRecord:
 class DeployState:
     """The deploy folder (`<spill_dir>/rulesets` by default); one process writes it, others only read."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, on_outcome: Callable[[str, str], None] | None = None) -> None:
         self.root = root
+        self._on_outcome = on_outcome  # (origin, "activated" | "refused"): the deploy metrics
+
+    def activated(self, origin: str, version: VersionInfo, previous: VersionInfo | None) -> None:
+        """Reports a switch, whichever way the service deploys: its one log line, and the metrics."""
+        log_activated(origin, version, previous)
+        if self._on_outcome is not None:
+            self._on_outcome(origin, "activated")
 
     def read(self) -> DeployRecord:
         path = self.root / STATE_FILE
@@ -144,6 +152,8 @@ class DeployState:
         )
         self.write(self.refused(record, refusal))
         log.error("ruleset_refused", origin=origin, reason=reason, problems=list(refusal.problems)[:20])
+        if self._on_outcome is not None:
+            self._on_outcome(origin, "refused")
 
 
 def log_activated(origin: str, version: VersionInfo, previous: VersionInfo | None) -> None:

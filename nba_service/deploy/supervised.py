@@ -20,7 +20,7 @@ from nba_service.app import configured_ruleset
 from nba_service.deploy.control import Status, Switch, WorkerInfo
 from nba_service.deploy.gate import Candidate, parse
 from nba_service.deploy.remote import LINE_LIMIT, error_to_json, socket_path, status_to_json
-from nba_service.deploy.state import DeployState, Refusal, VersionInfo, log_activated, now
+from nba_service.deploy.state import DeployState, Refusal, VersionInfo, now
 from nba_service.errors import (
     CandidateRefused,
     FieldProblem,
@@ -187,7 +187,7 @@ class SupervisorDeploys:
             version = replace(version, source=origin, activated_at=now(), activated_by=by)
             new_record = self._state.switched(self._state.read(), version)
             self._state.write(new_record)
-            log_activated(origin, version, new_record.previous)
+            self._state.activated(origin, version, new_record.previous)
 
         roller = self._roller
         if not await roller.roll(self.worker_settings(path), before_retire=switched):

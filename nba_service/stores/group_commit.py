@@ -23,8 +23,9 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,8 +78,10 @@ class GroupCommitWriter:
         drain_timeout: float = 30.0,
         batch_size: int = BATCH_SIZE,
         queue_limit: int = QUEUE_LIMIT,
+        on_commit: Callable[[float], None] | None = None,
     ) -> None:
         self._sink = sink
+        self._on_commit = on_commit  # seconds one group commit took (metrics), once per batch, not per record
         self._timeout = timeout
         self._spill_dir = spill_dir
         self._drain_timeout = drain_timeout
@@ -220,8 +223,11 @@ class GroupCommitWriter:
         return batch
 
     async def _write(self, batch: list[_Entry], updates: Sequence[RecordUpdate]) -> None:
+        started = time.perf_counter()
         try:
             await self._sink.write([e.record for e in batch], updates)
+            if self._on_commit is not None:
+                self._on_commit(time.perf_counter() - started)
         except Exception as exc:
             if not self._sink.is_refusal(exc):
                 raise

@@ -29,10 +29,12 @@ from nba_service.errors import DeadlineExceeded, InvalidArgument, NbaError, Prob
 from nba_service.security.access import AccessControl
 from nba_service.security.limits import CallLimits
 from nba_service.service import CampaignExclusion, CampaignResult, DecisionService
+from nba_service.telemetry.metrics import ServiceMetrics
 from nba_service.transport.explanation import action_message, explanation_message
 from nba_service.transport.grpc_auth import AuthInterceptor, current_caller
 from nba_service.transport.grpc_errors import internal_status, to_status
 from nba_service.transport.grpc_limits import LimitsInterceptor
+from nba_service.transport.grpc_metrics import MetricsInterceptor
 from nba_service.transport.wire import Undecodable, check_storable_text, lenient_deserializer
 
 log = structlog.get_logger(__name__)
@@ -352,6 +354,7 @@ class GrpcServer:
     `reflection` False serves no reflection at all.
     `port` None listens nowhere (`--no-grpc`): the object still holds the health state and the limits that the
     HTTP edge shares, so both transports answer alike whichever of them listens.
+    `metrics` (nba_service.telemetry.metrics) records every call's duration and status.
     """
 
     def __init__(
@@ -366,6 +369,7 @@ class GrpcServer:
         limits: CallLimits | None = None,
         access: AccessControl | None = None,
         reflection: bool = True,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         options: list[tuple[str, int]] = [
             ("grpc.so_reuseport", int(reuse_port)),
@@ -376,8 +380,11 @@ class GrpcServer:
                 ("grpc.max_connection_age_ms", int(connection_age * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(CONNECTION_AGE_GRACE_S * 1000)),
             ]
-        # Authentication first, then the limits, which read the caller it sets (grpc_limits).
-        interceptors: list[grpc.aio.ServerInterceptor] = [] if access is None else [AuthInterceptor(access)]
+        # Metrics outermost (refusals are measured too), then authentication, then the limits, which read the
+        # caller it sets (grpc_limits).
+        interceptors: list[grpc.aio.ServerInterceptor] = [] if metrics is None else [MetricsInterceptor(metrics)]
+        if access is not None:
+            interceptors.append(AuthInterceptor(access))
         self._reflection = reflection
         self.limits = None if limits is None else LimitsInterceptor(limits)
         if self.limits is not None:

@@ -41,11 +41,13 @@ from nba_service.security.access import AccessControl
 from nba_service.security.authz import NEXT_BEST_ACTION, Ask, authorize
 from nba_service.security.policy import Caller
 from nba_service.service import DecisionService
+from nba_service.telemetry.metrics import ServiceMetrics
 from nba_service.transport.explanation import explanation_message
 from nba_service.transport.grpc_errors import status_code
 from nba_service.transport.grpc_limits import LimitsInterceptor
 from nba_service.transport.grpc_server import DELIVERY_MARGIN_S
 from nba_service.transport.http_identity import CallerDep, authenticated, peer
+from nba_service.transport.http_metrics import HttpMetricsMiddleware
 from nba_service.transport.http_review import RulesetRef, review_router
 from nba_service.transport.panel import PanelConfig, add_panel
 from nba_service.transport.wire import shown_key, text_problem
@@ -263,6 +265,7 @@ def create_app(
     serving: Callable[[], bool],
     review: ReviewQueries | None = None,
     panel: PanelConfig | None = None,
+    metrics: ServiceMetrics | None = None,
 ) -> FastAPI:
     """The ASGI app. `access` None lets every call through as a trusted in-process caller (tests only, as the
     gRPC server); `limits` None enforces none; `serving` is what /healthz answers (gRPC health's state); `panel`
@@ -278,6 +281,8 @@ def create_app(
 
     app.state.access = access
     app.state.sessions = None if panel is None else panel.sessions
+    if metrics is not None:
+        app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(NbaError)
     async def domain_error(_: Request, exc: NbaError) -> JSONResponse:

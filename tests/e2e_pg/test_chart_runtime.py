@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,8 +144,16 @@ def test_default_values_migrate_serve_probe_and_stop(
     """The defaults (PostgreSQL, mutual TLS, the chart's access policy and bundled rulesets, 2 workers): the
     migration Job migrates an empty database, the pod starts, its three `nba health` probes pass, a desktop
     certificate named in the default policy gets a decision, and SIGTERM ends it with exit 0 in time."""
-    grpc_port, http_port = free_port(), free_port()
-    docs = render(get_helm(), "--set", f"grpc.port={grpc_port}", "--set", f"http.port={http_port}")
+    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+    docs = render(
+        get_helm(),
+        "--set",
+        f"grpc.port={grpc_port}",
+        "--set",
+        f"http.port={http_port}",
+        "--set",
+        f"metrics.port={metrics_port}",
+    )
     secrets = cluster_secrets(chart_pki, pg_empty_dsn)
     migrate_and_seed(docs, tmp_path, secrets)
     layout = lay_out(docs, tmp_path / "pod", secrets=secrets)
@@ -182,6 +191,18 @@ def test_default_values_migrate_serve_probe_and_stop(
     assert decided.returncode == 0, decided.stderr
     assert decided.stdout.startswith("Decision ")
     assert '"workers": 2' in pod.text() or "workers=2" in pod.text()
+    # The pod's metrics port: one scrape sums both workers; on PostgreSQL it shows the pools.
+    deadline = time.monotonic() + 10
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+            scraped = response.read().decode()
+        if "nba_decisions_total{action=" in scraped or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert 'rpc_server_call_duration_seconds_count{error_type="",rpc_method="nba.v1.NextBestAction/Decide"' in scraped
+    assert 'nba_store_pool_connections{state="in_use"}' in scraped
+    assert 'nba_store_operation_duration_seconds_count{operation="read_profile",store="postgres"} 1.0' in scraped
+    assert "CUST-000001" not in scraped
     assert pod.terminate() == 0, pod.text()
 
 
@@ -199,6 +220,8 @@ def test_plain_text_values_answer_the_kubelets_grpc_probes(
         str(values),
         "--set",
         f"grpc.port={grpc_port}",
+        "--set",
+        f"metrics.port={free_port()}",
         "--set",
         "workers=1",
         "--set-file",

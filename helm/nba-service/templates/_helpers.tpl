@@ -96,6 +96,12 @@ app.kubernetes.io/part-of: nba-service
 {{- if and .Values.http.enabled (eq (int .Values.http.port) (int .Values.grpc.port)) }}
 {{- fail "http.port and grpc.port must differ" }}
 {{- end }}
+{{- if and .Values.metrics.enabled (or (eq (int .Values.metrics.port) (int .Values.grpc.port)) (and .Values.http.enabled (eq (int .Values.metrics.port) (int .Values.http.port)))) }}
+{{- fail "metrics.port must differ from grpc.port and http.port" }}
+{{- end }}
+{{- if and .Values.serviceMonitor.enabled (not .Values.metrics.enabled) }}
+{{- fail "serviceMonitor.enabled needs metrics.enabled: without it there is no metrics port to scrape" }}
+{{- end }}
 {{- if and .Values.limits.rateBurst (not .Values.limits.rateLimit) }}
 {{- fail "limits.rateBurst needs limits.rateLimit above 0" }}
 {{- end }}
