@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint chromium bench bench-pg bench-embedded bench-workers bench-shadow bench-reload bench-diff bench-dialer bench-published bench-metrics proto clean
+.PHONY: serve test lint chromium bench bench-pg bench-embedded bench-workers bench-shadow bench-reload bench-diff bench-dialer bench-published bench-metrics bench-tracing proto clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'" >&2; exit 1; }
@@ -50,6 +50,9 @@ bench-pg: $(STAMP)
 
 bench-shadow: $(STAMP)
 	$(BIN)/python loadtests/bench_shadow.py
+
+bench-tracing: $(STAMP)
+	$(BIN)/python loadtests/bench_tracing.py
 
 bench-reload: $(STAMP)
 	$(BIN)/python loadtests/bench_reload.py

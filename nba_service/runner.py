@@ -1,7 +1,7 @@
 """Runs the service until SIGTERM or SIGINT, then shuts down in order.
 
 Order matters for "nothing lost": stop taking calls and let in-flight ones finish, then drain the
-decision log, then release the engine.
+decision log, then release the engine, and last export the spans still buffered.
 """
 
 from __future__ import annotations
@@ -28,14 +28,17 @@ from nba_service.security.limits import CallLimits, Rate
 from nba_service.security.panel_session import PanelSessions, new_secret, read_secret_file
 from nba_service.security.tls import PLAIN_TEXT_HINT, ServerTls, listener_security
 from nba_service.settings import Settings
+from nba_service.telemetry import tracing
 from nba_service.telemetry.endpoint import serve_scrape
 from nba_service.telemetry.metrics import ServiceMetrics, process_metrics
 from nba_service.telemetry.otlp import OtlpMetrics, otlp_requested
 from nba_service.transport.grpc_admin import ADMIN_SERVICE_NAME, add_admin
 from nba_service.transport.grpc_review import REVIEW_SERVICE_NAME, ReviewServicer, add_review
 from nba_service.transport.grpc_server import GrpcServer
+from nba_service.transport.grpc_tracing import tracing_interceptors
 from nba_service.transport.http_api import create_app
 from nba_service.transport.http_server import HttpServer
+from nba_service.transport.http_tracing import TracingMiddleware
 from nba_service.transport.panel import PanelConfig
 from nba_service.worker import CONNECTION_AGE_S, RETIRE_DRAIN_S
 
@@ -56,7 +59,26 @@ async def serve(
     and logs `worker_serving`, leaving the one `serving` event, which people and tools wait for, to the supervisor.
     `panel_secret` signs agent panel sessions when no `--panel-secret-file` is set: a supervisor gives every
     worker the same one; a lone server makes its own.
+
+    Traces are set up here, from the `OTEL_*` variables (`nba_service.telemetry.tracing`), once per process: each
+    of a supervisor's workers has its own provider, and flushes it when it stops.
     """
+    traced = tracing.configure()
+    try:
+        await _serve(settings, on_ready, worker=worker, control=control, panel_secret=panel_secret)
+    finally:
+        if traced:
+            await asyncio.to_thread(tracing.shutdown)
+
+
+async def _serve(
+    settings: Settings,
+    on_ready: Callable[[GrpcServer, bool, VersionInfo | None], None] | None,
+    *,
+    worker: int | None,
+    control: RulesetControl | None,
+    panel_secret: bytes | None,
+) -> None:
     tls = listener_security(settings)  # before anything is loaded: plain text off loopback fails at once
     access = access_from_settings(settings)  # a bad policy file, too
     metrics = process_metrics(settings)
@@ -76,6 +98,7 @@ async def serve(
             access=access,
             reflection=settings.reflection,
             metrics=metrics,
+            outer=tracing_interceptors(),
         )
         admin = app.rulesets if app.rulesets is not None else control
         if admin is not None:
@@ -201,6 +224,9 @@ def _http_server(
         review=review,
         metrics=metrics,
     )
+    tracer = tracing.tracer()
+    if tracer is not None:
+        api.add_middleware(TracingMiddleware, tracer=tracer)
     return HttpServer(
         api,
         settings.host,

@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import structlog
-from opentelemetry import trace
 
 from nba_service.domain.contact_points import PhoneNumber, e164_problem
 from nba_service.domain.dialer import (
@@ -56,11 +55,12 @@ from nba_service.errors import (
     Problems,
     Unavailable,
 )
+from nba_service.log_setup import debug_enabled
 from nba_service.review.explain import DRY_RUN_PREFIX, explain
 from nba_service.security.policy import Caller
+from nba_service.telemetry import tracing
 
 log = structlog.get_logger(__name__)
-tracer = trace.get_tracer("nba_service")
 
 DEFAULT_MAX_ACTIONS = 3
 MAX_ACTIONS_LIMIT = 20
@@ -218,7 +218,7 @@ class DecisionService:
             await self._ensure_archived(active)
         now = self._clock()
         metrics = self._metrics
-        with tracer.start_as_current_span("profile.read"):
+        with tracing.stage("profile.read"):
             read_started = time.perf_counter()
             try:
                 profile = await self._store.get_profile(customer_id)
@@ -227,24 +227,41 @@ class DecisionService:
                     metrics.store_call("read_profile", time.perf_counter() - read_started)
         if caller is not None and not caller.scope.admits(profile.attributes):
             raise unknown_customer(customer_id)
-        with tracer.start_as_current_span("decide"):
-            result = evaluate(active, profile, channel, now, limit)
-        if result.engine_error is not None:
-            log.error("engine_failed_using_reference", error=result.engine_error, customer_id=customer_id)
         decision_id = DRY_RUN_PREFIX + _new_id() if dry_run else _new_id()
+        with tracing.stage("pipeline"):
+            result = evaluate(active, profile, channel, now, limit, tracing.stage)
+        if result.engine_error is not None:
+            error = result.engine_error
+            log.error("engine_failed_using_reference", error=error, decision_id=decision_id, customer_id=customer_id)
         decision = Decision(decision_id, now, customer_id, channel, result.actions, active.ref)
+        trace_id, _ = tracing.current_ids()
         record = _record(
-            decision_id, now, profile, channel, active, result, started, limit, context_reason, context_map, caller
+            decision_id,
+            now,
+            profile,
+            channel,
+            active,
+            result,
+            started,
+            limit,
+            context_reason,
+            context_map,
+            caller,
+            trace_id,
         )
         if dry_run:
             return replace(decision, explanation=explain(record, active.ruleset, dry_run=True))
         late = deadline is not None and time.monotonic() >= deadline
         if late:
             record = replace(record, delivery=Delivery.DEADLINE_EXCEEDED)
-        with tracer.start_as_current_span("decision_record.commit"):
+        with tracing.stage("decision_record"):
             await self._log.record(record)
         if metrics is not None:
             metrics.decided(channel, active, result)
+        if debug_enabled():
+            log.debug(
+                "decided", decision_id=decision_id, actions=list(result.action_ids), delivery=record.delivery.value
+            )
         if shadow is not None:
             asyncio.get_running_loop().call_soon(
                 self._shadow_after, shadow, profile, channel, now, limit, result, decision.decision_id
@@ -387,6 +404,10 @@ class DecisionService:
         if summary.delivery is not Delivery.SENT:
             # An outcome is the caller's word that the answer did arrive: the record must say so.
             self._log.mark(DeliveryUpdate(decision_id, Delivery.SENT))
+        if debug_enabled():
+            log.debug(
+                "outcome_recorded", decision_id=decision_id, action_id=action_id, outcome=outcome.value, stored=stored
+            )
         return OutcomeReceipt(result, shown, stored=stored)
 
     async def ingest_event(
@@ -429,6 +450,8 @@ class DecisionService:
         event = Event(event_type, moment, dict(attributes), expires_at)
         event_id = await self._store.add_event(customer_id, event, recorded_by=_principal(caller))
         self._changed(customer_id)
+        if debug_enabled():
+            log.debug("event_ingested", event_id=event_id, type=event_type)  # never its values
         return event_id
 
     # ------------------------------------------------------------------ dialer campaigns
@@ -590,6 +613,7 @@ class DecisionService:
     ) -> tuple[list[CampaignResult], asyncio.Future[list[None]]]:
         """Decides a chunk (CPU only) and hands its records to the writer; the results may leave once they commit."""
         active, at, channel = campaign.active, campaign.at, Channel.OUTBOUND_DIALER
+        trace_id, _ = tracing.current_ids()  # the DecideBatch call's trace
         results: list[CampaignResult] = []
         records: list[DecisionRecord] = []
         for profile in profiles:
@@ -616,7 +640,9 @@ class DecisionService:
                 context.update(excluded=result.reason.value)
             reason = f"campaign {campaign.campaign_id}"
             records.append(
-                _record(decision_id, at, profile, channel, active, evaluation, started, 1, reason, context, caller)
+                _record(
+                    decision_id, at, profile, channel, active, evaluation, started, 1, reason, context, caller, trace_id
+                )
             )
             results.append(result)
             unsent[decision_id] = None
@@ -712,6 +738,7 @@ def _record(
     context_reason: str,
     context: dict[str, str],
     caller: Caller | None,
+    trace_id: str = "",
 ) -> DecisionRecord:
     return DecisionRecord(
         decision_id=decision_id,
@@ -730,6 +757,7 @@ def _record(
         profile_problems=result.profile_problems,
         inputs=DecisionInputs(profile, limit),
         caller=_principal(caller),
+        trace_id=trace_id,
     )
 
 
@@ -761,7 +789,7 @@ def _run_shadow(
     the one pipeline, so a disagreement can only come from the rulesets. Nothing it does may reach the answer:
     any failure is logged and recorded, and the decision goes on."""
     try:
-        with tracer.start_as_current_span("shadow"):
+        with tracing.stage("shadow"):
             candidate = evaluate(shadow, profile, channel, now, limit)
     except Exception as exc:  # a candidate must never fail a live decision, whatever it raises
         log.exception("shadow_failed", ruleset=shadow.ruleset.meta.name, version=shadow.ruleset.meta.version)

@@ -309,6 +309,7 @@ async def test_delivery_corrections_find_and_export_give_back_what_was_written(
             context_reason="Café – ☎",
             context={"queue": "retail", "lang": "pt"},
             decided_at=NOW + timedelta(minutes=n),
+            trace_id=f"{n + 1:032x}" if n % 2 else "",  # traced and untraced (a NULL column) alike
         )
         for n in range(6)
     ]

@@ -2,12 +2,15 @@
 
 A pure function of (active ruleset, profile, channel, time, limit) so that the service, scenario tests,
 shadow runs, diffs and batches all get the same answer from the same code; nothing here reads a clock,
-a store or the network.
+a store or the network. Whoever watches the stages (the service's traces) passes `stages`: the domain
+knows only that a named stage starts and ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -25,6 +28,14 @@ from nba_service.errors import EngineFailure
 
 FALLBACK_ENGINE = "reference-fallback"
 REFERENCE_ENGINE = "reference"
+
+Stages = Callable[[str], AbstractContextManager[object]]
+"""`stages(name)` wraps each stage of `evaluate`: "rules", "policy", "arbitration", "rendering"."""
+_UNWATCHED: AbstractContextManager[None] = contextlib.nullcontext()
+
+
+def _unwatched(_name: str) -> AbstractContextManager[object]:
+    return _UNWATCHED
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,34 +79,45 @@ def reference_active(ruleset: Ruleset) -> ActiveRuleset:
     )
 
 
-def evaluate(active: ActiveRuleset, profile: Profile, channel: Channel, now: datetime, limit: int) -> Evaluation:
+def evaluate(
+    active: ActiveRuleset,
+    profile: Profile,
+    channel: Channel,
+    now: datetime,
+    limit: int,
+    stages: Stages = _unwatched,
+) -> Evaluation:
     """`limit` is the most actions to return. An engine failure falls back to the reference evaluator (same
     answer, slower) and is reported in `engine_error` for the caller to log: a decision never fails on it."""
     ruleset = active.ruleset
-    projection = project(ruleset, profile, now, active.fact_fields)
-    engine_name = active.engine_name
-    engine_error: str | None = None
-    try:
-        matched = active.engine.evaluate(projection.facts)
-    except EngineFailure as exc:
-        engine_error = str(exc)
-        matched = active.reference.evaluate(projection.facts)
-        engine_name = FALLBACK_ENGINE
+    with stages("rules"):
+        projection = project(ruleset, profile, now, active.fact_fields)
+        engine_name = active.engine_name
+        engine_error: str | None = None
+        try:
+            matched = active.engine.evaluate(projection.facts)
+        except EngineFailure as exc:
+            engine_error = str(exc)
+            matched = active.reference.evaluate(projection.facts)
+            engine_name = FALLBACK_ENGINE
     candidates = [Candidate(i, ruleset.rules[i], ruleset.actions[ruleset.rules[i].action]) for i in matched]
-    kept, dropped = apply_policies(ruleset, profile, projection, channel, now, candidates)
-    chosen, ranked_out = rank(kept, limit, ruleset=ruleset, profile=profile, channel=channel, now=now)
-    actions = tuple(
-        DecidedAction(
-            action_id=c.action.id,
-            script=render(c.action, channel, profile.attributes),
-            priority=position,
-            category=c.action.category,
-            reason=c.rule.reason,
-            rule_id=c.rule.id,
-            valid_until=valid_until(ruleset, c, profile, projection, channel, now),
+    with stages("policy"):
+        kept, dropped = apply_policies(ruleset, profile, projection, channel, now, candidates)
+    with stages("arbitration"):
+        chosen, ranked_out = rank(kept, limit, ruleset=ruleset, profile=profile, channel=channel, now=now)
+    with stages("rendering"):
+        actions = tuple(
+            DecidedAction(
+                action_id=c.action.id,
+                script=render(c.action, channel, profile.attributes),
+                priority=position,
+                category=c.action.category,
+                reason=c.rule.reason,
+                rule_id=c.rule.id,
+                valid_until=valid_until(ruleset, c, profile, projection, channel, now),
+            )
+            for position, c in enumerate(chosen, start=1)
         )
-        for position, c in enumerate(chosen, start=1)
-    )
     fired = tuple(
         FiredRule(c.rule.id, c.action.id, c.rule.priority, _values_read(c, projection.facts)) for c in candidates
     )

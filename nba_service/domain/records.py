@@ -270,6 +270,9 @@ class DecisionRecord:
     # Who asked: the caller's principal (`cert:...`, `jwt:...`, `anonymous`), never a credential. "" in records
     # written before callers were recorded.
     caller: str = ""
+    # The OpenTelemetry trace the decision was made in (32 hex digits), so an explanation leads to its trace.
+    # "" when tracing was off, and in records written before trace ids were kept.
+    trace_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The record in the versioned export format (built field by field: `asdict` cost 3x as much)."""
@@ -316,6 +319,7 @@ class DecisionRecord:
             "shadow": None if self.shadow is None else self.shadow.to_json(),
             "inputs": None if self.inputs is None else self.inputs.to_json(),
             "caller": self.caller,
+            "trace_id": self.trace_id,
         }
 
     @classmethod
@@ -370,6 +374,8 @@ class DecisionRecord:
                 inputs=None if data.get("inputs") is None else DecisionInputs.from_json(data["inputs"]),
                 # Absent in records written before callers were recorded.
                 caller=str(data.get("caller") or ""),
+                # Absent in records written before trace ids were kept.
+                trace_id=str(data.get("trace_id") or ""),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a decision record: missing or malformed {exc}") from exc

@@ -79,6 +79,8 @@ class Explanation:
     summary: str
     """One or two plain sentences; for no action, why in words."""
     dry_run: bool = False
+    trace_id: str = ""
+    """The trace the decision was made in; "" when it was not traced."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,7 @@ def explain(record: DecisionRecord, ruleset: Ruleset, *, dry_run: bool = False) 
         replayable=record.inputs is not None,
         summary=_summary(record, ruleset, dry_run=dry_run),
         dry_run=dry_run,
+        trace_id=record.trace_id,
     )
 
 

@@ -128,6 +128,8 @@ def print_decision(response: Any, customer_id: str, channel: str) -> None:
     click.echo(f"  ruleset {ruleset.name} {ruleset.version} (sha256 {ruleset.hash})")
     delivery = "nothing recorded (dry run)" if explanation.dry_run else explanation.delivery
     click.echo(f"  engine {explanation.engine}, delivery: {delivery}")
+    if explanation.trace_id:
+        click.echo(f"  trace {explanation.trace_id}")
     click.echo("Answered:" if response.actions else "Answered: no action")
     for action in response.actions:
         click.echo(f"  {action.priority}. {action.action_id} (rule {action.rule_id}): {action.script}")

@@ -73,4 +73,5 @@ def explanation_message(explanation: Explanation) -> explain_pb2.Explanation:
         engine=explanation.engine,
         delivery="" if explanation.dry_run else explanation.delivery,
         dry_run=explanation.dry_run,
+        trace_id=explanation.trace_id,
     )

@@ -9,7 +9,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -355,6 +355,7 @@ class GrpcServer:
     `port` None listens nowhere (`--no-grpc`): the object still holds the health state and the limits that the
     HTTP edge shares, so both transports answer alike whichever of them listens.
     `metrics` (nba_service.telemetry.metrics) records every call's duration and status.
+    `outer` interceptors run before all others, on every call: tracing (grpc_tracing), so refused calls are traced.
     """
 
     def __init__(
@@ -370,6 +371,7 @@ class GrpcServer:
         access: AccessControl | None = None,
         reflection: bool = True,
         metrics: ServiceMetrics | None = None,
+        outer: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         options: list[tuple[str, int]] = [
             ("grpc.so_reuseport", int(reuse_port)),
@@ -380,9 +382,11 @@ class GrpcServer:
                 ("grpc.max_connection_age_ms", int(connection_age * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(CONNECTION_AGE_GRACE_S * 1000)),
             ]
-        # Metrics outermost (refusals are measured too), then authentication, then the limits, which read the
-        # caller it sets (grpc_limits).
-        interceptors: list[grpc.aio.ServerInterceptor] = [] if metrics is None else [MetricsInterceptor(metrics)]
+        # Tracing outermost, then metrics (refused calls are traced and measured too), then authentication,
+        # then the limits, which read the caller it sets (grpc_limits).
+        interceptors: list[grpc.aio.ServerInterceptor] = list(outer)
+        if metrics is not None:
+            interceptors.append(MetricsInterceptor(metrics))
         if access is not None:
             interceptors.append(AuthInterceptor(access))
         self._reflection = reflection

@@ -67,6 +67,7 @@ _COLUMNS = (
     "shadow",
     "inputs",
     "caller",
+    "trace_id",
 )
 _JSON_COLUMNS = frozenset({"rules_fired", "dropped", "actions", "context", "profile_problems", "shadow", "inputs"})
 _TYPES = (
@@ -82,6 +83,7 @@ _TYPES = (
     "text",
     "text",
     "float8",
+    "text",
     "text",
     "text",
     "text",
@@ -205,6 +207,7 @@ def _row(record: DecisionRecord) -> tuple[Any, ...]:
         None if data["shadow"] is None else _dumps(data["shadow"]),  # SQL NULL, not JSON null: no candidate ran
         None if data["inputs"] is None else _dumps(data["inputs"]),  # SQL NULL: a record from before inputs were kept
         record.caller or None,  # SQL NULL: no caller recorded
+        record.trace_id or None,  # SQL NULL: not traced
     )
 
 
@@ -379,6 +382,7 @@ def decision_json(row: asyncpg.Record) -> dict[str, Any]:
         "shadow": _json(row["shadow"]),
         "inputs": _json(row["inputs"]),
         "caller": row["caller"] or "",
+        "trace_id": row["trace_id"] or "",
     }
     # Through the record type, so the export can never drift from the one format.
     return DecisionRecord.from_json(data).to_json()

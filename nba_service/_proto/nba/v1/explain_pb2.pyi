@@ -160,6 +160,7 @@ class Explanation(_message.Message):
     ENGINE_FIELD_NUMBER: _builtins.int
     DELIVERY_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
     summary: _builtins.str
     """One or two plain sentences; for a decision with no action, why nothing was offered."""
     replayable: _builtins.bool
@@ -172,6 +173,10 @@ class Explanation(_message.Message):
     """
     dry_run: _builtins.bool
     """True for a dry run: nothing was recorded, nothing counts toward a cap, no outcome can refer to it."""
+    trace_id: _builtins.str
+    """The OpenTelemetry trace the decision was made in (32 hex digits), to look the call up in a tracing back
+    end. Empty when the server was not tracing, and for records written before trace ids were kept.
+    """
     @_builtins.property
     def fired(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExplainedRule]:
         """Every rule that fired, in the order the record keeps them."""
@@ -190,10 +195,11 @@ class Explanation(_message.Message):
         engine: _builtins.str = ...,
         delivery: _builtins.str = ...,
         dry_run: _builtins.bool = ...,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "dropped", b"dropped", "dry_run", b"dry_run", "engine", b"engine", "fired", b"fired", "replayable", b"replayable", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "dropped", b"dropped", "dry_run", b"dry_run", "engine", b"engine", "fired", b"fired", "replayable", b"replayable", "summary", b"summary", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
