@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint chromium bench bench-pg bench-embedded bench-workers bench-shadow bench-reload bench-diff bench-dialer bench-published bench-metrics bench-tracing proto clean
+.PHONY: serve test lint chromium bench bench-engine-peers bench-pg bench-embedded bench-workers bench-shadow bench-reload bench-diff bench-dialer bench-published bench-metrics bench-tracing proto clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'" >&2; exit 1; }
@@ -75,3 +75,6 @@ proto: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+bench-engine-peers: $(STAMP)
+	$(BIN)/python loadtests/bench_engine_peers.py

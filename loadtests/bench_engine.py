@@ -222,6 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "engine_rules": sum(len(p.rule_of) for p in compiled.partitions),
             "engine_rulesets": len(compiled.partitions),
             "partition_costs": [p.cost for p in compiled.partitions],
+            "partition_stack_bounds": [getattr(p, "stack_bound", None) for p in compiled.partitions],
             "partition_keys": [len(p.keys) for p in compiled.partitions],
             "fact_keys": len(compiled.field_keys),
         },
@@ -270,7 +271,10 @@ def print_report(report: dict[str, Any]) -> None:
         f"{ruleset['engine_rules']} engine rules in {ruleset['engine_rulesets']} engine rulesets (partitions), "
         f"{ruleset['fact_keys']} fact keys"
     )
-    print(f"  partition alpha-test costs {ruleset['partition_costs']}, keys per partition {ruleset['partition_keys']}")
+    print(
+        f"  partition alpha-test costs {ruleset['partition_costs']}, proven stack bounds "
+        f"{ruleset['partition_stack_bounds']} (limit 64), keys per partition {ruleset['partition_keys']}"
+    )
     print(
         f"workload: {workload['profiles']:,} profiles, seed {workload['seed']}, now {workload['now']}; "
         f"{workload['mean_facts_per_profile']:.1f} facts/profile, "

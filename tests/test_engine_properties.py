@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
-from nba_service.domain.compiler import NODE_BUDGET, compile_ruleset, rule_cost
+from nba_service.domain.alpha_bound import STACK_LIMIT
+from nba_service.domain.compiler import compile_ruleset, rule_cost
 from nba_service.domain.facts import project
 from nba_service.domain.profile import Profile
 from nba_service.domain.reference import ReferenceEvaluator
@@ -44,7 +45,7 @@ def _check(spec: Spec, batch: list[Profile]) -> int:
             raise
         reject()
     compiled = compile_ruleset(ruleset)
-    assert all(p.cost <= NODE_BUDGET for p in compiled.partitions)
+    assert all(p.stack_bound <= STACK_LIMIT for p in compiled.partitions)
     loaded = ENGINE.load(compiled)
     reference = ReferenceEvaluator(ruleset)
     matches = 0

@@ -4,16 +4,19 @@ Pure: ruleset in, plan out. The plan is safe by construction, not by testing
 (../shared/notes/durable-rules.md):
 
 - Error 303 (more than 64 pending alpha nodes in one assertion) is impossible because each engine
-  ruleset ("partition") holds at most `NODE_BUDGET` alpha tests in total, counted without sharing;
-  the engine pushes each alpha node at most once per assertion, so the stack can never pass the budget,
-  whatever the key order or the values.
-- The same budget bounds every node's children (no hang past 512), the rules sharing one condition
-  chain (no error 108), and the properties of one fact (only the partition's own fields are sent, far
-  below the engine's 64 properties per message and 255 per object).
+  ruleset ("partition") is filled only while a bound on the engine's stack, computed on the very trie
+  of tests the engine will build, stays within 64 (`alpha_bound`, which gives the argument from the
+  engine's source). The bound holds whatever the key order or the values, and counts tests that cannot
+  hold together (`x == 1` and `x == 2`, `x < 5` and `x > 9`) once, so partitions are far larger than
+  "60 tests in total" allowed, and every partition costs one assertion per decision.
+- The same trie bounds every node's children (no hang past 512), the rules sharing one condition
+  chain (no error 108), and the properties of one fact (only the partition's own fields are sent,
+  below the engine's 255 per object).
 - Every rule starts with a guard test on a key that only our facts carry, so the session's own state
   record can never match a rule (no runaway re-firing), not even a `missing` test.
 - `in` and `any` are expanded into plain conjunctions (one engine rule per branch) so each engine rule
-  is a simple `$and` chain; a rule whose expansion exceeds the budget is rejected by the loader.
+  is a simple `$and` chain; a rule whose expansion exceeds `MAX_RULE_COST` is rejected by the loader
+  (alone in a partition its stack bound is at most one more than its cost, so it always fits).
 - Values are encoded so the engine compares them exactly: numbers as doubles written with a decimal
   point and 17 significant digits (the engine's number parser reads `1e+20` as the integer 1), strings
   as an injective ASCII code (hex of UTF-8, or a SHA-256 for long strings) so no escape, NUL or Unicode
@@ -29,10 +32,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nba_service.domain.alpha_bound import AlphaNetwork
 from nba_service.domain.facts import FactValue
 from nba_service.domain.model import Condition, FieldSpec, Op, Rule, Ruleset
 
 NODE_BUDGET = 60
+FIRST_FIT_WINDOW = 4
 MAX_RULE_COST = NODE_BUDGET
 GUARD_KEY = "nba"
 SHORT_STRING_BYTES = 48
@@ -111,6 +116,8 @@ class Partition:
     rule_of: Mapping[str, int]
     cost: int
     rule_texts: tuple[str, ...] = ()
+    stack_bound: int = 0
+    network: AlphaNetwork | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,16 @@ def _rule_json(name: str, branch: Branch) -> str:
     return f'"{name}":{{"all":[{{"m":{{"$and":[{tests}]}}}}]}}'
 
 
+def _key_rank(expanded: list[list[Branch]]) -> dict[str, tuple[int, int]]:
+    """Keys with the fewest distinct tests first, so engine rules share long prefixes and nodes fan out less."""
+    distinct: dict[str, set[tuple[Op, str | None]]] = {}
+    for branches in expanded:
+        for branch in branches:
+            for test in branch.tests:
+                distinct.setdefault(test.key, set()).add((test.op, test.constant))
+    return {key: (len(tests), int(key[1:])) for key, tests in distinct.items()}
+
+
 def compile_ruleset(ruleset: Ruleset) -> CompiledRuleset:
     specs = ruleset.fact_fields()
     used = sorted({c.field for rule in ruleset.rules for c in rule.when.conditions()})
@@ -206,32 +223,36 @@ def compile_ruleset(ruleset: Ruleset) -> CompiledRuleset:
     hashes = [djb_hash(k) for k in (*RESERVED_KEYS, *keys.values())]
     if len(set(hashes)) != len(hashes):
         raise AssertionError("engine key hash collision")  # cannot happen for f<number> keys; guarded anyway
-    partitions: list[Partition] = []
-    pending: list[tuple[str, Branch]] = []
-    pending_cost = 0
-
-    def flush() -> None:
-        nonlocal pending, pending_cost
-        if not pending:
-            return
-        texts = tuple(_rule_json(name, branch) for name, branch in pending)
-        body = ",".join(texts)
-        part_keys = tuple(sorted({t.key for _, b in pending for t in b.tests}, key=lambda k: int(k[1:])))
-        rule_of = {name: branch.rule_index for name, branch in pending}
-        partitions.append(Partition("{" + body + "}", part_keys, rule_of, pending_cost, texts))
-        pending, pending_cost = [], 0
-
+    key_types = {key: specs[name].type for name, key in keys.items()}
+    expanded: list[list[Branch]] = []
     for index, rule in enumerate(ruleset.rules):
         cost = rule_cost(rule)
-        if cost > NODE_BUDGET:
-            raise ValueError(f"rule {rule.id!r} needs {cost} engine conditions (limit {NODE_BUDGET})")
-        branches = list(_branches(index, rule, keys, specs))
-        if pending_cost + cost > NODE_BUDGET:
-            flush()
-        for number, branch in enumerate(branches):
-            pending.append((f"r{index}_{number}", branch))
-        pending_cost += cost
-    flush()
+        if cost > MAX_RULE_COST:
+            raise ValueError(f"rule {rule.id!r} needs {cost} engine conditions (limit {MAX_RULE_COST})")
+        expanded.append(list(_branches(index, rule, keys, specs)))
+    rank = _key_rank(expanded)
+    # First fit over the newest few partitions: a rule too wide for one does not close it for the narrower
+    # rules after it, and compiling stays linear in the rules (each try walks one partition's trie).
+    bins: list[tuple[AlphaNetwork, list[tuple[str, Branch]], list[int]]] = []
+    for index, unordered in enumerate(expanded):
+        # A conjunction holds in any order; this one shares more prefixes, so fewer nodes and assertions.
+        branches = [Branch(b.rule_index, tuple(sorted(b.tests, key=lambda t: rank[t.key]))) for b in unordered]
+        tests = [branch.tests for branch in branches]
+        target = next((b for b in bins[-FIRST_FIT_WINDOW:] if b[0].add(tests)), None)
+        if target is None:
+            target = (AlphaNetwork(key_types), [], [])
+            if not target[0].add(tests):
+                raise AssertionError(f"rule {ruleset.rules[index].id!r} does not fit an empty partition")
+            bins.append(target)
+        target[1].extend((f"r{index}_{number}", branch) for number, branch in enumerate(branches))
+        target[2].append(rule_cost(ruleset.rules[index]))
+    partitions = []
+    for network, named, costs in bins:
+        texts = tuple(_rule_json(name, branch) for name, branch in named)
+        part_keys = tuple(sorted(network.keys, key=lambda k: int(k[1:])))
+        rule_of = {name: branch.rule_index for name, branch in named}
+        definition = "{" + ",".join(texts) + "}"
+        partitions.append(Partition(definition, part_keys, rule_of, sum(costs), texts, network.bound(), network))
     return CompiledRuleset(ruleset, keys, {name: specs[name].type for name in used}, tuple(partitions))
 
 
@@ -240,6 +261,8 @@ def describe(compiled: CompiledRuleset) -> str:
     lines = [f"ruleset {compiled.ruleset.meta.name} {compiled.ruleset.meta.version}"]
     lines += [f"key {key} = {name} ({compiled.field_types[name]})" for name, key in compiled.field_keys.items()]
     for number, partition in enumerate(compiled.partitions):
-        lines.append(f"partition {number} cost {partition.cost} keys {' '.join(partition.keys)}")
+        lines.append(
+            f"partition {number} cost {partition.cost} stack {partition.stack_bound} keys {' '.join(partition.keys)}"
+        )
         lines += [f"  {text}" for text in partition.rule_texts]
     return "\n".join(lines) + "\n"
