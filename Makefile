@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint chromium bench bench-engine-peers bench-pg bench-embedded bench-workers bench-shadow bench-reload bench-diff bench-dialer bench-published bench-metrics bench-tracing proto clean
+.PHONY: serve test lint chromium bench bench-engine-peers bench-pg bench-embedded bench-workers bench-shadow bench-reload bench-diff bench-dialer bench-published bench-cpu bench-metrics bench-tracing proto clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'" >&2; exit 1; }
@@ -66,6 +66,9 @@ bench-dialer: $(STAMP)
 # Echo baseline, then the service on the embedded store and on PostgreSQL; writes docs/benchmarks/ and docs/images/.
 bench-published: $(STAMP)
 	$(BIN)/python loadtests/bench_published.py $(ARGS)
+
+bench-cpu: $(STAMP)
+	$(BIN)/python loadtests/bench_cpu.py
 
 bench-metrics: $(STAMP)
 	$(BIN)/python loadtests/bench_metrics.py
