@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -30,6 +30,7 @@ EXIT_INVALID = 2  # an invalid ruleset file, a bad population file, a usage erro
 EXIT_UNAVAILABLE = 3  # the store cannot be read now
 _CHANNELS = ("agent_desktop", "outbound_dialer")
 _MAX_ACTIONS = 20  # the service's own limit (service.MAX_ACTIONS_LIMIT)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def parse_moment(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime:
@@ -46,44 +47,66 @@ def parse_moment(ctx: click.Context, param: click.Parameter, value: str | None) 
     return moment
 
 
+def population_options(verb: str, per_process: str, chart: str, aside: str = "") -> Callable[[F], F]:
+    """The options every run over a population takes (`diff`, `starved`): whose customers, which channel, when,
+    how many actions, the store, the processes, and the report's forms."""
+    options = [
+        click.option(
+            "--population",
+            default="sample",
+            show_default=True,
+            metavar="sample|store|FILE",
+            help=f"Whose decisions to {verb}: the bundled sample, every customer of the configured store (--store, "
+            f"--db-path, NBA_DSN, as `nba serve` reads them), or a file from `nba sample generate`"
+            + (f" {aside}." if aside else "."),
+        ),
+        click.option("--channel", type=click.Choice(_CHANNELS), help="Only this channel [default: both]."),
+        click.option(
+            "--at", callback=parse_moment, help="Decide as at this moment (ISO 8601 with a zone) [default: now]."
+        ),
+        click.option(
+            "--limit",
+            type=click.IntRange(1, _MAX_ACTIONS),
+            default=3,
+            show_default=True,
+            help="Actions per answer, as a caller's max_actions (the service's default is 3).",
+        ),
+        store_options("With --population store: "),
+        click.option(
+            "--workers",
+            type=click.IntRange(1, 64),
+            default=lambda: min(os.cpu_count() or 1, 64),
+            show_default="one per core",
+            help=f"Processes evaluating customers ({per_process}).",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document."),
+        click.option(
+            "--html",
+            "html_out",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help=f"Also write the report as one self-contained HTML file, {chart}.",
+        ),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+
+    def apply(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
 def register(group: click.Group) -> None:
     @group.command("diff")
     @click.argument("old", type=click.Path(path_type=Path, dir_okay=False))
     @click.argument("new", type=click.Path(path_type=Path, dir_okay=False))
-    @click.option(
-        "--population",
-        default="sample",
-        show_default=True,
-        metavar="sample|store|FILE",
-        help="Whose decisions to compare: the bundled sample, every customer of the configured store (--store, "
-        "--db-path, NBA_DSN, as `nba serve` reads them), or a file from `nba sample generate` (./sample for a "
-        "file named sample).",
+    @population_options(
+        "compare",
+        "each loads both versions once",
+        "with a chart of gains and losses",
+        "(./sample for a file named sample)",
     )
-    @click.option("--channel", type=click.Choice(_CHANNELS), help="Only this channel [default: both].")
-    @click.option("--at", callback=parse_moment, help="Decide as at this moment (ISO 8601 with a zone) [default: now].")
-    @click.option(
-        "--limit",
-        type=click.IntRange(1, _MAX_ACTIONS),
-        default=3,
-        show_default=True,
-        help="Actions per answer, as a caller's max_actions (the service's default is 3).",
-    )
-    @store_options("With --population store: ")
-    @click.option(
-        "--workers",
-        type=click.IntRange(1, 64),
-        default=lambda: min(os.cpu_count() or 1, 64),
-        show_default="one per core",
-        help="Processes evaluating customers (each loads both versions once).",
-    )
-    @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
-    @click.option(
-        "--html",
-        "html_out",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="Also write the report as one self-contained HTML file, with a chart of gains and losses.",
-    )
-    @click.option("--quiet", is_flag=True, help="No progress bar.")
     def diff(
         old: Path,
         new: Path,

@@ -5,7 +5,6 @@ This module only reads options, picks the population and the exit code."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from datetime import datetime
 from functools import partial
@@ -13,50 +12,20 @@ from pathlib import Path
 
 import click
 
-from nba_service.cli_options import store_options
 from nba_service.errors import ErrorCode, NbaError
-from nba_service.review.diff_cli import EXIT_INVALID, EXIT_UNAVAILABLE, load_checked, open_population, parse_moment
-
-_CHANNELS = ("agent_desktop", "outbound_dialer")
-_MAX_ACTIONS = 20
+from nba_service.review.diff_cli import (
+    EXIT_INVALID,
+    EXIT_UNAVAILABLE,
+    load_checked,
+    open_population,
+    population_options,
+)
 
 
 def register(group: click.Group) -> None:
     @group.command("starved")
     @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
-    @click.option(
-        "--population",
-        default="sample",
-        show_default=True,
-        metavar="sample|store|FILE",
-        help="Whose decisions to count: the bundled sample, every customer of the configured store (--store, "
-        "--db-path, NBA_DSN, as `nba serve` reads them), or a file from `nba sample generate`.",
-    )
-    @click.option("--channel", type=click.Choice(_CHANNELS), help="Only this channel [default: both].")
-    @click.option("--at", callback=parse_moment, help="Decide as at this moment (ISO 8601 with a zone) [default: now].")
-    @click.option(
-        "--limit",
-        type=click.IntRange(1, _MAX_ACTIONS),
-        default=3,
-        show_default=True,
-        help="Actions per answer, as a caller's max_actions (the service's default is 3).",
-    )
-    @store_options("With --population store: ")
-    @click.option(
-        "--workers",
-        type=click.IntRange(1, 64),
-        default=lambda: min(os.cpu_count() or 1, 64),
-        show_default="one per core",
-        help="Processes evaluating customers (each loads the ruleset once).",
-    )
-    @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
-    @click.option(
-        "--html",
-        "html_out",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="Also write the report as one self-contained HTML file, with a chart per channel.",
-    )
-    @click.option("--quiet", is_flag=True, help="No progress bar.")
+    @population_options("count", "each loads the ruleset once", "with a chart per channel")
     def starved(
         file: Path,
         population: str,
