@@ -14,7 +14,8 @@ from nba_service.domain.wording import value_text
 from nba_service.review.explain import Explanation
 
 
-def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    """A proto Timestamp in UTC, for every message this service sends."""
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(value.astimezone(UTC))
     return stamp
@@ -34,7 +35,7 @@ def action_message(action: DecidedAction) -> nba_pb2.Action:
         category=action.category,
         reason=action.reason,
         rule_id=action.rule_id,
-        valid_until=_timestamp(action.valid_until),
+        valid_until=timestamp(action.valid_until),
     )
 
 

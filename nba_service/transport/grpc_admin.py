@@ -9,8 +9,9 @@ from nba_service.deploy.control import RulesetControl, Status, Switch
 from nba_service.deploy.gate import Candidate
 from nba_service.deploy.state import VersionInfo
 from nba_service.errors import Problems
+from nba_service.transport.explanation import timestamp
 from nba_service.transport.grpc_auth import current_caller
-from nba_service.transport.grpc_server import _edge, _timestamp, add_servicer
+from nba_service.transport.grpc_server import _edge, add_servicer
 
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["RulesetAdmin"].full_name
 MAX_RULESET_TEXT = 2_000_000
@@ -56,7 +57,7 @@ class RulesetAdminServicer:
             response.last_refusal.candidate.hash = refusal.hash
             response.last_refusal.reason = refusal.reason
             response.last_refusal.problems.extend(refusal.problems)
-            response.last_refusal.at.CopyFrom(_timestamp(refusal.at))
+            response.last_refusal.at.CopyFrom(timestamp(refusal.at))
         return response
 
 
@@ -92,6 +93,6 @@ def _set_version(message: admin_pb2.RulesetVersion, version: VersionInfo | None)
     message.name = version.name
     message.version = version.version
     message.hash = version.hash
-    message.activated_at.CopyFrom(_timestamp(version.activated_at))
+    message.activated_at.CopyFrom(timestamp(version.activated_at))
     message.source = version.source
     message.scenarios_passed = version.scenarios_passed

@@ -12,9 +12,9 @@ import grpc
 
 from nba_service._proto.nba.v1 import nba_pb2, review_pb2
 from nba_service.review.queries import Listed, ReviewQueries
-from nba_service.transport.explanation import action_message, explanation_message
+from nba_service.transport.explanation import action_message, explanation_message, timestamp
 from nba_service.transport.grpc_auth import current_caller
-from nba_service.transport.grpc_server import _edge, _timestamp, add_servicer
+from nba_service.transport.grpc_server import _edge, add_servicer
 
 REVIEW_SERVICE_NAME = review_pb2.DESCRIPTOR.services_by_name["Review"].full_name
 _CHANNELS = {"agent_desktop": nba_pb2.AGENT_DESKTOP, "outbound_dialer": nba_pb2.OUTBOUND_DIALER}
@@ -53,7 +53,7 @@ class ReviewServicer:
             decision_id=record.decision_id,
             customer_id=record.customer_id,
             channel=_CHANNELS[record.channel.value],
-            decided_at=_timestamp(record.decided_at),
+            decided_at=timestamp(record.decided_at),
             ruleset=nba_pb2.RulesetRef(
                 name=record.ruleset.name, version=record.ruleset.version, hash=record.ruleset.hash
             ),
@@ -88,8 +88,8 @@ def _archived(item: Listed) -> review_pb2.ArchivedRuleset:
         name=version.name,
         version=version.version,
         hash=version.hash,
-        first_activated_at=_timestamp(version.first_activated_at),
-        last_activated_at=_timestamp(version.last_activated_at),
+        first_activated_at=timestamp(version.first_activated_at),
+        last_activated_at=timestamp(version.last_activated_at),
         active=item.active,
         previous=item.previous,
     )

@@ -30,7 +30,7 @@ from nba_service.security.access import AccessControl
 from nba_service.security.limits import CallLimits
 from nba_service.service import CampaignExclusion, CampaignResult, DecisionService
 from nba_service.telemetry.metrics import ServiceMetrics
-from nba_service.transport.explanation import action_message, explanation_message
+from nba_service.transport.explanation import action_message, explanation_message, timestamp
 from nba_service.transport.grpc_auth import AuthInterceptor, current_caller
 from nba_service.transport.grpc_errors import internal_status, to_status
 from nba_service.transport.grpc_limits import LimitsInterceptor
@@ -108,12 +108,6 @@ def _check_wire(request: object) -> None:
         problems = Problems()
         check_storable_text(request, problems)
         problems.raise_if_any()
-
-
-def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value.astimezone(UTC))
-    return stamp
 
 
 def _optional_time(message: Any, name: str) -> datetime | None:
@@ -194,7 +188,7 @@ class NextBestActionServicer(nba_pb2_grpc.NextBestActionServicer):
             ruleset=nba_pb2.RulesetRef(
                 name=decision.ruleset.name, version=decision.ruleset.version, hash=decision.ruleset.hash
             ),
-            decided_at=_timestamp(decision.decided_at),
+            decided_at=timestamp(decision.decided_at),
         )
         if decision.explanation is not None:
             response.explanation.CopyFrom(explanation_message(decision.explanation))
@@ -276,12 +270,12 @@ def batch_result_message(result: CampaignResult) -> nba_pb2.BatchResult:
             phone_type=_PHONE_TYPES[result.phone.type],
             window=nba_pb2.CallWindow(
                 time_zone=window.time_zone,
-                earliest=_timestamp(window.earliest),
-                latest=_timestamp(window.latest),
+                earliest=timestamp(window.earliest),
+                latest=timestamp(window.latest),
                 earliest_local=window.earliest.isoformat(timespec="seconds"),
                 latest_local=window.latest.isoformat(timespec="seconds"),
             ),
-            expires_at=_timestamp(a.valid_until),
+            expires_at=timestamp(a.valid_until),
             idempotency_key=result.idempotency_key,
         ),
     )
