@@ -302,16 +302,17 @@ cases:
             "bad.tests.yaml:4: defaults.channel: 'phone' is not one of ['agent_desktop', 'outbound_dialer']",
             "bad.tests.yaml:5: defaults.max_actions: 0 is less than the minimum of 1",
             "bad.tests.yaml:6: defaults.profle: unknown key 'profle' (check the spelling; allowed here: channel, at, "
-            "timezone, max_actions, profile)",
+            "timezone, max_actions, profile, direction)",
             "bad.tests.yaml:10: case 'one' events[0].age: '2 hours' is not a duration like 30m, 2h, 3d or 1d12h",
             "bad.tests.yaml:12: case 'one' contacts[0].outcome: 'hung_up' is not one of ['accepted', 'declined', "
-            "'no_answer', 'converted', 'callback_requested', 'not_offered']",
+            "'no_answer', 'converted', 'callback_requested', 'not_offered', 'not_now']",
             "bad.tests.yaml:14: case 'one' expect.actions: 'rates' is not of type 'array'",
-            "bad.tests.yaml:16: case 'one' expect.dropped[0].reason: 'capped' is not one of ['no_consent', "
-            "'do_not_call', 'quiet_hours', 'suppression', 'channel_fit', 'missing_trigger', 'expired_trigger', "
-            "'frequency_cap', 'duplicate_action', 'ranked_out']",
+            "bad.tests.yaml:16: case 'one' expect.dropped[0].reason: 'capped' is not one of ['do_not_contact', "
+            "'no_consent', 'do_not_call', 'quiet_hours', 'suppression', 'channel_fit', 'missing_trigger', "
+            "'expired_trigger', 'constraint', 'frequency_cap', 'duplicate_action', 'ranked_out']",
             "bad.tests.yaml:18: case 'two' Profile: unknown key 'Profile' (check the spelling; allowed here: name, "
-            "description, channel, at, timezone, max_actions, profile, events, contacts, expect)",
+            "description, channel, at, timezone, max_actions, profile, events, contacts, expect, direction, "
+            "do_not_contact)",
             "bad.tests.yaml:21: case 'three' at: '2026-03-10 25:00' is not a local date and time like "
             '"2026-03-10 14:00"',
             "bad.tests.yaml:22: case 'three' profile.Segment: 'Segment' is not a name of lower-case letters, digits "

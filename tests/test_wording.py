@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ from nba_service.domain.loader import load_ruleset_file, load_ruleset_text
 from nba_service.domain.model import ORDERING_OPS, PRESENCE_OPS, Channel, Condition, Op, Ruleset, Scalar, When
 from nba_service.domain.pipeline import evaluate, reference_active
 from nba_service.domain.policy import policy_ids
-from nba_service.domain.profile import Contact, Event, OutcomeKind, Profile
+from nba_service.domain.profile import Contact, DoNotContact, DoNotContactReason, Event, OutcomeKind, Profile
 from nba_service.domain.records import DroppedCandidate
 from nba_service.domain.reference import condition_holds
 from nba_service.domain.scenarios import DROP_REASONS
@@ -491,6 +492,39 @@ class TestDrops:
         drop = dropped_by(ruleset, customer(), Channel.AGENT_DESKTOP, "ranked_out", limit=1)
         text = wording.drop_text(drop, ruleset)
         assert text.endswith("was not offered: the answer holds at most 1 action and higher-ranked actions filled it.")
+
+    def test_do_not_contact(self, ruleset: Ruleset) -> None:
+        listing = DoNotContact(
+            Channel.OUTBOUND_DIALER, DoNotContactReason.BEREAVEMENT, "branch", NOON_LONDON - timedelta(days=1)
+        )
+        profile = dataclasses.replace(customer(), do_not_contact=(listing,))
+        drop = dropped_by(ruleset, profile, Channel.OUTBOUND_DIALER, "do_not_contact")
+        text = wording.drop_text(drop, ruleset)
+        assert "is listed as do-not-contact for this channel (bereavement)" in text
+        assert "a listed customer who calls in is still helped" in text
+
+    def test_constraint(self) -> None:
+        paused = load_ruleset_text(
+            RULESET.replace(
+                "policies:\n",
+                "policies:\n  constraints:\n    - {id: two-declines, category: cross_sell, outcomes: [declined],"
+                " after: 2, within: 90d, description: Two noes are an answer}\n",
+                1,
+            )
+        )
+        declined = [
+            Contact(
+                "savings-offer", Channel.AGENT_DESKTOP, NOON_LONDON - timedelta(days=d), OutcomeKind.DECLINED, f"d{d}"
+            )
+            for d in (3, 40)
+        ]
+        drop = dropped_by(paused, customer(contacts=declined), Channel.AGENT_DESKTOP, "constraint")
+        assert (drop.action_id, drop.policy) == ("savings-offer", "two-declines")
+        assert wording.drop_text(drop, paused) == (
+            "Savings offer (from rule savings) was not offered: it is paused for this customer after how earlier "
+            "contacts ended. The policy: After 2 cross sell actions ended declined within 90 days, no more are "
+            "offered to that customer until fewer remain in that window. Purpose: Two noes are an answer."
+        )
 
     def test_every_reason_is_covered(self, ruleset: Ruleset) -> None:
         """The reasons tested above are all the pipeline gives; an unknown one still reads as words."""

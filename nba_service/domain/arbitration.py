@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from nba_service.domain.model import Channel, FrequencyCap, Ruleset
+from nba_service.domain.model import Channel, Direction, FrequencyCap, Ruleset
 from nba_service.domain.policy import Candidate, _cap_applies, _cap_count
 from nba_service.domain.profile import Profile
 from nba_service.domain.records import DroppedCandidate
@@ -18,17 +18,20 @@ def rank(
     profile: Profile,
     channel: Channel,
     now: datetime,
+    direction: Direction,
 ) -> tuple[list[Candidate], list[DroppedCandidate]]:
-    """Highest priority first, then file order of the rule, one entry per action, at most `max_actions`.
+    """Mandatory actions (regulatory notices) first, then highest priority, then file order of the rule, one entry
+    per action, at most `max_actions`.
 
     Frequency caps also count the actions already chosen above a candidate in this same decision: every
     action in the answer becomes a contact once it is delivered, so two referral asks in one answer breach
     "at most one referral ask" just as two answers would. Policy has already checked each candidate against
     the contact history alone; here a candidate is dropped (`frequency_cap`, stage `arbitration`) when the
     history plus the actions chosen before it would already reach a cap's max. A capped candidate takes no
-    place in the answer; once the answer is full, the rest are `ranked_out` whatever their caps.
+    place in the answer; once the answer is full, the rest are `ranked_out` whatever their caps. A mandatory
+    action is never capped, though it counts toward the caps of what follows it, as any contact does.
     """
-    ordered = sorted(candidates, key=lambda c: (-c.rule.priority, c.rule_index, c.action.id))
+    ordered = sorted(candidates, key=lambda c: (not c.action.mandatory, -c.rule.priority, c.rule_index, c.action.id))
     chosen: list[Candidate] = []
     dropped: list[DroppedCandidate] = []
     seen: dict[str, str] = {}
@@ -36,10 +39,12 @@ def rank(
 
     def breached_cap(candidate: Candidate) -> tuple[FrequencyCap, int, int] | None:
         """(cap, contacts in the history, actions chosen in this decision) of the first cap it would breach."""
+        if candidate.action.mandatory:
+            return None
         for cap in ruleset.policies.frequency_caps:
-            if not _cap_applies(cap, candidate.action, channel):
+            if not _cap_applies(cap, candidate.action, channel, direction):
                 continue
-            in_decision = sum(1 for c in chosen if _cap_applies(cap, c.action, channel))
+            in_decision = sum(1 for c in chosen if _cap_applies(cap, c.action, channel, direction))
             if in_decision == 0:
                 continue  # nothing chosen yet counts for this cap: policy's check against the history stands
             if cap.id not in history:

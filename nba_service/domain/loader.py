@@ -30,14 +30,19 @@ from nba_service.domain.model import (
     PRESENCE_OPS,
     SET_OPS,
     Action,
+    ActionType,
     Channel,
     Condition,
+    Consent,
+    Constraint,
+    Direction,
     EventSpec,
     FieldSpec,
     FieldType,
     FrequencyCap,
     Op,
     Policies,
+    Purpose,
     QuietHours,
     Rule,
     Ruleset,
@@ -203,10 +208,31 @@ class _Builder:
         events = self._events(doc.get("events", []))
         partial = Ruleset(meta, fields, events, {}, (), Policies(), self.content_hash, self.source)
         fact_fields = partial.fact_fields()
-        actions = self._actions(doc["actions"], fields, events)
+        purposes = self._purposes(doc.get("purposes", []))
+        actions = self._actions(doc["actions"], fields, events, purposes)
         rules = self._rules(doc["rules"], fact_fields, actions)
-        policies = self._policies(doc.get("policies", {}), fields, fact_fields, actions)
-        return Ruleset(meta, fields, events, actions, rules, policies, self.content_hash, self.source)
+        policies = self._policies(doc.get("policies", {}), fields, fact_fields, actions, purposes)
+        return Ruleset(
+            meta, fields, events, actions, rules, policies, self.content_hash, self.source, purposes=purposes
+        )
+
+    def _purposes(self, items: list[Any]) -> dict[str, Purpose]:
+        self._unique(items, "id", "purposes")
+        purposes: dict[str, Purpose] = {}
+        owner: dict[str, str] = {}
+        for index, item in enumerate(items):
+            ident = str(item["id"])
+            for position, category in enumerate(item["categories"]):
+                if category in owner and owner[category] != ident:
+                    self.problem(
+                        ["purposes", index, "categories", position],
+                        f"category {category!r} already belongs to purpose {owner[category]!r}",
+                    )
+                owner.setdefault(str(category), ident)
+            purposes.setdefault(
+                ident, Purpose(ident, str(item["description"]), tuple(str(c) for c in item["categories"]))
+            )
+        return purposes
 
     def _unique(self, items: Iterable[Any], key: str, section: str) -> None:
         seen: dict[str, int] = {}
@@ -253,11 +279,22 @@ class _Builder:
         return events
 
     def _actions(
-        self, items: list[Any], fields: Mapping[str, FieldSpec], events: Mapping[str, EventSpec]
+        self,
+        items: list[Any],
+        fields: Mapping[str, FieldSpec],
+        events: Mapping[str, EventSpec],
+        purposes: Mapping[str, Purpose],
     ) -> dict[str, Action]:
         self._unique(items, "id", "actions")
         actions: dict[str, Action] = {}
+        purpose_of = {category: p.id for p in purposes.values() for category in p.categories}
         for index, item in enumerate(items):
+            purpose = purpose_of.get(str(item["category"]), "")
+            if purposes and not purpose:
+                self.problem(
+                    ["actions", index, "category"],
+                    f"category {item['category']!r} belongs to no purpose; add it to one under purposes",
+                )
             scripts: dict[Channel, str] = {}
             for channel_name, text in item["scripts"].items():
                 scripts[Channel(channel_name)] = str(text)
@@ -289,7 +326,15 @@ class _Builder:
                     self.problem(["actions", index, "trigger", "lifetime"], "lifetime must be longer than zero")
             actions.setdefault(
                 str(item["id"]),
-                Action(str(item["id"]), str(item["category"]), scripts, str(item.get("description", "")), trigger),
+                Action(
+                    str(item["id"]),
+                    str(item["category"]),
+                    scripts,
+                    str(item.get("description", "")),
+                    trigger,
+                    purpose,
+                    ActionType(item.get("type", ActionType.OFFER.value)),
+                ),
             )
         return actions
 
@@ -417,6 +462,7 @@ class _Builder:
         fields: Mapping[str, FieldSpec],
         fact_fields: Mapping[str, FieldSpec],
         actions: Mapping[str, Action],
+        purposes: Mapping[str, Purpose],
     ) -> Policies:
         def boolean_field(name: str, path: list[str | int]) -> None:
             spec = fields.get(name)
@@ -425,10 +471,39 @@ class _Builder:
             elif spec.type != "boolean":
                 self.problem(path, f"field {name!r} must be a boolean field")
 
-        consent: dict[Channel, str] = {}
-        for channel_name, name in doc.get("consent", {}).items():
-            boolean_field(str(name), ["policies", "consent", channel_name])
-            consent[Channel(channel_name)] = str(name)
+        def known_purpose(name: Any, path: list[str | int]) -> str:
+            if str(name) not in purposes:
+                known = ", ".join(purposes) or "none are declared"
+                self.problem(path, f"purpose {name!r} is not declared under purposes ({known})")
+            return str(name)
+
+        def directions(item: Any, key: str) -> frozenset[Direction]:
+            return frozenset(Direction(d) for d in item.get(key, [d.value for d in Direction]))
+
+        consent: list[Consent] = []
+        consent_doc = doc.get("consent", {})
+        if isinstance(consent_doc, dict):
+            for channel_name, name in consent_doc.items():
+                boolean_field(str(name), ["policies", "consent", channel_name])
+                consent.append(Consent(str(name), Channel(channel_name)))
+        else:
+            seen_ids: dict[str, int] = {}
+            for index, item in enumerate(consent_doc):
+                path0: list[str | int] = ["policies", "consent", index]
+                boolean_field(str(item["field"]), [*path0, "field"])
+                scoped = item.get("purposes")
+                entry = Consent(
+                    str(item["field"]),
+                    Channel(item["channel"]),
+                    None
+                    if scoped is None
+                    else frozenset(known_purpose(p, [*path0, "purposes", i]) for i, p in enumerate(scoped)),
+                    directions(item, "directions"),
+                )
+                if entry.id in seen_ids and consent[seen_ids[entry.id]].directions & entry.directions:
+                    self.problem(path0, f"consent for the same channel and purposes as item #{seen_ids[entry.id] + 1}")
+                seen_ids.setdefault(entry.id, index)
+                consent.append(entry)
         dnc = None
         if "do_not_call" in doc:
             dnc = str(doc["do_not_call"]["field"])
@@ -445,8 +520,11 @@ class _Builder:
             category = item.get("category")
             if category is not None and category not in categories:
                 self.problem([*path, "category"], f"no action has category {category!r}")
-            if action is not None and category is not None:
-                self.problem(path, "give either action or category, not both")
+            purpose = item.get("purpose")
+            if purpose is not None:
+                known_purpose(purpose, [*path, "purpose"])
+            if sum(x is not None for x in (action, category, purpose)) > 1:
+                self.problem(path, "give one of action, category or purpose, not more")
             within = _duration(item["within"])
             if within <= timedelta(0):
                 self.problem([*path, "within"], "the window must be longer than zero")
@@ -458,6 +536,44 @@ class _Builder:
                     None if action is None else str(action),
                     None if category is None else str(category),
                     Channel(item["channel"]) if "channel" in item else None,
+                    str(item.get("description", "")),
+                    None if purpose is None else str(purpose),
+                    Direction(item["direction"]) if "direction" in item else None,
+                )
+            )
+        constraints: list[Constraint] = []
+        constraint_items = doc.get("constraints", [])
+        self._unique(constraint_items, "id", "constraints")
+        taken = {cap.id for cap in caps}
+        for index, item in enumerate(constraint_items):
+            path = ["policies", "constraints", index]
+            if str(item["id"]) in taken:
+                self.problem([*path, "id"], f"id {item['id']!r} is already a frequency cap's id")
+            action = item.get("action")
+            if action is not None and action not in actions:
+                self.problem([*path, "action"], f"action {action!r} is not declared under actions")
+            category = item.get("category")
+            if category is not None and category not in categories:
+                self.problem([*path, "category"], f"no action has category {category!r}")
+            purpose = item.get("purpose")
+            if purpose is not None:
+                known_purpose(purpose, [*path, "purpose"])
+            if sum(x is not None for x in (action, category, purpose)) > 1:
+                self.problem(path, "give one of action, category or purpose, not more")
+            within = _duration(item["within"])
+            if within <= timedelta(0):
+                self.problem([*path, "within"], "the window must be longer than zero")
+            constraints.append(
+                Constraint(
+                    str(item["id"]),
+                    frozenset(str(o) for o in item["outcomes"]),
+                    int(item["after"]),
+                    within,
+                    None if action is None else str(action),
+                    None if category is None else str(category),
+                    None if purpose is None else str(purpose),
+                    Channel(item["channel"]) if "channel" in item else None,
+                    Direction(item["direction"]) if "direction" in item else None,
                     str(item.get("description", "")),
                 )
             )
@@ -475,6 +591,11 @@ class _Builder:
                     when,
                     channels,
                     frozenset(str(c) for c in item.get("except_categories", [])),
+                    directions(item, "directions"),
+                    frozenset(
+                        known_purpose(p, [*path, "except_purposes", i])
+                        for i, p in enumerate(item.get("except_purposes", []))
+                    ),
                 )
             )
         quiet = None
@@ -494,7 +615,7 @@ class _Builder:
             if start == end:
                 self.problem(path, "start and end are equal; remove quiet_hours instead")
             quiet = QuietHours(start, end, tz_field, default_tz)
-        return Policies(consent, dnc, tuple(caps), tuple(suppressions), quiet)
+        return Policies(tuple(consent), dnc, tuple(caps), tuple(suppressions), quiet, tuple(constraints))
 
 
 def _duration(text: str) -> timedelta:

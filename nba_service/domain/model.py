@@ -20,6 +20,29 @@ class Channel(enum.StrEnum):
     OUTBOUND_DIALER = "outbound_dialer"
 
 
+class Direction(enum.StrEnum):
+    """Who started the contact: the customer calling in (an agent answering), or us calling out."""
+
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+def default_direction(channel: Channel) -> Direction:
+    """A dialer only ever calls out; an agent desktop is answering a call unless the request says otherwise."""
+    return Direction.OUTBOUND if channel is Channel.OUTBOUND_DIALER else Direction.INBOUND
+
+
+def direction_fits(channel: Channel, direction: Direction) -> bool:
+    return not (channel is Channel.OUTBOUND_DIALER and direction is Direction.INBOUND)
+
+
+class ActionType(enum.StrEnum):
+    OFFER = "offer"
+    # A regulatory notice: skips frequency caps, constraint pauses and suppressions, never do-not-contact,
+    # do-not-call, consent for its purpose or the calling window; ranks above every offer.
+    MANDATORY = "mandatory"
+
+
 class Op(enum.StrEnum):
     EQ = "eq"
     NE = "ne"
@@ -92,6 +115,21 @@ class Action:
     scripts: dict[Channel, str]
     description: str = ""
     trigger: Trigger | None = None
+    # What the contact is for (`service`, `marketing`, ...), from the ruleset's `purposes`; "" when the ruleset
+    # declares none. Consent is given per purpose and channel.
+    purpose: str = ""
+    type: ActionType = ActionType.OFFER
+
+    @property
+    def mandatory(self) -> bool:
+        return self.type is ActionType.MANDATORY
+
+
+@dataclass(frozen=True, slots=True)
+class Purpose:
+    id: str
+    description: str
+    categories: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +151,26 @@ class FrequencyCap:
     category: str | None = None
     channel: Channel | None = None
     description: str = ""
+    purpose: str | None = None
+    direction: Direction | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """Pauses an action, a category, a purpose or a whole channel for a customer once `after` contacts of theirs
+    in scope ended with one of `outcomes` within `within` (two declines in 90 days, three no answers in a week).
+    Scoped like a frequency cap: every field left out matches everything."""
+
+    id: str
+    outcomes: frozenset[str]
+    after: int
+    within: timedelta
+    action: str | None = None
+    category: str | None = None
+    purpose: str | None = None
+    channel: Channel | None = None
+    direction: Direction | None = None
+    description: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +180,32 @@ class Suppression:
     when: When
     channels: frozenset[Channel] = frozenset(Channel)
     except_categories: frozenset[str] = frozenset()
+    directions: frozenset[Direction] = frozenset(Direction)
+    except_purposes: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """The customer must have said yes (`field` is true) before `channel` may carry actions of these purposes
+    (every purpose when `purposes` is None) in these directions."""
+
+    field: str
+    channel: Channel
+    purposes: frozenset[str] | None = None
+    directions: frozenset[Direction] = frozenset(Direction)
+
+    @property
+    def id(self) -> str:
+        if self.purposes is None:
+            return f"consent:{self.channel.value}"
+        return f"consent:{'+'.join(sorted(self.purposes))}:{self.channel.value}"
+
+    def applies(self, channel: Channel, purpose: str, direction: Direction) -> bool:
+        return (
+            channel is self.channel
+            and direction in self.directions
+            and (self.purposes is None or purpose in self.purposes)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +218,15 @@ class QuietHours:
 
 @dataclass(frozen=True, slots=True)
 class Policies:
-    consent: dict[Channel, str] = field(default_factory=dict)
+    consent: tuple[Consent, ...] = ()
     do_not_call_field: str | None = None
     frequency_caps: tuple[FrequencyCap, ...] = ()
     suppressions: tuple[Suppression, ...] = ()
     quiet_hours: QuietHours | None = None
+    constraints: tuple[Constraint, ...] = ()
+
+    def consent_fields(self) -> list[str]:
+        return list(dict.fromkeys(c.field for c in self.consent))
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +250,7 @@ class Ruleset:
     policies: Policies
     content_hash: str
     source: str = ""
+    purposes: dict[str, Purpose] = field(default_factory=dict)
     # The file's text exactly as signed off (its UTF-8 bytes hash to `content_hash`): what the ruleset archive
     # keeps, so a past decision can be explained by the very version that made it.
     text: str = field(default="", repr=False, compare=False)

@@ -17,7 +17,7 @@ from datetime import datetime
 from nba_service.domain.arbitration import rank
 from nba_service.domain.compiler import CompiledRuleset, compile_ruleset
 from nba_service.domain.facts import FactValue, project
-from nba_service.domain.model import Channel, FieldSpec, Ruleset
+from nba_service.domain.model import Channel, Direction, FieldSpec, Ruleset, default_direction
 from nba_service.domain.policy import Candidate, apply_policies, valid_until
 from nba_service.domain.ports import Evaluator
 from nba_service.domain.profile import Profile
@@ -86,10 +86,14 @@ def evaluate(
     now: datetime,
     limit: int,
     stages: Stages = _unwatched,
+    direction: Direction | None = None,
 ) -> Evaluation:
-    """`limit` is the most actions to return. An engine failure falls back to the reference evaluator (same
-    answer, slower) and is reported in `engine_error` for the caller to log: a decision never fails on it."""
+    """`limit` is the most actions to return; `direction` defaults to the channel's usual one (a dialer calls
+    out, a desktop answers). An engine failure falls back to the reference evaluator (same answer, slower) and
+    is reported in `engine_error` for the caller to log: a decision never fails on it."""
     ruleset = active.ruleset
+    if direction is None:
+        direction = default_direction(channel)
     with stages("rules"):
         projection = project(ruleset, profile, now, active.fact_fields)
         engine_name = active.engine_name
@@ -102,9 +106,11 @@ def evaluate(
             engine_name = FALLBACK_ENGINE
     candidates = [Candidate(i, ruleset.rules[i], ruleset.actions[ruleset.rules[i].action]) for i in matched]
     with stages("policy"):
-        kept, dropped = apply_policies(ruleset, profile, projection, channel, now, candidates)
+        kept, dropped = apply_policies(ruleset, profile, projection, channel, now, candidates, direction)
     with stages("arbitration"):
-        chosen, ranked_out = rank(kept, limit, ruleset=ruleset, profile=profile, channel=channel, now=now)
+        chosen, ranked_out = rank(
+            kept, limit, ruleset=ruleset, profile=profile, channel=channel, now=now, direction=direction
+        )
     with stages("rendering"):
         actions = tuple(
             DecidedAction(
@@ -115,6 +121,7 @@ def evaluate(
                 reason=c.rule.reason,
                 rule_id=c.rule.id,
                 valid_until=valid_until(ruleset, c, profile, projection, channel, now),
+                mandatory=c.action.mandatory,
             )
             for position, c in enumerate(chosen, start=1)
         )

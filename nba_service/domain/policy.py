@@ -7,12 +7,22 @@ exactly why a matching rule produced nothing.
 from __future__ import annotations
 
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from nba_service.domain.facts import Projection
-from nba_service.domain.model import Action, Channel, FrequencyCap, QuietHours, Rule, Ruleset
-from nba_service.domain.profile import Profile
+from nba_service.domain.model import (
+    Action,
+    Channel,
+    Constraint,
+    Direction,
+    FrequencyCap,
+    QuietHours,
+    Rule,
+    Ruleset,
+)
+from nba_service.domain.profile import Contact, Profile
 from nba_service.domain.records import DroppedCandidate
 from nba_service.domain.reference import when_holds
 
@@ -24,12 +34,39 @@ class Candidate:
     action: Action
 
 
-def _channel_block(ruleset: Ruleset, profile: Profile, channel: Channel, now: datetime) -> tuple[str, str, str] | None:
-    """(reason, detail, policy id) of what blocks every action on this channel, or None."""
+DO_NOT_CONTACT = "do_not_contact"
+"""The policy id of a do-not-contact listing: kept by the service for every ruleset, not declared in one."""
+
+Block = tuple[str, str, str]
+"""(reason, detail, policy id) of what drops a candidate."""
+
+
+def _do_not_contact(profile: Profile, channel: Channel, direction: Direction, now: datetime) -> Block | None:
+    """A listing stops us contacting the customer; a customer who calls in is still helped."""
+    if direction is not Direction.OUTBOUND:
+        return None
+    for entry in profile.do_not_contact:
+        if entry.covers(channel) and entry.active(now):
+            detail = f"listed ({entry.reason.value}, source {entry.source or 'unknown'}"
+            if entry.expires_at is not None:
+                detail += f", until {entry.expires_at.isoformat()}"
+            return DO_NOT_CONTACT, detail + ")", DO_NOT_CONTACT
+    return None
+
+
+def _no_consent(
+    ruleset: Ruleset, profile: Profile, action: Action, channel: Channel, direction: Direction
+) -> Block | None:
+    for consent in ruleset.policies.consent:
+        if consent.applies(channel, action.purpose, direction) and profile.attributes.get(consent.field) is not True:
+            purpose = f" for {action.purpose}" if consent.purposes is not None else ""
+            return "no_consent", f"{consent.field} is not true{purpose}", consent.id
+    return None
+
+
+def _channel_block(ruleset: Ruleset, profile: Profile, channel: Channel, now: datetime) -> Block | None:
+    """What blocks every action on this channel whatever its purpose (do-not-call, quiet hours), or None."""
     policies = ruleset.policies
-    consent_field = policies.consent.get(channel)
-    if consent_field is not None and profile.attributes.get(consent_field) is not True:
-        return "no_consent", f"{consent_field} is not true", f"consent:{channel.value}"
     if channel is Channel.OUTBOUND_DIALER:
         if policies.do_not_call_field is not None and profile.attributes.get(policies.do_not_call_field) is not False:
             # Unknown do-not-call status is treated as "do not call": the safe side for a dialer.
@@ -79,33 +116,57 @@ def in_quiet_hours(quiet: QuietHours, profile: Profile, now: datetime) -> bool:
     return minute >= quiet.start_minute or minute < quiet.end_minute
 
 
-def _cap_applies(cap: FrequencyCap, action: Action, channel: Channel) -> bool:
+Scoped = FrequencyCap | Constraint
+
+
+def _cap_applies(cap: Scoped, action: Action, channel: Channel, direction: Direction) -> bool:
     if cap.channel is not None and cap.channel is not channel:
+        return False
+    if cap.direction is not None and cap.direction is not direction:
         return False
     if cap.action is not None:
         return cap.action == action.id
     if cap.category is not None:
         return cap.category == action.category
+    if cap.purpose is not None:
+        return cap.purpose == action.purpose
+    return True
+
+
+def _in_scope(cap: Scoped, ruleset: Ruleset, contact: Contact) -> bool:
+    if cap.channel is not None and contact.channel is not cap.channel:
+        return False
+    if cap.direction is not None and contact.contact_direction is not cap.direction:
+        return False
+    if cap.action is not None:
+        return contact.action_id == cap.action
+    if cap.category is not None or cap.purpose is not None:
+        past = ruleset.actions.get(contact.action_id)
+        if past is None:
+            return False
+        if cap.category is not None:
+            return past.category == cap.category
+        return past.purpose == cap.purpose
     return True
 
 
 def _cap_count(cap: FrequencyCap, ruleset: Ruleset, profile: Profile, now: datetime) -> int:
+    return _count(cap, ruleset, profile, now, lambda contact: contact.counts_at(now))
+
+
+def _constraint_count(constraint: Constraint, ruleset: Ruleset, profile: Profile, now: datetime) -> int:
+    return _count(constraint, ruleset, profile, now, lambda contact: contact.outcome.value in constraint.outcomes)
+
+
+def _count(cap: Scoped, ruleset: Ruleset, profile: Profile, now: datetime, counts: Callable[[Contact], bool]) -> int:
     since = now - cap.within
     count = 0
     seen: set[tuple[str, str]] = set()
     for contact in profile.contacts:
         if contact.time <= since or contact.time > now + timedelta(minutes=5):
             continue
-        if not contact.counts:
+        if not counts(contact) or not _in_scope(cap, ruleset, contact):
             continue
-        if cap.channel is not None and contact.channel is not cap.channel:
-            continue
-        if cap.action is not None and contact.action_id != cap.action:
-            continue
-        if cap.category is not None:
-            past = ruleset.actions.get(contact.action_id)
-            if past is None or past.category != cap.category:
-                continue
         if contact.decision_id:
             # Several outcomes for one offer (accepted, then converted) are still one contact.
             if (contact.decision_id, contact.action_id) in seen:
@@ -122,25 +183,47 @@ def apply_policies(
     channel: Channel,
     now: datetime,
     candidates: list[Candidate],
+    direction: Direction,
 ) -> tuple[list[Candidate], list[DroppedCandidate]]:
+    """Checks in the order a reviewer reads them: do-not-contact, consent for the action's purpose, do-not-call,
+    quiet hours, suppressions, channel fit, trigger, constraint pauses, frequency caps. A mandatory action skips
+    suppressions, pauses and caps, never the first four."""
     kept: list[Candidate] = []
     dropped: list[DroppedCandidate] = []
 
     def drop(candidate: Candidate, reason: str, detail: str, policy: str = "") -> None:
         dropped.append(DroppedCandidate(candidate.rule.id, candidate.action.id, reason, detail, "policy", policy))
 
+    listed = _do_not_contact(profile, channel, direction, now)
     block = _channel_block(ruleset, profile, channel, now)
     suppressions = [
-        s for s in ruleset.policies.suppressions if channel in s.channels and when_holds(s.when, projection.facts)
+        s
+        for s in ruleset.policies.suppressions
+        if channel in s.channels and direction in s.directions and when_holds(s.when, projection.facts)
     ]
     cap_counts: dict[str, int] = {}
+    constraint_counts: dict[str, int] = {}
     for candidate in candidates:
         action = candidate.action
+        if listed is not None:
+            drop(candidate, *listed)
+            continue
+        no_consent = _no_consent(ruleset, profile, action, channel, direction)
+        if no_consent is not None:
+            drop(candidate, *no_consent)
+            continue
         if block is not None:
             drop(candidate, *block)
             continue
-        suppression = next((s for s in suppressions if action.category not in s.except_categories), None)
-        if suppression is not None:
+        suppression = next(
+            (
+                s
+                for s in suppressions
+                if action.category not in s.except_categories and action.purpose not in s.except_purposes
+            ),
+            None,
+        )
+        if suppression is not None and not action.mandatory:
             drop(candidate, "suppression", f"{suppression.id}: {suppression.description}", suppression.id)
             continue
         if channel not in action.scripts:
@@ -154,9 +237,30 @@ def apply_policies(
             if now - event.time > action.trigger.lifetime:
                 drop(candidate, "expired_trigger", f"{action.trigger.event} is older than its lifetime")
                 continue
+        if action.mandatory:
+            kept.append(candidate)
+            continue
+        paused = None
+        for constraint in ruleset.policies.constraints:
+            if not _cap_applies(constraint, action, channel, direction):
+                continue
+            if constraint.id not in constraint_counts:
+                constraint_counts[constraint.id] = _constraint_count(constraint, ruleset, profile, now)
+            if constraint_counts[constraint.id] >= constraint.after:
+                paused = constraint
+                break
+        if paused is not None:
+            outcomes = " or ".join(sorted(paused.outcomes))
+            drop(
+                candidate,
+                "constraint",
+                f"{paused.id}: paused after {paused.after} {outcomes} within {paused.within}",
+                paused.id,
+            )
+            continue
         capped = None
         for cap in ruleset.policies.frequency_caps:
-            if not _cap_applies(cap, action, channel):
+            if not _cap_applies(cap, action, channel, direction):
                 continue
             if cap.id not in cap_counts:
                 cap_counts[cap.id] = _cap_count(cap, ruleset, profile, now)
@@ -192,11 +296,12 @@ def policy_ids(ruleset: Ruleset) -> list[str]:
     """Every id a dropped candidate's `policy` can carry under this ruleset, in the order the file declares them,
     so scenario coverage can say which contact policies no case ever saw act."""
     policies = ruleset.policies
-    ids = [f"consent:{channel.value}" for channel in policies.consent]
+    ids = list(dict.fromkeys(consent.id for consent in policies.consent))
     if policies.do_not_call_field is not None:
         ids.append("do_not_call")
     if policies.quiet_hours is not None:
         ids.append("quiet_hours")
     ids.extend(cap.id for cap in policies.frequency_caps)
     ids.extend(suppression.id for suppression in policies.suppressions)
+    ids.extend(constraint.id for constraint in policies.constraints)
     return ids

@@ -16,8 +16,17 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from nba_service.domain.contact_points import phone_from_json, phone_to_json
-from nba_service.domain.model import Channel
-from nba_service.domain.profile import AttributeValue, Contact, Event, Outcome, OutcomeKind, Profile
+from nba_service.domain.model import Channel, Direction, default_direction
+from nba_service.domain.profile import (
+    AttributeValue,
+    Contact,
+    DoNotContact,
+    DoNotContactReason,
+    Event,
+    Outcome,
+    OutcomeKind,
+    Profile,
+)
 
 if TYPE_CHECKING:
     from nba_service.review.explain import Explanation
@@ -43,6 +52,8 @@ class DecidedAction:
     reason: str
     rule_id: str
     valid_until: datetime
+    # A regulatory notice (the action's type is mandatory): ranked first and recorded as such.
+    mandatory: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +71,7 @@ class Decision:
     channel: Channel
     actions: tuple[DecidedAction, ...]
     ruleset: RulesetRef
+    direction: Direction = Direction.INBOUND
     # Only for a dry run (`DecisionService.decide(dry_run=True)`): why the answer came out as it did.
     explanation: Explanation | None = None
 
@@ -160,6 +172,7 @@ class DecisionInputs:
                         "decision_id": c.decision_id,
                         "note": c.note,
                         "reached": c.reached,
+                        **_contact_extras(c),
                     }
                     for c in profile.contacts
                 ],
@@ -168,6 +181,8 @@ class DecisionInputs:
         }
         if profile.phones:  # absent for profiles without numbers, as in records written before numbers were kept
             data["profile"]["phones"] = [phone_to_json(p) for p in profile.phones]
+        if profile.do_not_contact:  # absent when not listed, as in records written before listings were kept
+            data["profile"]["do_not_contact"] = [do_not_contact_to_json(d) for d in profile.do_not_contact]
         return data
 
     @classmethod
@@ -197,15 +212,52 @@ class DecisionInputs:
                             str(c.get("decision_id", "")),
                             str(c.get("note", "")),
                             None if c.get("reached") is None else bool(c["reached"]),
+                            None if c.get("direction") is None else Direction(c["direction"]),
+                            None if c.get("pending_until") is None else _aware(c["pending_until"]),
                         )
                         for c in profile["contacts"]
                     ),
                     tuple(phone_from_json(p, f"phones[{i}]") for i, p in enumerate(profile.get("phones") or ())),
+                    tuple(do_not_contact_from_json(d) for d in profile.get("do_not_contact") or ()),
                 ),
                 int(data["limit"]),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not decision inputs: missing or malformed {exc}") from exc
+
+
+def _contact_extras(contact: Contact) -> dict[str, Any]:
+    """Fields written only when set, so records of contacts without them stay as they were."""
+    extras: dict[str, Any] = {}
+    if contact.direction is not None:
+        extras["direction"] = contact.direction.value
+    if contact.pending_until is not None:
+        extras["pending_until"] = contact.pending_until.isoformat()
+    return extras
+
+
+def do_not_contact_to_json(entry: DoNotContact) -> dict[str, Any]:
+    return {
+        "channel": None if entry.channel is None else entry.channel.value,
+        "reason": entry.reason.value,
+        "source": entry.source,
+        "added_at": entry.added_at.isoformat(),
+        "expires_at": None if entry.expires_at is None else entry.expires_at.isoformat(),
+        "added_by": entry.added_by,
+        "note": entry.note,
+    }
+
+
+def do_not_contact_from_json(data: dict[str, Any]) -> DoNotContact:
+    return DoNotContact(
+        None if data.get("channel") is None else Channel(data["channel"]),
+        DoNotContactReason(data["reason"]),
+        str(data.get("source") or ""),
+        _aware(data["added_at"]),
+        None if data.get("expires_at") is None else _aware(data["expires_at"]),
+        str(data.get("added_by") or ""),
+        str(data.get("note") or ""),
+    )
 
 
 _FLOAT_TAG = "$float"
@@ -273,6 +325,13 @@ class DecisionRecord:
     # The OpenTelemetry trace the decision was made in (32 hex digits), so an explanation leads to its trace.
     # "" when tracing was off, and in records written before trace ids were kept.
     trace_id: str = ""
+    # Whether the customer called in or we called out. Records written before directions were kept read as the
+    # channel's usual direction.
+    direction: Direction | None = None
+
+    @property
+    def contact_direction(self) -> Direction:
+        return self.direction if self.direction is not None else default_direction(self.channel)
 
     def to_json(self) -> dict[str, Any]:
         """The record in the versioned export format (built field by field: `asdict` cost 3x as much)."""
@@ -283,6 +342,7 @@ class DecisionRecord:
             "decided_at": self.decided_at.isoformat(),
             "customer_id": self.customer_id,
             "channel": self.channel.value,
+            "direction": None if self.direction is None else self.direction.value,
             "ruleset": {"name": self.ruleset.name, "version": self.ruleset.version, "hash": self.ruleset.hash},
             "engine": self.engine,
             "rules_fired": [
@@ -309,6 +369,7 @@ class DecisionRecord:
                     "reason": a.reason,
                     "rule_id": a.rule_id,
                     "valid_until": a.valid_until.isoformat(),
+                    "mandatory": a.mandatory,
                 }
                 for a in self.actions
             ],
@@ -360,6 +421,7 @@ class DecisionRecord:
                         str(a["reason"]),
                         str(a["rule_id"]),
                         _aware(a["valid_until"]),
+                        bool(a.get("mandatory", False)),
                     )
                     for a in data["actions"]
                 ),
@@ -376,6 +438,8 @@ class DecisionRecord:
                 caller=str(data.get("caller") or ""),
                 # Absent in records written before trace ids were kept.
                 trace_id=str(data.get("trace_id") or ""),
+                # Absent in records written before directions were kept.
+                direction=None if data.get("direction") is None else Direction(data["direction"]),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a decision record: missing or malformed {exc}") from exc
@@ -389,6 +453,7 @@ class DecisionRecord:
             self.decided_at,
             self.delivery,
             self.caller,
+            self.direction,
         )
 
 
@@ -457,6 +522,7 @@ def outcome_to_json(outcome: Outcome) -> dict[str, Any]:
         "time": outcome.time.isoformat(),
         "note": outcome.note,
         "recorded_by": outcome.recorded_by,
+        "direction": None if outcome.direction is None else outcome.direction.value,
     }
 
 
@@ -472,6 +538,7 @@ def outcome_from_json(data: dict[str, Any]) -> Outcome:
             _aware(data["time"]),
             str(data.get("note", "")),
             str(data.get("recorded_by") or ""),
+            direction=None if data.get("direction") is None else Direction(data["direction"]),
         )
     except KeyError as exc:
         raise ValueError(f"not an outcome record: missing {exc}") from exc
@@ -506,3 +573,5 @@ class DecisionSummary:
     delivery: Delivery = Delivery.SENT
     caller: str = ""
     """The principal the decision was answered to ("" before callers were recorded)."""
+    direction: Direction | None = None
+    """None when the store does not know (read as the channel's usual direction)."""

@@ -36,10 +36,18 @@ from nba_service.domain.loader import (
     _SchemaValidator,
     unknown_keys,
 )
-from nba_service.domain.model import Channel, FieldSpec, Ruleset
+from nba_service.domain.model import Channel, Direction, FieldSpec, Ruleset, default_direction, direction_fits
 from nba_service.domain.pipeline import ActiveRuleset, Evaluation, evaluate
-from nba_service.domain.policy import policy_ids
-from nba_service.domain.profile import AttributeValue, Contact, Event, OutcomeKind, Profile
+from nba_service.domain.policy import DO_NOT_CONTACT, policy_ids
+from nba_service.domain.profile import (
+    AttributeValue,
+    Contact,
+    DoNotContact,
+    DoNotContactReason,
+    Event,
+    OutcomeKind,
+    Profile,
+)
 from nba_service.domain.records import DroppedCandidate
 from nba_service.errors import RulesetInvalid, RulesetProblem
 
@@ -48,6 +56,7 @@ CUSTOMER_ID = "SCENARIO"
 DEFAULT_MAX_ACTIONS = 3
 # Every reason policy.apply_policies and arbitration.rank give; the schema's enum lists the same (tested).
 DROP_REASONS = (
+    "do_not_contact",
     "no_consent",
     "do_not_call",
     "quiet_hours",
@@ -55,6 +64,7 @@ DROP_REASONS = (
     "channel_fit",
     "missing_trigger",
     "expired_trigger",
+    "constraint",
     "frequency_cap",
     "duplicate_action",
     "ranked_out",
@@ -137,6 +147,7 @@ class Scenario:
     profile: Profile
     expect: Expectation
     description: str = ""
+    direction: Direction | None = None
 
     @property
     def now(self) -> datetime:
@@ -171,7 +182,14 @@ class CaseResult:
 
 
 def run_case(active: ActiveRuleset, scenario: Scenario) -> CaseResult:
-    evaluation = evaluate(active, scenario.profile, scenario.channel, scenario.now, scenario.max_actions)
+    evaluation = evaluate(
+        active,
+        scenario.profile,
+        scenario.channel,
+        scenario.now,
+        scenario.max_actions,
+        direction=scenario.direction,
+    )
     fired = {f.rule_id for f in evaluation.rules_fired}
     return CaseResult(
         scenario,
@@ -289,7 +307,7 @@ class _Reader:
         self.ruleset = ruleset
         self.problems: list[RulesetProblem] = []
         self.rule_actions = {rule.id: rule.action for rule in ruleset.rules}
-        self.policies = policy_ids(ruleset)
+        self.policies = [*policy_ids(ruleset), DO_NOT_CONTACT]
         self.where_declared = f"ruleset {ruleset.meta.name}"
 
     def _undeclared(self, kind: str, value: str, known: Sequence[str]) -> str:
@@ -394,6 +412,11 @@ class _Reader:
         path: list[str | int] = ["cases", index]
         before = len(self.problems)
         channel = Channel(case.get("channel", defaults.get("channel", Channel.AGENT_DESKTOP.value)))
+        direction_name = case.get("direction", defaults.get("direction"))
+        direction = default_direction(channel) if direction_name is None else Direction(direction_name)
+        if not direction_fits(channel, direction):
+            where = [*path, "direction"] if "direction" in case else [*path, "channel"]
+            self.problem(where, "the outbound dialer only calls out; an inbound case is an agent_desktop case")
         max_actions = int(case.get("max_actions", defaults.get("max_actions", DEFAULT_MAX_ACTIONS)))
         if "timezone" in case:
             zone = self._zone(case["timezone"], [*path, "timezone"])
@@ -420,6 +443,16 @@ class _Reader:
         now = local.astimezone(UTC) if local is not None else datetime.fromtimestamp(0, UTC)
         events = self._events(case.get("events", []), [*path, "events"], now)
         contacts = self._contacts(case.get("contacts", []), [*path, "contacts"], now, channel, index)
+        listings = [
+            DoNotContact(
+                None if item.get("channel") is None else Channel(item["channel"]),
+                DoNotContactReason(item["reason"]),
+                str(item.get("source", "scenario")),
+                now - parse_duration(str(item.get("age", "1d"))),
+                None if "expires_in" not in item else now + parse_duration(str(item["expires_in"])),
+            )
+            for item in case.get("do_not_contact", [])
+        ]
         expectation = self._expectation(case["expect"], [*path, "expect"], channel, max_actions)
         if local is None or len(self.problems) > before:
             return None
@@ -443,9 +476,10 @@ class _Reader:
             channel=channel,
             local_time=local,
             max_actions=max_actions,
-            profile=Profile(CUSTOMER_ID, attributes, tuple(events), tuple(contacts)),
+            profile=Profile(CUSTOMER_ID, attributes, tuple(events), tuple(contacts), do_not_contact=tuple(listings)),
             expect=expectation,
             description=str(case.get("description", "")),
+            direction=direction,
         )
 
     def _check_value(self, spec: FieldSpec, value: Any, path: list[str | int]) -> None:
@@ -529,6 +563,8 @@ class _Reader:
                     # One synthetic decision per entry, so two entries are two contacts (policy counts one
                     # contact per decision and action).
                     decision_id=f"scenario-{case_index + 1}-contact-{position + 1}",
+                    direction=None if item.get("direction") is None else Direction(item["direction"]),
+                    pending_until=None if "pending_for" not in item else now + parse_duration(str(item["pending_for"])),
                 )
             )
         return contacts

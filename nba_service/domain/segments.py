@@ -48,7 +48,7 @@ def parse_segment(
     if len(equals) > MAX_CONDITIONS:
         problems.add(f"{field}.equals", f"at most {MAX_CONDITIONS} conditions")
         return Segment()
-    consent_fields = set(ruleset.policies.consent.values())
+    consent_fields = set(ruleset.policies.consent_fields())
     if ruleset.policies.do_not_call_field is not None:
         consent_fields.add(ruleset.policies.do_not_call_field)
     conditions: list[tuple[str, SegmentValue]] = []

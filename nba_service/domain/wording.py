@@ -17,6 +17,9 @@ from nba_service.domain.model import (
     Action,
     Channel,
     Condition,
+    Consent,
+    Constraint,
+    Direction,
     FieldSpec,
     FrequencyCap,
     Op,
@@ -26,7 +29,7 @@ from nba_service.domain.model import (
     Suppression,
     When,
 )
-from nba_service.domain.policy import policy_ids
+from nba_service.domain.policy import DO_NOT_CONTACT, policy_ids
 from nba_service.domain.records import DroppedCandidate
 
 EVENT_PREFIX = "events."
@@ -362,10 +365,15 @@ def policy_texts(ruleset: Ruleset) -> list[tuple[str, str]]:
 def policy_text(ruleset: Ruleset, policy_id: str) -> str:
     policies = ruleset.policies
     if policy_id.startswith("consent:"):
-        channel_name = policy_id.removeprefix("consent:")
-        for channel, field_name in policies.consent.items():
-            if channel.value == channel_name:
-                return _consent_text(channel, field_name, ruleset)
+        for consent in policies.consent:
+            if consent.id == policy_id:
+                return _consent_text(consent, ruleset)
+    if policy_id == DO_NOT_CONTACT:
+        return (
+            "Nobody listed as do-not-contact for a channel (at their own request, on a regulator's list, after a "
+            "bereavement or for vulnerability) is contacted on it until the listing is removed or expires; "
+            "a listed customer who calls in is still helped."
+        )
     if policy_id == "do_not_call" and policies.do_not_call_field is not None:
         return _do_not_call_text(policies.do_not_call_field, ruleset)
     if policy_id == "quiet_hours" and policies.quiet_hours is not None:
@@ -376,6 +384,9 @@ def policy_text(ruleset: Ruleset, policy_id: str) -> str:
     for suppression in policies.suppressions:
         if suppression.id == policy_id:
             return _suppression_text(suppression, ruleset)
+    for constraint in policies.constraints:
+        if constraint.id == policy_id:
+            return _constraint_text(constraint, ruleset)
     return (
         f"There is no contact policy {value_text(policy_id)} in ruleset {ruleset.meta.name} "
         f"version {ruleset.meta.version}."
@@ -386,9 +397,13 @@ def _flag_condition(field_name: str, wanted: bool, ruleset: Ruleset) -> str:
     return condition_text(Condition(field_name, Op.EQ, (wanted,)), ruleset)
 
 
-def _consent_text(channel: Channel, field_name: str, ruleset: Ruleset) -> str:
+def _consent_text(consent: Consent, ruleset: Ruleset) -> str:
+    what = "Nothing" if consent.purposes is None else f"No {' or '.join(sorted(consent.purposes))} action"
+    where = channel_text(consent.channel)
+    if consent.directions != frozenset(Direction):
+        where += " on " + " or ".join(f"{d.value} contacts" for d in sorted(consent.directions))
     return (
-        f"Nothing is offered on {channel_text(channel)} unless {_flag_condition(field_name, True, ruleset)}; "
+        f"{what} is offered on {where} unless {_flag_condition(consent.field, True, ruleset)}; "
         "when this is not known, nothing is offered."
     )
 
@@ -412,14 +427,35 @@ def _quiet_hours_text(quiet: QuietHours, ruleset: Ruleset) -> str:
     )
 
 
-def _cap_text(cap: FrequencyCap, ruleset: Ruleset) -> str:
-    if cap.action is not None:
-        counted = f"{'offer' if cap.max == 1 else 'offers'} of {_action_title(cap.action, ruleset)}"
-    elif cap.category is not None:
-        counted = f"{category_text(cap.category)} {'action' if cap.max == 1 else 'actions'}"
+def _scope_text(scoped: FrequencyCap | Constraint, many: bool, ruleset: Ruleset) -> str:
+    """What a cap or constraint counts: one action, a category, a purpose or everything, and where."""
+    if scoped.action is not None:
+        counted = f"{'offers' if many else 'offer'} of {_action_title(scoped.action, ruleset)}"
+    elif scoped.category is not None:
+        counted = f"{category_text(scoped.category)} {'actions' if many else 'action'}"
+    elif scoped.purpose is not None:
+        counted = f"{category_text(scoped.purpose)} {'actions' if many else 'action'}"
     else:
-        counted = f"{'action' if cap.max == 1 else 'actions'} of any kind"
-    where = "" if cap.channel is None else f" on {channel_text(cap.channel)}"
+        counted = f"{'actions' if many else 'action'} of any kind"
+    if scoped.direction is not None:
+        counted = f"{scoped.direction.value} {counted}"
+    where = "" if scoped.channel is None else f" on {channel_text(scoped.channel)}"
+    return counted + where
+
+
+def _constraint_text(constraint: Constraint, ruleset: Ruleset) -> str:
+    outcomes = _listing([o.replace("_", " ") for o in sorted(constraint.outcomes)], "or")
+    scope = _scope_text(constraint, True, ruleset)
+    sentence = (
+        f"After {constraint.after:,} {scope} ended {outcomes} within {duration_text(constraint.within)}, "
+        "no more are offered to that customer until fewer remain in that window."
+    )
+    return _with_purpose(sentence, constraint.description)
+
+
+def _cap_text(cap: FrequencyCap, ruleset: Ruleset) -> str:
+    counted = _scope_text(cap, cap.max != 1, ruleset)
+    where = ""
     sentence = (
         f"No more than {cap.max:,} {counted}{where} within {duration_text(cap.within)}, counting the contacts "
         "that reached the customer and the actions ranked higher in the same answer."
@@ -450,6 +486,7 @@ def _suppression_text(suppression: Suppression, ruleset: Ruleset) -> str:
 
 # --- dropped candidates --------------------------------------------------------------------------------------
 
+_LISTED = re.compile(r"listed \((\w+)")
 _CHOSEN_THROUGH = re.compile(r"already chosen through rule (\S+)")
 _TOP = re.compile(r"below the top (\d+)")
 _IN_DECISION = re.compile(r"(\d+) in the contact history and (\d+) already chosen")
@@ -462,6 +499,12 @@ def drop_text(dropped: DroppedCandidate, ruleset: Ruleset) -> str:
     lead = f"{title} (from rule {dropped.rule_id}) was not offered"
     reason = dropped.reason
     policy = f" The policy: {policy_text(ruleset, dropped.policy)}" if dropped.policy else ""
+    if reason == "do_not_contact":
+        listed = _LISTED.search(dropped.detail)
+        why = f" ({listed.group(1).replace('_', ' ')})" if listed else ""
+        return f"{lead}: the customer is listed as do-not-contact for this channel{why}.{policy}"
+    if reason == "constraint":
+        return f"{lead}: it is paused for this customer after how earlier contacts ended.{policy}"
     if reason == "no_consent":
         return f"{lead}: the customer has not given the consent this channel needs.{policy}"
     if reason == "do_not_call":

@@ -24,7 +24,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from nba_service.domain.loader import _located
-from nba_service.domain.model import Action, Channel, Condition, FieldSpec, Op, Rule, Ruleset, Scalar, When
+from nba_service.domain.model import Action, Channel, Condition, Direction, FieldSpec, Op, Rule, Ruleset, Scalar, When
+from nba_service.domain.policy import _cap_applies
 from nba_service.domain.scripts import SCRIPT_FIELDS, placeholders
 from nba_service.errors import RulesetProblem
 from nba_service.review.conditions import conflict, equivalent, implies, satisfiable
@@ -321,11 +322,15 @@ class _Checker:
     def _policy_block(self, rule: Rule, action: Action, channel: Channel) -> str | None:
         """Why contact policy stops this rule's action on this channel whenever the rule fires, or None."""
         policies = self.ruleset.policies
-        consent = policies.consent.get(channel)
-        if consent is not None and self._always(
-            rule, Condition(consent, Op.MISSING), Condition(consent, Op.NE, (True,))
-        ):
-            return f"consent ({consent} is never true when the rule fires)"
+        every_direction = frozenset(Direction) if channel is Channel.AGENT_DESKTOP else {Direction.OUTBOUND}
+        for consent in policies.consent:
+            if (
+                consent.channel is channel
+                and (consent.purposes is None or action.purpose in consent.purposes)
+                and every_direction <= consent.directions
+                and self._always(rule, Condition(consent.field, Op.MISSING), Condition(consent.field, Op.NE, (True,)))
+            ):
+                return f"consent ({consent.field} is never true when the rule fires)"
         dnc = policies.do_not_call_field
         if (
             channel is Channel.OUTBOUND_DIALER
@@ -336,17 +341,16 @@ class _Checker:
         for suppression in policies.suppressions:
             if (
                 channel in suppression.channels
+                and every_direction <= suppression.directions
+                and not action.mandatory
                 and action.category not in suppression.except_categories
+                and action.purpose not in suppression.except_purposes
                 and implies(rule.when, suppression.when, self.fields)
             ):
                 return f"suppression {suppression.id!r} (its conditions hold whenever the rule's do)"
         for cap in policies.frequency_caps:
-            applies = (cap.channel is None or cap.channel is channel) and (
-                cap.action == action.id
-                if cap.action is not None
-                else (cap.category is None or cap.category == action.category)
-            )
-            if cap.max == 0 and applies:
+            applies = all(_cap_applies(cap, action, channel, d) for d in every_direction)
+            if cap.max == 0 and applies and not action.mandatory:
                 return f"frequency cap {cap.id!r} (max 0)"
         return None
 

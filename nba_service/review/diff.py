@@ -225,7 +225,11 @@ def _policies(ruleset: Ruleset) -> dict[str, _Item]:
     for policy_id in policy_ids(ruleset):
         parts: dict[str, _Part]
         if policy_id.startswith("consent:"):
-            parts = {"consent field": policies.consent[Channel(policy_id.removeprefix("consent:"))]}
+            consent = next(c for c in policies.consent if c.id == policy_id)
+            parts = {
+                "consent field": consent.field,
+                "directions": ", ".join(sorted(d.value for d in consent.directions)),
+            }
         elif policy_id == "do_not_call":
             parts = {"do-not-call field": policies.do_not_call_field or ""}
         elif policy_id == "quiet_hours" and policies.quiet_hours is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from html import escape
 
-from nba_service.domain.model import Channel, Ruleset
+from nba_service.domain.model import Ruleset
 from nba_service.review.diff_html import REPORT_CSS
 from nba_service.review.starved import Blocker, ChannelStarvation, StarvedReport
 
@@ -37,8 +37,15 @@ def describe(blocker: Blocker, ruleset: Ruleset) -> str:
         if suppression.id == blocker.id:
             return suppression.description
     if blocker.id.startswith("consent:"):
-        channel = Channel(blocker.id.split(":", 1)[1])
-        return f"{policies.consent.get(channel, '?')} is not true (no consent for {channel.value})"
+        for consent in policies.consent:
+            if consent.id == blocker.id:
+                purposes = "" if consent.purposes is None else f" {'/'.join(sorted(consent.purposes))}"
+                return f"{consent.field} is not true (no{purposes} consent for {consent.channel.value})"
+    if blocker.id == "do_not_contact":
+        return "listed as do-not-contact (customer request, regulator list, bereavement or vulnerability)"
+    for constraint in policies.constraints:
+        if constraint.id == blocker.id:
+            return constraint.description or f"paused after {constraint.after} within {constraint.within}"
     if blocker.id == "do_not_call":
         return f"{policies.do_not_call_field} is not false (the do-not-call register)"
     if blocker.id == "quiet_hours":
