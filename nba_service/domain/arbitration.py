@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from nba_service.domain.model import Channel, Direction, FrequencyCap, Ruleset
-from nba_service.domain.policy import Candidate, _cap_applies, _cap_count
+from nba_service.domain.policy import Candidate, _binds, _cap_applies, _cap_count
 from nba_service.domain.profile import Profile
 from nba_service.domain.records import DroppedCandidate
 
@@ -29,7 +29,8 @@ def rank(
     the contact history alone; here a candidate is dropped (`frequency_cap`, stage `arbitration`) when the
     history plus the actions chosen before it would already reach a cap's max. A capped candidate takes no
     place in the answer; once the answer is full, the rest are `ranked_out` whatever their caps. A mandatory
-    action is never capped, though it counts toward the caps of what follows it, as any contact does.
+    action is capped only by a cap that names it, though it counts toward the caps of what follows it, as any
+    contact does.
     """
     ordered = sorted(candidates, key=lambda c: (not c.action.mandatory, -c.rule.priority, c.rule_index, c.action.id))
     chosen: list[Candidate] = []
@@ -39,10 +40,8 @@ def rank(
 
     def breached_cap(candidate: Candidate) -> tuple[FrequencyCap, int, int] | None:
         """(cap, contacts in the history, actions chosen in this decision) of the first cap it would breach."""
-        if candidate.action.mandatory:
-            return None
         for cap in ruleset.policies.frequency_caps:
-            if not _cap_applies(cap, candidate.action, channel, direction):
+            if not _binds(cap, candidate.action, channel, direction):
                 continue
             in_decision = sum(1 for c in chosen if _cap_applies(cap, c.action, channel, direction))
             if in_decision == 0:

@@ -499,6 +499,7 @@ class _Builder:
                     if scoped is None
                     else frozenset(known_purpose(p, [*path0, "purposes", i]) for i, p in enumerate(scoped)),
                     directions(item, "directions"),
+                    str(item.get("description", "")),
                 )
                 if entry.id in seen_ids and consent[seen_ids[entry.id]].directions & entry.directions:
                     self.problem(path0, f"consent for the same channel and purposes as item #{seen_ids[entry.id] + 1}")
@@ -560,6 +561,8 @@ class _Builder:
                 known_purpose(purpose, [*path, "purpose"])
             if sum(x is not None for x in (action, category, purpose)) > 1:
                 self.problem(path, "give one of action, category or purpose, not more")
+            if action is not None and item.get("per_action"):
+                self.problem([*path, "per_action"], "per_action counts each action apart; one action needs no more")
             within = _duration(item["within"])
             if within <= timedelta(0):
                 self.problem([*path, "within"], "the window must be longer than zero")
@@ -575,6 +578,7 @@ class _Builder:
                     Channel(item["channel"]) if "channel" in item else None,
                     Direction(item["direction"]) if "direction" in item else None,
                     str(item.get("description", "")),
+                    bool(item.get("per_action", False)),
                 )
             )
         suppressions: list[Suppression] = []

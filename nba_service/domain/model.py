@@ -38,8 +38,9 @@ def direction_fits(channel: Channel, direction: Direction) -> bool:
 
 class ActionType(enum.StrEnum):
     OFFER = "offer"
-    # A regulatory notice: skips frequency caps, constraint pauses and suppressions, never do-not-contact,
-    # do-not-call, consent for its purpose or the calling window; ranks above every offer.
+    # A regulatory notice: skips suppressions and the frequency caps and constraint pauses it shares with other
+    # actions (one that names it still limits its repeats), never do-not-contact, do-not-call, consent for its
+    # purpose or the calling window; ranks above every offer.
     MANDATORY = "mandatory"
 
 
@@ -171,6 +172,9 @@ class Constraint:
     channel: Channel | None = None
     direction: Direction | None = None
     description: str = ""
+    # Count each action's own outcomes apart ("an offer declined twice is not raised again") instead of the
+    # whole scope together ("four marketing declines pause all marketing").
+    per_action: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +197,18 @@ class Consent:
     channel: Channel
     purposes: frozenset[str] | None = None
     directions: frozenset[Direction] = frozenset(Direction)
+    description: str = ""
 
     @property
     def id(self) -> str:
-        if self.purposes is None:
-            return f"consent:{self.channel.value}"
-        return f"consent:{'+'.join(sorted(self.purposes))}:{self.channel.value}"
+        """`consent:<channel>`, with the purposes before the channel and the direction after it when scoped."""
+        parts = ["consent"]
+        if self.purposes is not None:
+            parts.append("+".join(sorted(self.purposes)))
+        parts.append(self.channel.value)
+        if self.directions != frozenset(Direction):
+            parts.extend(sorted(d.value for d in self.directions))
+        return ":".join(parts)
 
     def applies(self, channel: Channel, purpose: str, direction: Direction) -> bool:
         return (

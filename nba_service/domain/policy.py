@@ -133,6 +133,14 @@ def _cap_applies(cap: Scoped, action: Action, channel: Channel, direction: Direc
     return True
 
 
+def _binds(cap: Scoped, action: Action, channel: Channel, direction: Direction) -> bool:
+    """Whether the cap or constraint can stop this action: a mandatory notice is stopped only by one that names
+    it (its own repeat limit), never by one it shares with other actions."""
+    if action.mandatory and cap.action != action.id:
+        return False
+    return _cap_applies(cap, action, channel, direction)
+
+
 def _in_scope(cap: Scoped, ruleset: Ruleset, contact: Contact) -> bool:
     if cap.channel is not None and contact.channel is not cap.channel:
         return False
@@ -154,8 +162,13 @@ def _cap_count(cap: FrequencyCap, ruleset: Ruleset, profile: Profile, now: datet
     return _count(cap, ruleset, profile, now, lambda contact: contact.counts_at(now))
 
 
-def _constraint_count(constraint: Constraint, ruleset: Ruleset, profile: Profile, now: datetime) -> int:
-    return _count(constraint, ruleset, profile, now, lambda contact: contact.outcome.value in constraint.outcomes)
+def _constraint_count(constraint: Constraint, ruleset: Ruleset, profile: Profile, now: datetime, action: Action) -> int:
+    def counts(contact: Contact) -> bool:
+        return contact.outcome.value in constraint.outcomes and (
+            not constraint.per_action or contact.action_id == action.id
+        )
+
+    return _count(constraint, ruleset, profile, now, counts)
 
 
 def _count(cap: Scoped, ruleset: Ruleset, profile: Profile, now: datetime, counts: Callable[[Contact], bool]) -> int:
@@ -187,7 +200,7 @@ def apply_policies(
 ) -> tuple[list[Candidate], list[DroppedCandidate]]:
     """Checks in the order a reviewer reads them: do-not-contact, consent for the action's purpose, do-not-call,
     quiet hours, suppressions, channel fit, trigger, constraint pauses, frequency caps. A mandatory action skips
-    suppressions, pauses and caps, never the first four."""
+    suppressions and the pauses and caps it shares with other actions, never the first four."""
     kept: list[Candidate] = []
     dropped: list[DroppedCandidate] = []
 
@@ -237,16 +250,14 @@ def apply_policies(
             if now - event.time > action.trigger.lifetime:
                 drop(candidate, "expired_trigger", f"{action.trigger.event} is older than its lifetime")
                 continue
-        if action.mandatory:
-            kept.append(candidate)
-            continue
         paused = None
         for constraint in ruleset.policies.constraints:
-            if not _cap_applies(constraint, action, channel, direction):
+            if not _binds(constraint, action, channel, direction):
                 continue
-            if constraint.id not in constraint_counts:
-                constraint_counts[constraint.id] = _constraint_count(constraint, ruleset, profile, now)
-            if constraint_counts[constraint.id] >= constraint.after:
+            key = f"{constraint.id}\0{action.id}" if constraint.per_action else constraint.id
+            if key not in constraint_counts:
+                constraint_counts[key] = _constraint_count(constraint, ruleset, profile, now, action)
+            if constraint_counts[key] >= constraint.after:
                 paused = constraint
                 break
         if paused is not None:
@@ -260,7 +271,7 @@ def apply_policies(
             continue
         capped = None
         for cap in ruleset.policies.frequency_caps:
-            if not _cap_applies(cap, action, channel, direction):
+            if not _binds(cap, action, channel, direction):
                 continue
             if cap.id not in cap_counts:
                 cap_counts[cap.id] = _cap_count(cap, ruleset, profile, now)
