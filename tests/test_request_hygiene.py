@@ -201,7 +201,7 @@ class TestRulesetPatterns:
     @pytest.mark.parametrize(
         ("original", "changed"),
         [
-            ("version: 1.2.0", 'version: "1.2.0\\n"'),
+            ("version: 1.3.0", 'version: "1.3.0\\n"'),
             ("id: large-deposit-term-deposit", 'id: "large-deposit-term-deposit\\n"'),
         ],
     )

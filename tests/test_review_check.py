@@ -404,7 +404,7 @@ class TestCommand:
         not_bumped = nba("rulesets", "check", "--against", str(old), str(changed))
         assert not_bumped.returncode == 1
         assert "error version-not-bumped: ruleset 'retail-banking'" in not_bumped.stdout
-        bumped = changed.read_text(encoding="utf-8").replace("  version: 1.2.0", "  version: 1.3.0", 1)
+        bumped = changed.read_text(encoding="utf-8").replace("  version: 1.3.0", "  version: 1.3.1", 1)
         changed.write_text(bumped, "utf-8")
         assert nba("rulesets", "check", "--strict", "--against", str(old.parent), str(changed)).returncode == 0
         back = nba("rulesets", "check", "--json", "--against", str(changed), str(old))

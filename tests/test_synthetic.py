@@ -336,7 +336,9 @@ def test_bundled_sample_matches_the_generator() -> None:
 
 
 def test_default_action_ids_are_the_bundled_rulesets(ruleset: Ruleset) -> None:
-    assert tuple(ruleset.actions) == DEFAULT_ACTION_IDS
+    """The sample's contact history uses the bundled ruleset's actions. The overdraft notice came with ruleset
+    1.3.0 and is left out so that the sample, and the customers the docs name, stay as they were."""
+    assert tuple(a for a in ruleset.actions if a != "overdraft-terms-notice") == DEFAULT_ACTION_IDS
 
 
 def test_contacts_only_use_channels_the_action_has_a_script_for(population: list[Profile], ruleset: Ruleset) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from nba_service.domain.model import Channel, EventSpec, FieldSpec, FrequencyCap, Ruleset, Suppression
+from nba_service.domain.model import Channel, Constraint, EventSpec, FieldSpec, FrequencyCap, Ruleset, Suppression
 from nba_service.domain.policy import policy_ids
 from nba_service.domain.records import RulesetRef
 from nba_service.domain.wording import action_title, duration_text, policy_text, rule_text, when_text
@@ -221,6 +221,7 @@ def _policies(ruleset: Ruleset) -> dict[str, _Item]:
     policies = ruleset.policies
     caps = {cap.id: cap for cap in policies.frequency_caps}
     suppressions = {s.id: s for s in policies.suppressions}
+    constraints = {c.id: c for c in policies.constraints}
     items: dict[str, _Item] = {}
     for policy_id in policy_ids(ruleset):
         parts: dict[str, _Part]
@@ -241,6 +242,8 @@ def _policies(ruleset: Ruleset) -> dict[str, _Item]:
             }
         elif policy_id in caps:
             parts = _cap_parts(caps[policy_id])
+        elif policy_id in constraints:
+            parts = _constraint_parts(constraints[policy_id])
         else:
             parts = _suppression_parts(suppressions[policy_id], ruleset)
         items[policy_id] = _Item(parts, policy_text(ruleset, policy_id))
@@ -253,6 +256,28 @@ def _cap_parts(cap: FrequencyCap) -> dict[str, _Part]:
         if value is not None:
             parts[name] = str(value)
     parts["description"] = cap.description
+    return parts
+
+
+def _constraint_parts(constraint: Constraint) -> dict[str, _Part]:
+    parts: dict[str, _Part] = {
+        "kind": "constraint",
+        "outcomes": ", ".join(sorted(constraint.outcomes)),
+        "after": str(constraint.after),
+        "within": duration_text(constraint.within),
+        "per action": "yes" if constraint.per_action else "no",
+    }
+    scope = (
+        ("action", constraint.action),
+        ("category", constraint.category),
+        ("purpose", constraint.purpose),
+        ("channel", constraint.channel),
+        ("direction", constraint.direction),
+    )
+    for name, value in scope:
+        if value is not None:
+            parts[name] = str(value)
+    parts["description"] = constraint.description
     return parts
 
 

@@ -76,9 +76,9 @@ SCENARIOS: dict[str, tuple[Channel, Callable[[Oracle, Profile], bool], str]] = {
 def test_blocked_customer_gets_nothing_and_the_log_says_why(
     server: ServerHandle, oracle: Oracle, scenario: str
 ) -> None:
-    """A customer whose rules match but who is on the do-not-call register, has not consented to the channel,
-    is inside the dialer quiet hours, or is lost, gets no action; the decision log lists every matching rule
-    as dropped for that reason."""
+    """A customer whose rules match but who is on the do-not-call register or inside the dialer quiet hours, or
+    whose matching rules are all marketing while they have not consented to marketing on the channel or are
+    lost, gets no action; the decision log lists every matching rule as dropped for that reason."""
     channel, applies, reason = SCENARIOS[scenario]
     for profile in oracle.customers(server.ready_at):
         if not applies(oracle, profile):
@@ -87,6 +87,8 @@ def test_blocked_customer_gets_nothing_and_the_log_says_why(
         expected = oracle.stable(server, profile.customer_id, channel)
         if not fired or expected is None:
             continue
+        if reason in ("no_consent", "suppression") and _purposes(oracle, fired) != {"marketing"}:
+            continue  # service and compliance need no marketing consent and reach lost customers
         assert expected == [], f"{profile.customer_id}: the oracle itself offers {ids(expected)}"
         response = server.decide(profile.customer_id, channel, max_actions=20)
         assert response_ids(response) == []
@@ -100,6 +102,35 @@ def test_blocked_customer_gets_nothing_and_the_log_says_why(
     if scenario == "quiet_hours":
         pytest.skip("no dialer-eligible customer with matching rules is inside quiet hours right now")
     pytest.fail(f"no sample customer fits the {scenario} scenario")
+
+
+def _purposes(oracle: Oracle, actions: set[str]) -> set[str]:
+    return {oracle.ruleset.actions[a].purpose for a in actions}
+
+
+@pytest.mark.parametrize("scenario", ["no_dialer_consent", "lost_customer"])
+def test_service_and_compliance_still_reach_customers_without_marketing_consent_or_lost(
+    server: ServerHandle, oracle: Oracle, scenario: str
+) -> None:
+    """Consent is per purpose and the lost-customers suppression stops marketing only: a customer without
+    marketing consent, or a lost customer who calls in, still gets the service and compliance actions their
+    rules chose, and only the marketing ones are dropped, for that reason."""
+    channel, applies, reason = SCENARIOS[scenario]
+    for profile in oracle.customers(server.ready_at):
+        if not applies(oracle, profile):
+            continue
+        fired = _fired_actions(oracle, server, profile.customer_id)
+        expected = oracle.stable(server, profile.customer_id, channel)
+        if not fired or expected is None or not expected or "marketing" not in _purposes(oracle, fired):
+            continue
+        response = server.decide(profile.customer_id, channel, max_actions=20)
+        assert response_ids(response) == ids(expected)
+        assert _purposes(oracle, set(response_ids(response))) <= {"service", "compliance"}
+        record = server.wait_for_decisions([response.decision_id])[response.decision_id]
+        marketing = {d["reason"] for d in record["dropped"] if _purposes(oracle, {d["action_id"]}) == {"marketing"}}
+        assert reason in marketing, record["dropped"]
+        return
+    pytest.fail(f"no sample customer with both service and marketing candidates fits the {scenario} scenario")
 
 
 def test_vulnerable_customers_get_service_and_compliance_only(server: ServerHandle, oracle: Oracle) -> None:

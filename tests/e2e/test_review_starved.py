@@ -7,23 +7,29 @@ by what is counted with plain sets.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nba_service.app import contact_history_window
 from nba_service.domain.loader import load_ruleset_file
 from nba_service.domain.model import Channel
 from nba_service.domain.pipeline import evaluate, reference_active
+from nba_service.domain.profile import Profile
+from nba_service.stores.sqlite import SqliteStore
 from nba_service.synthetic import SAMPLE_PATH, read_sample
 from tests.e2e._browser import chromium
 from tests.e2e._support import NBA_SCRIPT, RULESET_PATH, server_env
+from tests.e2e.test_review_diff import ingest, store_profiles
 
 pytestmark = pytest.mark.e2e
 
@@ -51,10 +57,11 @@ class Expected:
     alone: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
 
-def expected_starvation(at: datetime) -> dict[str, Expected]:
+def expected_starvation(at: datetime, profiles: Iterable[Profile] | None = None) -> dict[str, Expected]:
+    """The tally over the bundled sample, or over the given profiles (a store's, read as the service reads)."""
     active = reference_active(load_ruleset_file(RULESET_PATH))
     found = {channel.value: Expected() for channel in Channel}
-    for profile in read_sample(SAMPLE_PATH, at):
+    for profile in read_sample(SAMPLE_PATH, at) if profiles is None else profiles:
         for channel in Channel:
             got = found[channel.value]
             result = evaluate(active, profile, channel, at, LIMIT)
@@ -72,6 +79,26 @@ def expected_starvation(at: datetime) -> dict[str, Expected]:
     return found
 
 
+def assert_report_matches(report: dict[str, Any], expected: dict[str, Expected], customers: int) -> None:
+    """Every count of the JSON report equals the independent tally, on both channels."""
+    assert [c["channel"] for c in report["channels"]] == ["agent_desktop", "outbound_dialer"]
+    for channel in report["channels"]:
+        want = expected[channel["channel"]]
+        assert channel["customers"] == want.customers == customers
+        assert channel["offered"] == want.offered
+        assert channel["starved"] == want.customers - want.offered
+        assert channel["no_rule"]["customers"] == len(want.no_rule)
+        assert set(channel["no_rule"]["examples"]) <= want.no_rule
+        got = {b["id"]: b for b in channel["blockers"]}
+        assert set(got) == set(want.held), channel["channel"]
+        for blocker, held in want.held.items():
+            assert got[blocker]["customers"] == len(held), blocker
+            assert got[blocker]["alone"] == len(want.alone.get(blocker, set())), blocker
+            assert set(got[blocker]["examples"]) <= held
+        counts = [b["customers"] for b in channel["blockers"]]
+        assert counts == sorted(counts, reverse=True)
+
+
 def test_starved_over_the_bundled_sample_counts_what_the_reference_gives(tmp_path: Path) -> None:
     """Every count of the JSON report equals the independent tally, on both channels; the examples are customers
     the tally has for that blocker; the same run with one process and with two gives the same report."""
@@ -83,24 +110,11 @@ def test_starved_over_the_bundled_sample_counts_what_the_reference_gives(tmp_pat
     assert report["customers"] == 1000
     assert report["at"] == AT
     expected = expected_starvation(datetime.fromisoformat(AT))
-    assert [c["channel"] for c in report["channels"]] == ["agent_desktop", "outbound_dialer"]
-    for channel in report["channels"]:
-        want = expected[channel["channel"]]
-        assert channel["customers"] == want.customers == 1000
-        assert channel["offered"] == want.offered
-        assert channel["starved"] == want.customers - want.offered
-        assert channel["no_rule"]["customers"] == len(want.no_rule)
-        assert set(channel["no_rule"]["examples"]) <= want.no_rule
-        got = {b["id"]: b for b in channel["blockers"]}
-        assert set(got) == set(want.held), channel["channel"]
-        for blocker, customers in want.held.items():
-            assert got[blocker]["customers"] == len(customers), blocker
-            assert got[blocker]["alone"] == len(want.alone.get(blocker, set())), blocker
-            assert set(got[blocker]["examples"]) <= customers
-        counts = [b["customers"] for b in channel["blockers"]]
-        assert counts == sorted(counts, reverse=True)
+    assert_report_matches(report, expected, 1000)
     dialer = expected["outbound_dialer"]
-    assert dialer.held["consent:outbound_dialer"], "the sample must starve someone for the test to mean anything"
+    assert dialer.held["consent:marketing:outbound_dialer"], (
+        "the sample must starve someone for the test to mean anything"
+    )
 
     single = run_starved(str(RULESET_PATH), "--at", AT, "--json", "--workers", "1")
     assert single.returncode == 0, single.stderr
@@ -123,9 +137,11 @@ def test_text_report_names_the_blockers_in_the_rulesets_words() -> None:
     starved = want.customers - want.offered
     assert f"outbound_dialer: 1,000 customers, {want.offered:,} offered something, {starved:,} starved" in result.stdout
     assert "agent_desktop" not in result.stdout
-    consent = len(want.held["consent:outbound_dialer"])
+    consent = len(want.held["consent:marketing:outbound_dialer"])
+    alone = len(want.alone.get("consent:marketing:outbound_dialer", set()))
     line = re.compile(
-        rf"(?m)^    consent:outbound_dialer +{consent:,} +alone +{consent:,} +consent_marketing_calls is not true"
+        rf"(?m)^    consent:marketing:outbound_dialer +{consent:,} +alone +{alone:,} "
+        r"+consent_marketing_calls is not true"
     )
     assert line.search(result.stdout), result.stdout
     assert f"no rule matched: {len(want.no_rule):,} customers" in result.stdout
@@ -164,3 +180,40 @@ def test_html_chart_in_a_real_browser(tmp_path: Path) -> None:
             top = channel["blockers"][0]["customers"]
             for width, blocker in zip(widths, channel["blockers"], strict=True):
                 assert width == pytest.approx(widths[0] * blocker["customers"] / top, abs=0.2)
+
+
+def test_starved_over_the_embedded_store_of_a_running_server(start_fresh_server: Any) -> None:
+    """`--population store` against a running `nba serve`'s embedded database, after some customers had a card
+    declined abroad reported through the gRPC API: the report counts what the reference evaluator gives for the
+    profiles the store holds (read by the store's own get_profile at the same moment), and those customers are
+    no longer starved on the agent desktop by the lack of a rule."""
+    server = start_fresh_server()
+    ruleset = load_ruleset_file(RULESET_PATH)
+
+    async def read(at: datetime) -> list[Profile]:
+        store = SqliteStore(
+            server.database,
+            event_types=sorted(ruleset.events),
+            history=contact_history_window(ruleset),
+            clock=lambda: at,
+        )
+        await store.open()
+        try:
+            return await store_profiles(store)
+        finally:
+            await store.close()
+
+    before = expected_starvation(datetime.now(UTC), asyncio.run(read(datetime.now(UTC))))
+    helped = sorted(before["agent_desktop"].no_rule)[:3]
+    assert len(helped) == 3, "the sample must leave someone without a matching rule"
+    for customer_id in helped:
+        ingest(server, customer_id, "card_declined_abroad", {"country": "ES", "amount": 80.0, "merchant": "Hotel"})
+    at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    result = run_starved(
+        str(RULESET_PATH), "--population", "store", "--db-path", str(server.database), "--at", at.isoformat(), "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    expected = expected_starvation(at, asyncio.run(read(at)))
+    assert_report_matches(report, expected, 1000)
+    assert not set(helped) & expected["agent_desktop"].no_rule
