@@ -37,13 +37,15 @@ AT = "2026-12-01T10:00:00+00:00"
 LIMIT = 3
 
 
-def run_starved(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def run_starved(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(NBA_SCRIPT), "rulesets", "starved", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=server_env(),
+        env={**server_env(), **(env or {})},
         check=False,
     )
 
