@@ -309,10 +309,10 @@ cases:
             "bad.tests.yaml:14: case 'one' expect.actions: 'rates' is not of type 'array'",
             "bad.tests.yaml:16: case 'one' expect.dropped[0].reason: 'capped' is not one of ['do_not_contact', "
             "'no_consent', 'do_not_call', 'quiet_hours', 'suppression', 'channel_fit', 'missing_trigger', "
-            "'expired_trigger', 'constraint', 'frequency_cap', 'duplicate_action', 'ranked_out']",
+            "'expired_trigger', 'constraint', 'frequency_cap', 'duplicate_action', 'held_out', 'ranked_out']",
             "bad.tests.yaml:18: case 'two' Profile: unknown key 'Profile' (check the spelling; allowed here: name, "
             "description, channel, at, timezone, max_actions, profile, events, contacts, expect, direction, "
-            "do_not_contact)",
+            "do_not_contact, held_out)",
             "bad.tests.yaml:21: case 'three' at: '2026-03-10 25:00' is not a local date and time like "
             '"2026-03-10 14:00"',
             "bad.tests.yaml:22: case 'three' profile.Segment: 'Segment' is not a name of lower-case letters, digits "

@@ -526,6 +526,19 @@ class TestDrops:
             "offered to that customer until fewer remain in that window. Purpose: Two noes are an answer."
         )
 
+    def test_held_out(self, ruleset: Ruleset) -> None:
+        result = evaluate(
+            reference_active(ruleset), customer(), Channel.AGENT_DESKTOP, NOON_LONDON, 5, held_out=["savings-offer"]
+        )
+        assert not [d for d in result.dropped if d.reason == "held_out"], "only a holdout share can hold out"
+        odd = DroppedCandidate(
+            "savings", "savings-offer", "held_out", "in the 10% holdout of savings-offer", "arbitration"
+        )
+        assert wording.drop_text(odd, ruleset) == (
+            "Savings offer (from rule savings) was not offered: the customer is in the holdout of this action "
+            "(chosen at random, for measuring what the action adds), so it was recorded and not shown."
+        )
+
     def test_every_reason_is_covered(self, ruleset: Ruleset) -> None:
         """The reasons tested above are all the pipeline gives; an unknown one still reads as words."""
         tested = {name.removeprefix("test_") for name in dir(self) if name.startswith("test_")}

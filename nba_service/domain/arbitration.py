@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from nba_service.domain.model import Channel, Direction, FrequencyCap, Ruleset
@@ -19,6 +20,7 @@ def rank(
     channel: Channel,
     now: datetime,
     direction: Direction,
+    held_out: Callable[[Candidate], bool] = lambda _candidate: False,
 ) -> tuple[list[Candidate], list[DroppedCandidate]]:
     """Mandatory actions (regulatory notices) first, then highest priority, then file order of the rule, one entry
     per action, at most `max_actions`.
@@ -31,6 +33,10 @@ def rank(
     place in the answer; once the answer is full, the rest are `ranked_out` whatever their caps. A mandatory
     action is capped only by a cap that names it, though it counts toward the caps of what follows it, as any
     contact does.
+
+    A candidate that would be shown but whose customer is in its action's holdout (`held_out`) is recorded as
+    `held_out` and takes no place: the customer hears the next best instead, as a customer without that action
+    would, and no contact is counted for it.
     """
     ordered = sorted(candidates, key=lambda c: (not c.action.mandatory, -c.rule.priority, c.rule_index, c.action.id))
     chosen: list[Candidate] = []
@@ -87,5 +93,16 @@ def rank(
             )
             continue
         seen[candidate.action.id] = candidate.rule.id
+        if held_out(candidate):
+            dropped.append(
+                DroppedCandidate(
+                    candidate.rule.id,
+                    candidate.action.id,
+                    "held_out",
+                    f"in the {candidate.action.holdout:.0%} holdout of {candidate.action.id}",
+                    "arbitration",
+                )
+            )
+            continue
         chosen.append(candidate)
     return chosen, dropped

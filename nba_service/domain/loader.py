@@ -35,11 +35,13 @@ from nba_service.domain.model import (
     Condition,
     Consent,
     Constraint,
+    Conversion,
     Direction,
     EventSpec,
     FieldSpec,
     FieldType,
     FrequencyCap,
+    Holdouts,
     Op,
     Policies,
     Purpose,
@@ -210,11 +212,66 @@ class _Builder:
         fact_fields = partial.fact_fields()
         purposes = self._purposes(doc.get("purposes", []))
         actions = self._actions(doc["actions"], fields, events, purposes)
+        holdouts = Holdouts()
+        if "holdouts" in doc:
+            holdouts, actions = self._holdouts(doc["holdouts"], actions, meta.name)
         rules = self._rules(doc["rules"], fact_fields, actions)
         policies = self._policies(doc.get("policies", {}), fields, fact_fields, actions, purposes)
         return Ruleset(
-            meta, fields, events, actions, rules, policies, self.content_hash, self.source, purposes=purposes
+            meta,
+            fields,
+            events,
+            actions,
+            rules,
+            policies,
+            self.content_hash,
+            self.source,
+            purposes=purposes,
+            holdouts=holdouts,
         )
+
+    def _holdouts(self, doc: Any, actions: dict[str, Action], name: str) -> tuple[Holdouts, dict[str, Action]]:
+        """Each action's share: its own entry, else its category's, else its purpose's. Service, compliance and
+        mandatory actions are never held out: naming one is an error, and a wider entry passes over them."""
+        period = _duration(doc.get("period", "90d"))
+        if period <= timedelta(0):
+            self.problem(["holdouts", "period"], "the period must be longer than zero")
+        categories = {a.category for a in actions.values()}
+        purposes = {a.purpose for a in actions.values() if a.purpose}
+        by_scope: dict[tuple[str, str], float] = {}
+        for index, item in enumerate(doc["shares"]):
+            path: list[str | int] = ["holdouts", "shares", index]
+            given = [key for key in ("action", "category", "purpose") if key in item]
+            if len(given) != 1:
+                self.problem(path, "give exactly one of action, category or purpose")
+                continue
+            scope, target = given[0], str(item[given[0]])
+            known = {"action": set(actions), "category": categories, "purpose": purposes}[scope]
+            if target not in known:
+                self.problem(
+                    [*path, scope],
+                    f"no action has {scope} {target!r}"
+                    if scope != "action"
+                    else f"action {target!r} is not declared under actions",
+                )
+                continue
+            if (scope, target) in by_scope:
+                self.problem([*path, scope], f"{scope} {target!r} already has a share")
+            if scope in ("category", "purpose") and target in _NEVER_HELD_OUT:
+                self.problem([*path, scope], f"{target} actions are never held out")
+            if scope == "action" and _never_held_out(actions[target]):
+                self.problem([*path, "action"], f"action {target!r} is {_why_never(actions[target])}: never held out")
+            by_scope[(scope, target)] = float(item["share"])
+        resolved: dict[str, Action] = {}
+        for action_id, action in actions.items():
+            share = 0.0
+            if not _never_held_out(action):
+                for key in (("action", action_id), ("category", action.category), ("purpose", action.purpose)):
+                    if key in by_scope:
+                        share = by_scope[key]
+                        break
+            resolved[action_id] = dataclasses.replace(action, holdout=share)
+        return Holdouts(period, str(doc.get("seed", name))), resolved
 
     def _purposes(self, items: list[Any]) -> dict[str, Purpose]:
         self._unique(items, "id", "purposes")
@@ -314,6 +371,9 @@ class _Builder:
                         )
                     elif name not in fields or fields[name].type != "string":
                         self.problem(path, f"placeholder {{{name}}} needs a declared string field {name!r}")
+            conversion = None
+            if "conversion" in item:
+                conversion = self._conversion(item["conversion"], ["actions", index, "conversion"], events)
             trigger = None
             if "trigger" in item:
                 event = str(item["trigger"]["event"])
@@ -334,9 +394,24 @@ class _Builder:
                     trigger,
                     purpose,
                     ActionType(item.get("type", ActionType.OFFER.value)),
+                    conversion,
+                    _value(item.get("value")),
                 ),
             )
         return actions
+
+    def _conversion(self, doc: Any, path: list[str | int], events: Mapping[str, EventSpec]) -> Conversion | None:
+        event = str(doc["event"])
+        spec = events.get(event)
+        if spec is None:
+            self.problem([*path, "event"], f"conversion event {event!r} is not declared under events")
+            return None
+        within = _duration(doc["within"])
+        if within <= timedelta(0):
+            self.problem([*path, "within"], "the window must be longer than zero")
+        attributes = {a.name: a for a in spec.attributes}
+        when = self._when(doc["when"], [*path, "when"], attributes) if "when" in doc else When()
+        return Conversion(event, within, when)
 
     def _rules(
         self, items: list[Any], fact_fields: Mapping[str, FieldSpec], actions: Mapping[str, Action]
@@ -620,6 +695,23 @@ class _Builder:
                 self.problem(path, "start and end are equal; remove quiet_hours instead")
             quiet = QuietHours(start, end, tz_field, default_tz)
         return Policies(tuple(consent), dnc, tuple(caps), tuple(suppressions), quiet, tuple(constraints))
+
+
+_NEVER_HELD_OUT = frozenset({"service", "compliance"})
+
+
+def _never_held_out(action: Action) -> bool:
+    return action.mandatory or action.category in _NEVER_HELD_OUT or action.purpose in _NEVER_HELD_OUT
+
+
+def _why_never(action: Action) -> str:
+    if action.mandatory:
+        return "mandatory"
+    return action.purpose if action.purpose in _NEVER_HELD_OUT else action.category
+
+
+def _value(raw: Any) -> float | None:
+    return None if raw is None else float(raw)
 
 
 def _duration(text: str) -> timedelta:

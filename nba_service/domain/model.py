@@ -110,6 +110,17 @@ class Trigger:
 
 
 @dataclass(frozen=True, slots=True)
+class Conversion:
+    """What counts as the action working: an event of this type whose attributes meet `when` (no conditions: any
+    such event), within `within` of the decision. Observed for every customer the decision considered, shown
+    the action or held out, so the two groups can be compared."""
+
+    event: str
+    within: timedelta
+    when: When = When()
+
+
+@dataclass(frozen=True, slots=True)
 class Action:
     id: str
     category: str
@@ -120,6 +131,11 @@ class Action:
     # declares none. Consent is given per purpose and channel.
     purpose: str = ""
     type: ActionType = ActionType.OFFER
+    conversion: Conversion | None = None
+    # What one conversion is worth, in the ruleset's currency; None when not declared.
+    value: float | None = None
+    # The share of eligible customers held out of this action (decided, recorded, not shown), from `holdouts`.
+    holdout: float = 0.0
 
     @property
     def mandatory(self) -> bool:
@@ -240,6 +256,15 @@ class Policies:
 
 
 @dataclass(frozen=True, slots=True)
+class Holdouts:
+    """Who is held out is redrawn every `period` (counted from 1970-01-01 UTC), so a customer stays in or out of
+    an action's holdout for that long; `seed` keeps assignments apart between programmes."""
+
+    period: timedelta = timedelta(days=90)
+    seed: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class RulesetMeta:
     name: str
     version: str
@@ -261,6 +286,7 @@ class Ruleset:
     content_hash: str
     source: str = ""
     purposes: dict[str, Purpose] = field(default_factory=dict)
+    holdouts: Holdouts = Holdouts()
     # The file's text exactly as signed off (its UTF-8 bytes hash to `content_hash`): what the ruleset archive
     # keeps, so a past decision can be explained by the very version that made it.
     text: str = field(default="", repr=False, compare=False)

@@ -9,7 +9,7 @@ knows only that a named stage starts and ends.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +17,7 @@ from datetime import datetime
 from nba_service.domain.arbitration import rank
 from nba_service.domain.compiler import CompiledRuleset, compile_ruleset
 from nba_service.domain.facts import FactValue, project
+from nba_service.domain.holdout import is_held_out
 from nba_service.domain.model import Channel, Direction, FieldSpec, Ruleset, default_direction
 from nba_service.domain.policy import Candidate, apply_policies, valid_until
 from nba_service.domain.ports import Evaluator
@@ -87,10 +88,13 @@ def evaluate(
     limit: int,
     stages: Stages = _unwatched,
     direction: Direction | None = None,
+    held_out: Collection[str] | None = None,
 ) -> Evaluation:
     """`limit` is the most actions to return; `direction` defaults to the channel's usual one (a dialer calls
     out, a desktop answers). An engine failure falls back to the reference evaluator (same answer, slower) and
-    is reported in `engine_error` for the caller to log: a decision never fails on it."""
+    is reported in `engine_error` for the caller to log: a decision never fails on it. `held_out` names the
+    actions this customer is held out of, for a scenario that must not depend on the draw; None draws them
+    (`holdout.is_held_out`), as the service does."""
     ruleset = active.ruleset
     if direction is None:
         direction = default_direction(channel)
@@ -108,8 +112,19 @@ def evaluate(
     with stages("policy"):
         kept, dropped = apply_policies(ruleset, profile, projection, channel, now, candidates, direction)
     with stages("arbitration"):
+        if held_out is None:
+            holdouts = ruleset.holdouts
+
+            def out(candidate: Candidate) -> bool:
+                return is_held_out(holdouts, profile.customer_id, candidate.action, now)
+        else:
+            forced = frozenset(held_out)
+
+            def out(candidate: Candidate) -> bool:
+                return candidate.action.holdout > 0 and candidate.action.id in forced
+
         chosen, ranked_out = rank(
-            kept, limit, ruleset=ruleset, profile=profile, channel=channel, now=now, direction=direction
+            kept, limit, ruleset=ruleset, profile=profile, channel=channel, now=now, direction=direction, held_out=out
         )
     with stages("rendering"):
         actions = tuple(

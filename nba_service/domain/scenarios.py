@@ -67,6 +67,7 @@ DROP_REASONS = (
     "constraint",
     "frequency_cap",
     "duplicate_action",
+    "held_out",
     "ranked_out",
 )
 _DURATION_PART = re.compile(r"([0-9]+)([dhm])")
@@ -148,6 +149,9 @@ class Scenario:
     expect: Expectation
     description: str = ""
     direction: Direction | None = None
+    # The actions this customer is in the holdout of; none unless the case says so, so that a case never
+    # depends on the random draw.
+    held_out: tuple[str, ...] = ()
 
     @property
     def now(self) -> datetime:
@@ -189,6 +193,7 @@ def run_case(active: ActiveRuleset, scenario: Scenario) -> CaseResult:
         scenario.now,
         scenario.max_actions,
         direction=scenario.direction,
+        held_out=scenario.held_out,
     )
     fired = {f.rule_id for f in evaluation.rules_fired}
     return CaseResult(
@@ -454,6 +459,15 @@ class _Reader:
             for item in case.get("do_not_contact", [])
         ]
         expectation = self._expectation(case["expect"], [*path, "expect"], channel, max_actions)
+        held_out: list[str] = []
+        for position, raw in enumerate(case.get("held_out", [])):
+            action_id = str(raw)
+            spot: list[str | int] = [*path, "held_out", position]
+            if action_id not in self.ruleset.actions:
+                self.problem(spot, self._undeclared("action", action_id, list(self.ruleset.actions)))
+            elif self.ruleset.actions[action_id].holdout <= 0:
+                self.problem(spot, f"action {action_id!r} has no holdout share in {self.where_declared}")
+            held_out.append(action_id)
         if local is None or len(self.problems) > before:
             return None
         attributes: dict[str, AttributeValue] = {}
@@ -480,6 +494,7 @@ class _Reader:
             expect=expectation,
             description=str(case.get("description", "")),
             direction=direction,
+            held_out=tuple(held_out),
         )
 
     def _check_value(self, spec: FieldSpec, value: Any, path: list[str | int]) -> None:

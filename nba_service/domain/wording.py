@@ -503,6 +503,11 @@ def drop_text(dropped: DroppedCandidate, ruleset: Ruleset) -> str:
         listed = _LISTED.search(dropped.detail)
         why = f" ({listed.group(1).replace('_', ' ')})" if listed else ""
         return f"{lead}: the customer is listed as do-not-contact for this channel{why}.{policy}"
+    if reason == "held_out":
+        return (
+            f"{lead}: the customer is in the holdout of this action (chosen at random, for measuring what the "
+            "action adds), so it was recorded and not shown."
+        )
     if reason == "constraint":
         return f"{lead}: it is paused for this customer after how earlier contacts ended.{policy}"
     if reason == "no_consent":
