@@ -566,13 +566,13 @@ class _Builder:
             for index, item in enumerate(consent_doc):
                 path0: list[str | int] = ["policies", "consent", index]
                 boolean_field(str(item["field"]), [*path0, "field"])
-                scoped = item.get("purposes")
+                named = item.get("purposes")
                 entry = Consent(
                     str(item["field"]),
                     Channel(item["channel"]),
                     None
-                    if scoped is None
-                    else frozenset(known_purpose(p, [*path0, "purposes", i]) for i, p in enumerate(scoped)),
+                    if named is None
+                    else frozenset(known_purpose(p, [*path0, "purposes", i]) for i, p in enumerate(named)),
                     directions(item, "directions"),
                     str(item.get("description", "")),
                 )
@@ -584,12 +584,10 @@ class _Builder:
         if "do_not_call" in doc:
             dnc = str(doc["do_not_call"]["field"])
             boolean_field(dnc, ["policies", "do_not_call", "field"])
-        caps: list[FrequencyCap] = []
         categories = {a.category for a in actions.values()}
-        cap_items = doc.get("frequency_caps", [])
-        self._unique(cap_items, "id", "frequency_caps")
-        for index, item in enumerate(cap_items):
-            path: list[str | int] = ["policies", "frequency_caps", index]
+
+        def scoped(item: Any, path: list[str | int]) -> tuple[str | None, str | None, str | None, timedelta]:
+            """The scope and window every cap and constraint has: (action, category, purpose, within)."""
             action = item.get("action")
             if action is not None and action not in actions:
                 self.problem([*path, "action"], f"action {action!r} is not declared under actions")
@@ -604,16 +602,29 @@ class _Builder:
             within = _duration(item["within"])
             if within <= timedelta(0):
                 self.problem([*path, "within"], "the window must be longer than zero")
+            return (
+                None if action is None else str(action),
+                None if category is None else str(category),
+                None if purpose is None else str(purpose),
+                within,
+            )
+
+        caps: list[FrequencyCap] = []
+        cap_items = doc.get("frequency_caps", [])
+        self._unique(cap_items, "id", "frequency_caps")
+        for index, item in enumerate(cap_items):
+            path: list[str | int] = ["policies", "frequency_caps", index]
+            action, category, purpose, within = scoped(item, path)
             caps.append(
                 FrequencyCap(
                     str(item["id"]),
                     int(item["max"]),
                     within,
-                    None if action is None else str(action),
-                    None if category is None else str(category),
+                    action,
+                    category,
                     Channel(item["channel"]) if "channel" in item else None,
                     str(item.get("description", "")),
-                    None if purpose is None else str(purpose),
+                    purpose,
                     Direction(item["direction"]) if "direction" in item else None,
                 )
             )
@@ -625,31 +636,18 @@ class _Builder:
             path = ["policies", "constraints", index]
             if str(item["id"]) in taken:
                 self.problem([*path, "id"], f"id {item['id']!r} is already a frequency cap's id")
-            action = item.get("action")
-            if action is not None and action not in actions:
-                self.problem([*path, "action"], f"action {action!r} is not declared under actions")
-            category = item.get("category")
-            if category is not None and category not in categories:
-                self.problem([*path, "category"], f"no action has category {category!r}")
-            purpose = item.get("purpose")
-            if purpose is not None:
-                known_purpose(purpose, [*path, "purpose"])
-            if sum(x is not None for x in (action, category, purpose)) > 1:
-                self.problem(path, "give one of action, category or purpose, not more")
+            action, category, purpose, within = scoped(item, path)
             if action is not None and item.get("per_action"):
                 self.problem([*path, "per_action"], "per_action counts each action apart; one action needs no more")
-            within = _duration(item["within"])
-            if within <= timedelta(0):
-                self.problem([*path, "within"], "the window must be longer than zero")
             constraints.append(
                 Constraint(
                     str(item["id"]),
                     frozenset(str(o) for o in item["outcomes"]),
                     int(item["after"]),
                     within,
-                    None if action is None else str(action),
-                    None if category is None else str(category),
-                    None if purpose is None else str(purpose),
+                    action,
+                    category,
+                    purpose,
                     Channel(item["channel"]) if "channel" in item else None,
                     Direction(item["direction"]) if "direction" in item else None,
                     str(item.get("description", "")),
