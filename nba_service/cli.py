@@ -718,6 +718,9 @@ def _register_commands() -> None:
     from nba_service.health_cli import register as register_health  # noqa: PLC0415
 
     register_health(main, _TARGET)
+    from nba_service.dnc_cli import register as register_dnc  # noqa: PLC0415
+
+    register_dnc(main)
     # REVIEW-COMMANDS
 
 

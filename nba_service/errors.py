@@ -76,6 +76,9 @@ class Problems:
     def add(self, field: str, problem: str) -> None:
         self._found.append(FieldProblem(field, problem))
 
+    def extend(self, problems: Sequence[FieldProblem]) -> None:
+        self._found.extend(problems)
+
     def __bool__(self) -> bool:
         return bool(self._found)
 

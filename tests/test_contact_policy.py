@@ -282,8 +282,7 @@ class TestDoNotContact:
         dialer = decide(active, profile, Channel.OUTBOUND_DIALER)
         assert dialer.action_ids == ()
         assert {d.reason for d in dialer.dropped} == {"do_not_contact"}
-        assert "bereavement" in dialer.dropped[0].detail
-        assert "branch" in dialer.dropped[0].detail
+        assert dialer.dropped[0].detail == "listed (bereavement)"  # the free-text source stays in the register
         assert decide(active, profile, Channel.AGENT_DESKTOP, Direction.OUTBOUND).action_ids != ()
 
     def test_a_listing_for_every_channel_stops_an_agent_calling_out_but_not_one_answering(

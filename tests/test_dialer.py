@@ -205,6 +205,17 @@ class TestNumbersAndExclusions:
             "no rule matched this customer",
         )
 
+    def test_a_do_not_contact_listing_outranks_every_other_reason(self) -> None:
+        """Wherever the pipeline puts the listing's drop, the exclusion names it, with the policy's words."""
+        drops = (
+            DroppedCandidate("r1", "a1", "do_not_call", "do_not_call is not false"),
+            DroppedCandidate(
+                "r2", "a2", "do_not_contact", "listed (bereavement, source branch)", "policy", "do_not_contact"
+            ),
+        )
+        evaluation = Evaluation((), (), drops, "reference", ())
+        assert exclusion(evaluation) == (Exclusion.DO_NOT_CONTACT, "listed (bereavement, source branch)")
+
     def test_the_key_is_stable_and_depends_on_every_part(self) -> None:
         key = idempotency_key("spring", "CUST-1", "welcome-call", "+447700900001")
         assert key == idempotency_key("spring", "CUST-1", "welcome-call", "+447700900001")

@@ -27,8 +27,9 @@ KEY_PREFIX = "nba1-"
 
 class Exclusion(enum.StrEnum):
     """Why a customer of a campaign must not be called now, most important first: when several apply, the
-    first in this order is reported (a do-not-call listing matters more than a frequency cap)."""
+    first in this order is reported (a do-not-contact listing matters more than a frequency cap)."""
 
+    DO_NOT_CONTACT = "do_not_contact"
     DO_NOT_CALL = "do_not_call"
     NO_CONSENT = "no_consent"
     QUIET_HOURS = "quiet_hours"
@@ -41,6 +42,7 @@ class Exclusion(enum.StrEnum):
 
 # The pipeline's drop reasons that name a contact policy, in `Exclusion` order.
 _POLICY_REASONS = (
+    Exclusion.DO_NOT_CONTACT,
     Exclusion.DO_NOT_CALL,
     Exclusion.NO_CONSENT,
     Exclusion.QUIET_HOURS,

@@ -42,12 +42,14 @@ Block = tuple[str, str, str]
 
 
 def _do_not_contact(profile: Profile, channel: Channel, direction: Direction, now: datetime) -> Block | None:
-    """A listing stops us contacting the customer; a customer who calls in is still helped."""
+    """A listing stops us contacting the customer; a customer who calls in is still helped. The detail names the
+    reason and the expiry only: it reaches dialer exclusion files, and the listing's free-text source stays in
+    the register and the decision record's inputs."""
     if direction is not Direction.OUTBOUND:
         return None
     for entry in profile.do_not_contact:
         if entry.covers(channel) and entry.active(now):
-            detail = f"listed ({entry.reason.value}, source {entry.source or 'unknown'}"
+            detail = f"listed ({entry.reason.value}"
             if entry.expires_at is not None:
                 detail += f", until {entry.expires_at.isoformat()}"
             return DO_NOT_CONTACT, detail + ")", DO_NOT_CONTACT

@@ -7,9 +7,10 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from nba_service.domain.archive import ArchivedSource, ArchivedVersion
+from nba_service.domain.do_not_contact import Listing, Selection
 from nba_service.domain.facts import FactValue
 from nba_service.domain.model import Ruleset
-from nba_service.domain.profile import Event, Outcome, Profile
+from nba_service.domain.profile import DoNotContact, Event, Outcome, Profile
 from nba_service.domain.records import DecisionRecord, DecisionSummary, DeliveryUpdate, RecordUpdate, ShadowUpdate
 from nba_service.domain.segments import Segment
 
@@ -55,6 +56,33 @@ class ProfileStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class DoNotContactRegistry(Protocol):
+    """The do-not-contact register (nba_service.domain.do_not_contact): listings are added and lifted, never
+    deleted, so the whole history can be exported for compliance. Profile reads carry the active listings."""
+
+    async def add_listing(self, customer_id: str, entry: DoNotContact) -> Listing:
+        """Stores a checked listing (`do_not_contact.new_listing`). Raises NotFound (field customer_id) for an
+        unknown customer and FailedPrecondition (field channel) when an active listing of the same channel and
+        reason exists: nothing is stored twice, and nothing already stored changes."""
+        ...
+
+    async def remove_listings(
+        self, customer_id: str, selection: Selection, removed_by: str, note: str = ""
+    ) -> list[Listing]:
+        """Lifts the customer's active listings that `selection` matches (marked removed, by whom, when, why) and
+        returns them; raises NotFound naming the field when none matches."""
+        ...
+
+    async def listings(self, customer_id: str | None = None, *, include_inactive: bool = False) -> list[Listing]:
+        """One customer's listings, or everyone's, oldest first: only active ones unless `include_inactive` (then
+        expired and removed ones too)."""
+        ...
+
+    def export_listings(self) -> AsyncIterator[Listing]:
+        """Every listing ever added, removed and expired ones included, oldest first."""
+        ...
 
 
 class DecisionLog(Protocol):

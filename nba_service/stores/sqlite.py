@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import json
 import sqlite3
 import threading
@@ -30,8 +32,27 @@ import structlog
 
 from nba_service.domain.archive import ArchivedSource, ArchivedVersion, ambiguous, archivable_text, hash_prefix
 from nba_service.domain.contact_points import PhoneNumber, PhoneType, phone_problems
+from nba_service.domain.do_not_contact import (
+    Listing,
+    ListingState,
+    Selection,
+    already_listed,
+    check_removal,
+    duplicate_of,
+    nothing_listed,
+    unknown_customer,
+)
 from nba_service.domain.model import Channel, Ruleset
-from nba_service.domain.profile import CONTACTED_OUTCOMES, Contact, Event, Outcome, OutcomeKind, Profile
+from nba_service.domain.profile import (
+    CONTACTED_OUTCOMES,
+    Contact,
+    DoNotContact,
+    DoNotContactReason,
+    Event,
+    Outcome,
+    OutcomeKind,
+    Profile,
+)
 from nba_service.domain.records import (
     DecisionRecord,
     DecisionSummary,
@@ -45,7 +66,7 @@ from nba_service.errors import NotFound, Unavailable
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 READER_THREADS = 4
 CONSENT_PREFIX = "consent_"
 DO_NOT_CALL = "do_not_call"
@@ -154,6 +175,37 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE outcomes ADD COLUMN idempotency_key TEXT",
         "CREATE UNIQUE INDEX outcomes_idempotency ON outcomes (idempotency_key) WHERE idempotency_key IS NOT NULL",
     ),
+    5: (
+        # The do-not-contact register (nba_service.domain.do_not_contact): a listing is lifted by setting
+        # removed_*, never deleted or rewritten, so the history a compliance export shows is the whole history.
+        # No foreign key: the history outlives a deleted customer, as decision records do.
+        """CREATE TABLE do_not_contact (
+            listing_id   INTEGER PRIMARY KEY,
+            customer_id  TEXT NOT NULL,
+            channel      TEXT CHECK (channel IN ('agent_desktop', 'outbound_dialer')),
+            reason       TEXT NOT NULL
+                         CHECK (reason IN ('customer_request', 'regulator_list', 'bereavement', 'vulnerability')),
+            source       TEXT NOT NULL CHECK (length(trim(source)) > 0),
+            note         TEXT NOT NULL DEFAULT '',
+            added_by     TEXT NOT NULL CHECK (length(trim(added_by)) > 0),
+            added_at     TEXT NOT NULL,
+            expires_at   TEXT CHECK (expires_at IS NULL OR expires_at > added_at),
+            removed_by   TEXT,
+            removed_at   TEXT,
+            removal_note TEXT,
+            CHECK ((removed_at IS NULL) = (removed_by IS NULL)))""",
+        "CREATE INDEX do_not_contact_customer ON do_not_contact (customer_id) WHERE removed_at IS NULL",
+        """CREATE TRIGGER do_not_contact_never_deleted BEFORE DELETE ON do_not_contact
+           BEGIN SELECT RAISE(ABORT, 'do_not_contact keeps its history: lift a listing, never delete it'); END""",
+        """CREATE TRIGGER do_not_contact_removed_once BEFORE UPDATE ON do_not_contact
+           WHEN OLD.removed_at IS NOT NULL OR NEW.listing_id IS NOT OLD.listing_id
+             OR NEW.customer_id IS NOT OLD.customer_id OR NEW.channel IS NOT OLD.channel
+             OR NEW.reason IS NOT OLD.reason OR NEW.source IS NOT OLD.source OR NEW.note IS NOT OLD.note
+             OR NEW.added_by IS NOT OLD.added_by OR NEW.added_at IS NOT OLD.added_at
+             OR NEW.expires_at IS NOT OLD.expires_at
+           BEGIN SELECT RAISE(ABORT, 'do_not_contact keeps its history: a listing is only ever marked removed, once');
+           END""",
+    ),
 }
 
 _EVENTS_SQL = """
@@ -169,6 +221,16 @@ SELECT action_id, channel, time, outcome, decision_id, reached FROM contacts
  WHERE customer_id = ? AND time > ? ORDER BY time
 """
 _PHONES_SQL = "SELECT number, type, consent, wrong_number_at FROM phones WHERE customer_id = ? ORDER BY position"
+# The live listings of a profile: not removed and not expired when read (the policy checks expiry again at the
+# decision's own time).
+_LIVE_LISTINGS_SQL = """
+SELECT channel, reason, source, added_at, expires_at, added_by, note FROM do_not_contact
+ WHERE customer_id = ? AND removed_at IS NULL AND (expires_at IS NULL OR expires_at > ?) ORDER BY listing_id
+"""
+_LISTING_COLUMNS = (
+    "SELECT listing_id, customer_id, channel, reason, source, added_at, expires_at, added_by, note, removed_at,"
+    " removed_by, removal_note FROM do_not_contact"
+)
 _UPSERT_CONTACT = """
 INSERT INTO contacts (customer_id, decision_id, action_id, channel, time, outcome, reached, note)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -203,7 +265,8 @@ def _record_text(record: DecisionRecord, *, ascii_only: bool = False) -> str:
 
 
 class SqliteStore:
-    """ProfileStore, RecordSink, RecordExport, RecordReader and RulesetArchive over one SQLite file."""
+    """ProfileStore, DoNotContactRegistry, RecordSink, RecordExport, RecordReader and RulesetArchive over one SQLite
+    file."""
 
     def __init__(
         self,
@@ -311,6 +374,7 @@ class SqliteStore:
         events = conn.execute(_EVENTS_SQL, (customer_id, stamp(now), self._event_types)).fetchall()
         contacts = conn.execute(_CONTACTS_SQL, (customer_id, stamp(now - self._history))).fetchall()
         phones = conn.execute(_PHONES_SQL, (customer_id,)).fetchall()
+        listings = conn.execute(_LIVE_LISTINGS_SQL, (customer_id, stamp(now))).fetchall()
         attributes = json.loads(row[0])
         attributes.update({CONSENT_PREFIX + purpose: bool(granted) for purpose, granted in consents})
         attributes[DO_NOT_CALL] = listed is not None
@@ -329,6 +393,7 @@ class SqliteStore:
                 PhoneNumber(number, PhoneType(kind), bool(consent), wrong is not None)
                 for number, kind, consent, wrong in phones
             ),
+            tuple(_entry(*listing) for listing in listings),
         )
 
     async def get_profile(self, customer_id: str) -> Profile:
@@ -469,6 +534,85 @@ class SqliteStore:
 
         await self._write("storing an outcome", upsert)
         return stored[0]
+
+    # ------------------------------------------------------------------ DoNotContactRegistry
+
+    async def add_listing(self, customer_id: str, entry: DoNotContact) -> Listing:
+        """Refuses a repeat of an active listing (same channel and reason): see do_not_contact.already_listed."""
+        added: list[Listing] = []
+
+        def insert(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM customers WHERE customer_id = ?", (customer_id,)).fetchone() is None:
+                raise unknown_customer(customer_id)
+            existing = _listings(conn, customer_id, None)
+            duplicate = duplicate_of(existing, entry, entry.added_at)
+            if duplicate is not None:
+                raise already_listed(duplicate)
+            cursor = conn.execute(
+                "INSERT INTO do_not_contact (customer_id, channel, reason, source, note, added_by, added_at,"
+                " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    customer_id,
+                    None if entry.channel is None else entry.channel.value,
+                    entry.reason.value,
+                    entry.source,
+                    entry.note,
+                    entry.added_by,
+                    stamp(entry.added_at),
+                    None if entry.expires_at is None else stamp(entry.expires_at),
+                ),
+            )
+            added.append(Listing(int(cursor.lastrowid or 0), customer_id, entry))
+
+        await self._write("adding a do-not-contact listing", insert)
+        return added[0]
+
+    async def remove_listings(
+        self, customer_id: str, selection: Selection, removed_by: str, note: str = ""
+    ) -> list[Listing]:
+        check_removal(removed_by, note)
+        now = self._clock()
+        lifted: list[Listing] = []
+
+        def lift(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM customers WHERE customer_id = ?", (customer_id,)).fetchone() is None:
+                raise unknown_customer(customer_id)
+            chosen = [
+                listing
+                for listing in _listings(conn, customer_id, None)
+                if listing.state(now) is ListingState.ACTIVE and selection.matches(listing)
+            ]
+            if not chosen:
+                raise nothing_listed(customer_id, selection)
+            conn.executemany(
+                "UPDATE do_not_contact SET removed_at = ?, removed_by = ?, removal_note = ? WHERE listing_id = ?",
+                [(stamp(now), removed_by.strip(), note.strip(), listing.listing_id) for listing in chosen],
+            )
+            lifted.extend(
+                dataclasses.replace(listing, removed_at=now, removed_by=removed_by.strip(), removal_note=note.strip())
+                for listing in chosen
+            )
+
+        await self._write("removing a do-not-contact listing", lift)
+        return lifted
+
+    async def listings(self, customer_id: str | None = None, *, include_inactive: bool = False) -> list[Listing]:
+        now = self._clock()
+        found = await self._in_reader(
+            "reading do-not-contact listings", lambda conn: _listings(conn, customer_id, None)
+        )
+        return [listing for listing in found if include_inactive or listing.state(now) is ListingState.ACTIVE]
+
+    async def export_listings(self) -> AsyncIterator[Listing]:
+        after = 0
+        while True:
+            read = functools.partial(_listings, customer_id=None, after=after)
+            page = await self._in_reader("exporting do-not-contact listings", read)
+            for listing in page:
+                yield listing
+            if len(page) < _EXPORT_PAGE:
+                return
+            after = page[-1].listing_id
 
     async def _write(self, what: str, work: Callable[[sqlite3.Connection], None]) -> None:
         try:
@@ -686,6 +830,59 @@ class SqliteStore:
             items.append((at, 1, outcome_to_json(outcome)))
         items.sort(key=lambda item: (item[0], item[1]))
         return [item[2] for item in items]
+
+
+_EXPORT_PAGE = 1000
+
+
+def _entry(
+    channel: str | None,
+    reason: str,
+    source: str,
+    added_at: str,
+    expires_at: str | None,
+    added_by: str,
+    note: str,
+) -> DoNotContact:
+    return DoNotContact(
+        None if channel is None else Channel(channel),
+        DoNotContactReason(reason),
+        source,
+        _time(added_at),
+        None if expires_at is None else _time(expires_at),
+        added_by,
+        note,
+    )
+
+
+def _listings(conn: sqlite3.Connection, customer_id: str | None, after: int | None) -> list[Listing]:
+    """One customer's listings (`after` None), or a page of everyone's after that listing id, in id order."""
+    if customer_id is not None:
+        rows = conn.execute(f"{_LISTING_COLUMNS} WHERE customer_id = ? ORDER BY listing_id", (customer_id,))
+    else:
+        rows = conn.execute(
+            f"{_LISTING_COLUMNS} WHERE listing_id > ? ORDER BY listing_id LIMIT ?", (after or 0, _EXPORT_PAGE)
+        )
+    return [_listing(*row) for row in rows.fetchall()]
+
+
+def _listing(
+    ident: int,
+    customer: str,
+    channel: str | None,
+    reason: str,
+    source: str,
+    added_at: str,
+    expires_at: str | None,
+    added_by: str,
+    note: str,
+    removed_at: str | None,
+    removed_by: str | None,
+    removal_note: str | None,
+) -> Listing:
+    entry = _entry(channel, reason, source, added_at, expires_at, added_by, note)
+    removed = None if removed_at is None else _time(removed_at)
+    return Listing(int(ident), customer, entry, removed, removed_by or "", removal_note or "")
 
 
 def _connect(path: Path, *, busy_ms: int) -> sqlite3.Connection:

@@ -3,18 +3,20 @@
 One prepared statement returns the whole live profile in one round trip: attributes, consents and
 do-not-call folded into the attributes the rulesets read, the newest unexpired event of each type the
 ruleset declares, and the contact history (one row per offered action) inside the longest frequency-cap
-window. The read's cost therefore depends on the ruleset, not on how many events or outcomes a customer
-has piled up. Any failure to reach the database becomes `Unavailable`, quickly, so a decision never
-hangs past its deadline.
+window, and the customer's live do-not-contact listings. The read's cost therefore depends on the ruleset,
+not on how many events or outcomes a customer has piled up. Any failure to reach the database becomes
+`Unavailable`, quickly, so a decision never hangs past its deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,18 +24,30 @@ import asyncpg
 import structlog
 
 from nba_service.domain.contact_points import PhoneNumber, PhoneType
+from nba_service.domain.do_not_contact import (
+    Listing,
+    ListingState,
+    Selection,
+    already_listed,
+    check_removal,
+    duplicate_of,
+    nothing_listed,
+    unknown_customer,
+)
 from nba_service.domain.model import Channel
 from nba_service.domain.profile import (
     CONTACTED_OUTCOMES,
     AttributeValue,
     Contact,
+    DoNotContact,
+    DoNotContactReason,
     Event,
     Outcome,
     OutcomeKind,
     Profile,
 )
 from nba_service.domain.segments import Segment
-from nba_service.errors import InvalidArgument, NotFound, Unavailable
+from nba_service.errors import InvalidArgument, NotFound, SchemaNotReadyError, Unavailable
 from nba_service.stores.postgres.migrate import migrations
 
 log = structlog.get_logger(__name__)
@@ -63,7 +77,11 @@ SELECT c.customer_id, c.attributes,
           FROM contacts h WHERE h.customer_id = c.customer_id AND h.time > $3) AS contacts,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(p.number, p.type, p.consent, p.wrong_number_at IS NOT NULL)
                                   ORDER BY p.position), '[]'::jsonb)
-          FROM phones p WHERE p.customer_id = c.customer_id) AS phones
+          FROM phones p WHERE p.customer_id = c.customer_id) AS phones,
+       (SELECT coalesce(jsonb_agg(jsonb_build_array(l.channel, l.reason, l.source, l.added_at, l.expires_at,
+                                                    l.added_by, l.note) ORDER BY l.listing_id), '[]'::jsonb)
+          FROM do_not_contact l WHERE l.customer_id = c.customer_id AND l.removed_at IS NULL
+           AND (l.expires_at IS NULL OR l.expires_at > $2)) AS do_not_contact
 """
 PROFILE_SQL = _PROFILE_COLUMNS + "  FROM customers c WHERE c.customer_id = $1"
 # A campaign's profiles, a batch per round trip, in the order asked (unknown ids are left out).
@@ -191,7 +209,66 @@ def _profile(row: Any) -> Profile:
     phones = tuple(
         PhoneNumber(number, PhoneType(kind), consent, wrong) for number, kind, consent, wrong in row["phones"]
     )
-    return Profile(row["customer_id"], attributes, events, contacts, phones)
+    listings = tuple(
+        DoNotContact(
+            None if channel is None else Channel(channel),
+            DoNotContactReason(reason),
+            source,
+            _time(added_at),
+            None if expires_at is None else _time(expires_at),
+            added_by,
+            note,
+        )
+        for channel, reason, source, added_at, expires_at, added_by, note in row["do_not_contact"]
+    )
+    return Profile(row["customer_id"], attributes, events, contacts, phones, listings)
+
+
+_CUSTOMER_EXISTS = "SELECT 1 FROM customers WHERE customer_id = $1"
+_LISTING_COLUMNS = (
+    "SELECT listing_id, customer_id, channel, reason, source, added_at, expires_at, added_by, note, removed_at,"
+    " removed_by, removal_note FROM do_not_contact"
+)
+_EXPORT_PAGE = 1000
+
+
+async def _lock_customer(conn: asyncpg.Connection, customer_id: str, budget: float) -> None:
+    """Two people listing one customer at once: the second sees the first's listing and is refused."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('nba-dnc:' || $1))", customer_id, timeout=budget)
+
+
+async def _listings(conn: asyncpg.Connection, budget: float, customer_id: str | None, after: int = 0) -> list[Listing]:
+    """One customer's listings, or a page of everyone's after that listing id, in id order."""
+    if customer_id is not None:
+        rows = await conn.fetch(
+            f"{_LISTING_COLUMNS} WHERE customer_id = $1 ORDER BY listing_id", customer_id, timeout=budget
+        )
+    else:
+        rows = await conn.fetch(
+            f"{_LISTING_COLUMNS} WHERE listing_id > $1 ORDER BY listing_id LIMIT $2",
+            after,
+            _EXPORT_PAGE,
+            timeout=budget,
+        )
+    return [
+        Listing(
+            int(r["listing_id"]),
+            r["customer_id"],
+            DoNotContact(
+                None if r["channel"] is None else Channel(r["channel"]),
+                DoNotContactReason(r["reason"]),
+                r["source"],
+                r["added_at"],
+                r["expires_at"],
+                r["added_by"],
+                r["note"],
+            ),
+            r["removed_at"],
+            r["removed_by"] or "",
+            r["removal_note"] or "",
+        )
+        for r in rows
+    ]
 
 
 class PostgresProfileStore:
@@ -357,6 +434,101 @@ class PostgresProfileStore:
         except asyncpg.ForeignKeyViolationError as exc:
             raise NotFound(f"customer {outcome.customer_id!r} not found") from exc
         return bool(written)
+
+    # ------------------------------------------------------------------ DoNotContactRegistry
+
+    async def _register(self, what: str, call: Callable[[asyncpg.Connection, float], Any]) -> Any:
+        """A call on the register, in one transaction under the customer's lock where it writes."""
+        try:
+            return await self._run(what, call)
+        except asyncpg.UndefinedTableError as exc:
+            raise SchemaNotReadyError(
+                "the database has no do_not_contact table (migration 0008); run `nba db migrate`"
+            ) from exc
+
+    async def add_listing(self, customer_id: str, entry: DoNotContact) -> Listing:
+        """Refuses a repeat of an active listing (same channel and reason): see do_not_contact.already_listed."""
+
+        async def insert(conn: asyncpg.Connection, budget: float) -> Listing:
+            async with conn.transaction():
+                await _lock_customer(conn, customer_id, budget)
+                if await conn.fetchval(_CUSTOMER_EXISTS, customer_id, timeout=budget) is None:
+                    raise unknown_customer(customer_id)
+                existing = await _listings(conn, budget, customer_id)
+                duplicate = duplicate_of(existing, entry, entry.added_at)
+                if duplicate is not None:
+                    raise already_listed(duplicate)
+                ident = await conn.fetchval(
+                    "INSERT INTO do_not_contact (customer_id, channel, reason, source, note, added_by, added_at,"
+                    " expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING listing_id",
+                    customer_id,
+                    None if entry.channel is None else entry.channel.value,
+                    entry.reason.value,
+                    entry.source,
+                    entry.note,
+                    entry.added_by,
+                    entry.added_at,
+                    entry.expires_at,
+                    timeout=budget,
+                )
+            return Listing(int(ident), customer_id, entry)
+
+        listing: Listing = await self._register("adding a do-not-contact listing", insert)
+        return listing
+
+    async def remove_listings(
+        self, customer_id: str, selection: Selection, removed_by: str, note: str = ""
+    ) -> list[Listing]:
+        check_removal(removed_by, note)
+        now = self._clock()
+        by, why = removed_by.strip(), note.strip()
+
+        async def lift(conn: asyncpg.Connection, budget: float) -> list[Listing]:
+            async with conn.transaction():
+                await _lock_customer(conn, customer_id, budget)
+                if await conn.fetchval(_CUSTOMER_EXISTS, customer_id, timeout=budget) is None:
+                    raise unknown_customer(customer_id)
+                chosen = [
+                    listing
+                    for listing in await _listings(conn, budget, customer_id)
+                    if listing.state(now) is ListingState.ACTIVE and selection.matches(listing)
+                ]
+                if not chosen:
+                    raise nothing_listed(customer_id, selection)
+                await conn.execute(
+                    "UPDATE do_not_contact SET removed_at = $2, removed_by = $3, removal_note = $4"
+                    " WHERE listing_id = ANY($1::bigint[])",
+                    [listing.listing_id for listing in chosen],
+                    now,
+                    by,
+                    why,
+                    timeout=budget,
+                )
+            return [dataclasses.replace(x, removed_at=now, removed_by=by, removal_note=why) for x in chosen]
+
+        lifted: list[Listing] = await self._register("removing a do-not-contact listing", lift)
+        return lifted
+
+    async def listings(self, customer_id: str | None = None, *, include_inactive: bool = False) -> list[Listing]:
+        now = self._clock()
+        if customer_id is None:
+            found = [listing async for listing in self.export_listings()]
+        else:
+            found = await self._register(
+                "reading do-not-contact listings", lambda conn, budget: _listings(conn, budget, customer_id)
+            )
+        return [listing for listing in found if include_inactive or listing.state(now) is ListingState.ACTIVE]
+
+    async def export_listings(self) -> AsyncIterator[Listing]:
+        after = 0
+        while True:
+            read = functools.partial(_listings, customer_id=None, after=after)
+            page: list[Listing] = await self._register("exporting do-not-contact listings", read)
+            for listing in page:
+                yield listing
+            if len(page) < _EXPORT_PAGE:
+                return
+            after = page[-1].listing_id
 
     async def ready(self) -> bool:
         """Reachable and migrated: a database restored without the schema must not look healthy."""

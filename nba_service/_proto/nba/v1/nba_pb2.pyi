@@ -102,6 +102,10 @@ class _ExclusionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Exclu
     """No number with the customer's consent that is not known to be wrong."""
     OUTSIDE_LEGAL_WINDOW: _ExclusionReason.ValueType  # 8
     """No time left that day within the legal window outside the quiet hours."""
+    DO_NOT_CONTACT: _ExclusionReason.ValueType  # 9
+    """Listed as do-not-contact on this channel (or every channel), e.g. at the customer's request; the detail
+    names the listing's reason and source, never its note.
+    """
 
 class ExclusionReason(_ExclusionReason, metaclass=_ExclusionReasonEnumTypeWrapper): ...
 
@@ -117,6 +121,10 @@ NO_CALLABLE_NUMBER: ExclusionReason.ValueType  # 7
 """No number with the customer's consent that is not known to be wrong."""
 OUTSIDE_LEGAL_WINDOW: ExclusionReason.ValueType  # 8
 """No time left that day within the legal window outside the quiet hours."""
+DO_NOT_CONTACT: ExclusionReason.ValueType  # 9
+"""Listed as do-not-contact on this channel (or every channel), e.g. at the customer's request; the detail
+names the listing's reason and source, never its note.
+"""
 Global___ExclusionReason: _TypeAlias = ExclusionReason  # noqa: Y015
 
 @_typing.final
