@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from nba_service.deploy.gate import Candidate, parse, prepare
 from nba_service.domain.facts import FactValue
 from nba_service.domain.loader import load_ruleset_file, load_ruleset_text
-from nba_service.domain.model import Channel, Condition, FieldSpec, Op, Ruleset, When
+from nba_service.domain.model import Channel, Condition, Direction, FieldSpec, Op, Ruleset, When
 from nba_service.domain.pipeline import ActiveRuleset, evaluate, reference_active
-from nba_service.domain.profile import Profile
+from nba_service.domain.profile import Contact, OutcomeKind, Profile
 from nba_service.domain.reference import condition_holds, when_holds
 from nba_service.errors import CandidateRefused, RulesetInvalid
 from nba_service.review import conditions
@@ -37,6 +37,8 @@ MINI_BANK = ROOT / "tests" / "scenarios" / "mini-bank.yaml"
 SEEDED = ROOT / "tests" / "review" / "seeded-mistakes.yaml"
 SEEDED_INVALID = ROOT / "tests" / "review" / "seeded-invalid.yaml"
 SEEDED_NO_OWNER = ROOT / "tests" / "review" / "seeded-no-owner.yaml"
+SEEDED_POLICY = ROOT / "tests" / "review" / "seeded-contact-policy.yaml"
+EXAMPLE = ROOT / "docs" / "reviewers" / "examples" / "contact-policy.yaml"
 NBA = str(Path(sys.executable).parent / "nba")
 MARKER = re.compile(r"# seeded: (.*)$")
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -101,7 +103,7 @@ class TestSeededMistakes:
             "never-offered",
         }
 
-    @pytest.mark.parametrize("path", [SEEDED, SEEDED_INVALID, SEEDED_NO_OWNER], ids=lambda p: p.name)
+    @pytest.mark.parametrize("path", [SEEDED, SEEDED_INVALID, SEEDED_NO_OWNER, SEEDED_POLICY], ids=lambda p: p.name)
     def test_each_seeded_mistake_is_found_at_its_line_with_its_id_and_nothing_else(self, path: Path) -> None:
         assert found(check_file(path)) == seeded(path)
 
@@ -133,8 +135,145 @@ class TestSeededMistakes:
         assert [(a.action_id, a.rule_id) for a in result.actions] == [("savings-offer", "savings-healthy-balance")]
 
 
+class TestContactPolicyModel:
+    """Findings about purposes, consent per purpose and direction, caps, constraints and mandatory notices."""
+
+    def test_the_seeded_file_marks_every_new_kind(self) -> None:
+        assert {code for code, _, _ in seeded(SEEDED_POLICY)} == {
+            "unused-purpose",
+            "suppressed-always",
+            "policy-never-applies",
+            "redundant-policy",
+            "mandatory-not-excepted",
+            "outcome-never-recorded",
+        }
+
+    def test_only_a_notice_that_can_never_be_given_is_an_error(self) -> None:
+        by_code = {str(f.code): str(f.severity) for f in check_file(SEEDED_POLICY)}
+        assert {c for c, s in by_code.items() if s == "error"} == {"suppressed-always"}
+
+    def test_a_mandatory_notice_stopped_by_consent_is_named_as_one(self) -> None:
+        finding = next(f for f in check_file(SEEDED_POLICY) if f.id == "fee-without-consent")
+        assert finding.message == (
+            "can never produce an offer: mandatory notice 'fee-notice' is always stopped on agent_desktop by consent "
+            "(consent_notice is never true when the rule fires) and on outbound_dialer by consent (consent_notice is "
+            "never true when the rule fires)"
+        )
+
+    def test_a_suppression_that_excepts_the_notice_is_quiet(self) -> None:
+        """`deep-arrears` excepts `compliance`, so saying the notice goes through is already in the file; adding the
+        purpose to `vulnerable` silences its finding the same way."""
+        findings = check_file(SEEDED_POLICY)
+        assert not [f for f in findings if f.id == "deep-arrears"]
+        text = SEEDED_POLICY.read_text(encoding="utf-8").replace(
+            "except_purposes: [service]}", "except_purposes: [service, regulatory]}", 1
+        )
+        assert not [f for f in check_ruleset(load_ruleset_text(text), text) if f.code is Code.MANDATORY_NOT_EXCEPTED]
+
+    def test_the_mandatory_notice_really_is_offered_under_the_suppression(self) -> None:
+        """What the finding says, in the real pipeline: a vulnerable customer in arrears still hears the notice."""
+        ruleset = load_ruleset_file(SEEDED_POLICY)
+        profile = Profile("C1", {"vulnerable": True, "arrears_days": 45.0, "consent_notice": True})
+        result = evaluate(reference_active(ruleset), profile, Channel.AGENT_DESKTOP, NOW, 3)
+        assert [a.action_id for a in result.actions] == ["arrears-notice", "address-check"]
+        assert {d.policy for d in result.dropped} == set()
+
+    def test_a_redundant_cap_is_never_the_one_that_binds(self) -> None:
+        """Two marketing offers this week: the loose cap (3) would still allow a third; the tight one (2) drops it."""
+        ruleset = load_ruleset_file(SEEDED_POLICY)
+        contacts = tuple(
+            Contact("savings-offer", Channel.AGENT_DESKTOP, NOW - timedelta(days=d), OutcomeKind.ACCEPTED, f"d{d}")
+            for d in (1, 2)
+        )
+        profile = Profile("C1", {"arrears_days": 1.0, "consent_marketing": True}, (), contacts)
+        result = evaluate(reference_active(ruleset), profile, Channel.AGENT_DESKTOP, NOW, 3)
+        assert [(d.action_id, d.policy) for d in result.dropped] == [("savings-offer", "marketing-weekly")]
+
+    @pytest.mark.parametrize(
+        ("conditions", "stopped"),
+        [
+            ("[{field: consent_in, op: eq, value: false}, {field: consent_out, op: missing}]", True),
+            ("[{field: consent_in, op: eq, value: false}]", False),
+        ],
+        ids=["both-directions-fail", "outbound-still-open"],
+    )
+    def test_consent_split_by_direction_stops_a_notice_only_when_both_fail(
+        self, conditions: str, stopped: bool
+    ) -> None:
+        """The desk takes calls both ways; one entry per direction: the notice is never given only when the rule
+        makes both fail, and the pipeline agrees in each direction."""
+        text = f"""\
+ruleset: {{name: split, version: 1.0.0, owner: Compliance, description: Split consent.}}
+fields: [{{name: consent_in, type: boolean}}, {{name: consent_out, type: boolean}}]
+purposes: [{{id: regulatory, description: Notices, categories: [compliance]}}]
+actions:
+  - {{id: notice, category: compliance, type: mandatory,
+     scripts: {{agent_desktop: Read the notice., outbound_dialer: Read the notice.}}}}
+rules:
+  - {{id: give-notice, priority: 10, action: notice, reason: R, description: D, when: {{all: {conditions}}}}}
+policies:
+  consent:
+    - {{field: consent_in, channel: agent_desktop, directions: [inbound]}}
+    - {{field: consent_out, channel: agent_desktop, directions: [outbound]}}
+    - {{field: consent_out, channel: outbound_dialer}}
+"""
+        ruleset = load_ruleset_text(text)
+        findings = check_ruleset(ruleset, text)
+        if stopped:
+            (finding,) = findings
+            assert finding.code is Code.SUPPRESSED_ALWAYS
+            assert finding.message == (
+                "can never produce an offer: mandatory notice 'notice' is always stopped on agent_desktop by consent "
+                "(consent_in and consent_out are never true when the rule fires) and on outbound_dialer by consent "
+                "(consent_out is never true when the rule fires)"
+            )
+        else:
+            assert findings == []
+        facts: dict[str, object] = {"consent_in": False}
+        if not stopped:
+            facts["consent_out"] = True
+        offered = {
+            direction: evaluate(
+                reference_active(ruleset), Profile("C1", facts), Channel.AGENT_DESKTOP, NOW, 3, direction=direction
+            ).actions
+            for direction in Direction
+        }
+        assert bool(offered[Direction.OUTBOUND]) is not stopped
+        assert offered[Direction.INBOUND] == ()
+
+    def test_a_notice_whose_rule_never_fires_is_not_said_to_pass_a_suppression(self) -> None:
+        text = """\
+ruleset: {name: dead-notice, version: 1.0.0, owner: Compliance, description: A notice that never fires.}
+fields: [{name: arrears_days, type: number}]
+actions:
+  - {id: notice, category: compliance, type: mandatory, scripts: {agent_desktop: Read the notice.}}
+rules:
+  - {id: give-notice, priority: 10, action: notice, reason: R, description: D,
+     when: {all: [{field: arrears_days, op: gt, value: 90}, {field: arrears_days, op: lt, value: 30}]}}
+policies:
+  suppressions:
+    - {id: early, description: Nothing early on, when: {all: [{field: arrears_days, op: lt, value: 60}]}}
+"""
+        findings = check_ruleset(load_ruleset_text(text), text)
+        assert [(f.code, f.id) for f in findings] == [(Code.CONTRADICTION, "give-notice")]
+
+    def test_the_short_consent_form_is_located_by_its_channel(self) -> None:
+        text = tiny(["{id: healthy, priority: 300, when: {all: [{field: balance, op: gte, value: 10000}]}}"])
+        text = text.replace(
+            "fields: [{name: balance, type: number}]",
+            "fields: [{name: balance, type: number}, {name: consent_calls, type: boolean}]",
+        )
+        text += "policies:\n  consent:\n    outbound_dialer: consent_calls\n"
+        (finding,) = check_ruleset(load_ruleset_text(text), text)
+        assert (finding.code, finding.id, finding.line) == (Code.POLICY_NEVER_APPLIES, "consent:outbound_dialer", 11)
+        assert finding.message == (
+            "no action has a script for outbound_dialer, so consent_calls is never asked for: remove the entry or "
+            "fix its scope"
+        )
+
+
 class TestCleanRulesets:
-    @pytest.mark.parametrize("path", [BUNDLED, MINI_BANK], ids=lambda p: p.name)
+    @pytest.mark.parametrize("path", [BUNDLED, MINI_BANK, EXAMPLE], ids=lambda p: p.name)
     def test_no_findings(self, path: Path) -> None:
         assert check_file(path) == []
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from nba_service.domain.loader import load_ruleset_file
+from nba_service.domain.loader import load_ruleset_file, load_ruleset_text
 from nba_service.domain.model import Channel, Condition, FrequencyCap, Op, Ruleset, When
 from nba_service.errors import InvalidArgument
-from nba_service.review.diff import ChannelImpact, Examples, merge_impacts, structural_diff
+from nba_service.review.diff import ChannelImpact, Examples, StructuralDiff, merge_impacts, structural_diff
 from nba_service.review.diff_html import render_html
 from nba_service.review.diff_report import DiffReport, render_text
 from nba_service.review.population import FilePopulation, LineChunk, chunk_profiles
@@ -217,6 +217,168 @@ class TestStructuralDiff:
         diff = structural_diff(bundled, dataclasses.replace(bundled, fields=fields))
         assert diff.rules == ()
         assert [(f.id, [p.part for p in f.parts]) for f in diff.fields] == [("has_term_deposit", ["description"])]
+
+
+POLICY_MODEL = """\
+ruleset: {name: policy-model, version: 1.0.0, owner: Conduct, description: The contact policy model}
+fields:
+  - {name: arrears_days, type: number}
+  - {name: vulnerable, type: boolean}
+  - {name: consent_marketing, type: boolean}
+  - {name: consent_calls, type: boolean}
+purposes:
+  - {id: service, description: Own accounts, categories: [service]}
+  - {id: marketing, description: Selling, categories: [cross_sell, upsell]}
+actions:
+  - {id: savings-offer, category: cross_sell, scripts: {agent_desktop: Savings., outbound_dialer: Savings.}}
+  - {id: address-check, category: service, scripts: {agent_desktop: Address.}}
+rules:
+  - {id: savings, description: d, reason: Save, priority: 50, action: savings-offer,
+     when: {all: [{field: arrears_days, op: lt, value: 30}]}}
+  - {id: address, description: d, reason: Check, priority: 10, action: address-check,
+     when: {all: [{field: arrears_days, op: exists}]}}
+policies:
+  consent:
+    - {field: consent_marketing, channel: agent_desktop, purposes: [marketing], directions: [inbound]}
+    - {field: consent_calls, channel: agent_desktop, purposes: [marketing], directions: [outbound]}
+    - {field: consent_calls, channel: outbound_dialer, purposes: [marketing]}
+  frequency_caps:
+    - {id: marketing-calls, purpose: marketing, direction: outbound, max: 2, within: 7d}
+  suppressions:
+    - {id: vulnerable, description: Not sold to, when: {all: [{field: vulnerable, op: eq, value: true}]},
+       except_purposes: [service]}
+  constraints:
+    - {id: two-declines, purpose: marketing, outcomes: [declined], after: 2, within: 90d}
+"""
+
+
+def policy_model_v2() -> str:
+    """Every kind of change the contact policy model adds, each one a line of the first version rewritten."""
+    edits = [
+        ("1.0.0", "2.0.0"),
+        ("categories: [cross_sell, upsell]}", "categories: [cross_sell]}"),
+        ("{id: savings-offer, category: cross_sell,", "{id: savings-offer, category: service,"),
+        ("{id: address-check, category: service,", "{id: address-check, category: service, type: mandatory,"),
+        (
+            "    - {field: consent_calls, channel: outbound_dialer, purposes: [marketing]}",
+            "    - {field: consent_calls, channel: outbound_dialer, purposes: [marketing, service]}",
+        ),
+        ("direction: outbound, max: 2", "max: 2"),
+        ("except_purposes: [service]}", "except_purposes: [service], directions: [outbound]}"),
+        (
+            "outcomes: [declined], after: 2, within: 90d}",
+            "outcomes: [declined, not_now], after: 3, within: 90d}\n"
+            "    - {id: unanswered, channel: agent_desktop, direction: outbound, outcomes: [no_answer], after: 3,"
+            " within: 7d}",
+        ),
+    ]
+    text = POLICY_MODEL
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+class TestContactPolicyModel:
+    """Purposes, consent entries, constraints, action types and direction scopes in the structural diff."""
+
+    @staticmethod
+    def diff() -> StructuralDiff:
+        return structural_diff(load_ruleset_text(POLICY_MODEL), load_ruleset_text(policy_model_v2()))
+
+    def test_an_action_moving_purpose_says_which_consent_it_now_needs(self) -> None:
+        actions = {item.id: item for item in self.diff().actions}
+        savings = actions["savings-offer"]
+        assert {p.part: (p.old, p.new) for p in savings.parts} == {
+            "category": ("cross_sell", "service"),
+            "purpose": ("marketing", "service"),
+            "consent needed (agent_desktop, inbound)": ("consent_marketing", "no consent"),
+            "consent needed (agent_desktop, outbound)": ("consent_calls", "no consent"),
+        }
+        assert savings.notes == (
+            "moves from purpose marketing to service, so the consent it needs changes (see the consent needed parts)",
+            "caps, constraints and suppressions that name a purpose now count it under its new one",
+        )
+
+    def test_an_offer_becoming_mandatory_is_flagged(self) -> None:
+        address = next(item for item in self.diff().actions if item.id == "address-check")
+        assert [(p.part, p.old, p.new) for p in address.parts] == [("type", "offer", "mandatory")]
+        assert len(address.notes) == 1
+        assert address.notes[0].startswith("BIG CHANGE: now a mandatory notice")
+        back = structural_diff(load_ruleset_text(policy_model_v2()), load_ruleset_text(POLICY_MODEL))
+        address_back = next(item for item in back.actions if item.id == "address-check")
+        assert address_back.notes[0].startswith("BIG CHANGE: no longer a mandatory notice")
+
+    def test_purposes(self) -> None:
+        assert [(i.id, i.status, [(p.part, p.old, p.new) for p in i.parts]) for i in self.diff().purposes] == [
+            ("marketing", "changed", [("categories", "cross_sell, upsell", "cross_sell")])
+        ]
+
+    def test_consent_constraints_and_direction_scopes(self) -> None:
+        policies = {item.id: item for item in self.diff().policies}
+        parts = {key: {p.part: (p.old, p.new) for p in item.parts} for key, item in policies.items()}
+        assert [(i.id, i.status) for i in self.diff().policies] == [
+            ("consent:marketing:outbound_dialer", "removed"),
+            ("consent:marketing+service:outbound_dialer", "added"),
+            ("marketing-calls", "changed"),
+            ("vulnerable", "changed"),
+            ("two-declines", "changed"),
+            ("unanswered", "added"),
+        ]
+        assert parts["marketing-calls"] == {"direction": ("outbound", None)}
+        assert parts["vulnerable"] == {"directions": ("inbound, outbound", "outbound")}
+        assert parts["two-declines"] == {"outcomes": ("declined", "declined, not_now"), "after": ("2", "3")}
+        added = policies["unanswered"].new_text
+        assert added is not None
+        assert added.startswith("Once 3 contacts we started on the agent desktop ended with no answer")
+
+    def test_consent_split_by_direction_shows_each_field(self) -> None:
+        old = load_ruleset_text(POLICY_MODEL)
+        new = load_ruleset_text(
+            POLICY_MODEL.replace(
+                "{field: consent_calls, channel: agent_desktop", "{field: consent_phone, channel: agent_desktop"
+            ).replace(
+                "  - {name: consent_calls, type: boolean}",
+                "  - {name: consent_calls, type: boolean}\n  - {name: consent_phone, type: boolean}",
+            )
+        )
+        [consent] = structural_diff(old, new).policies
+        assert consent.id == "consent:marketing:agent_desktop:outbound"  # a direction-scoped entry has its own id
+        assert [(p.part, p.old, p.new) for p in consent.parts] == [("consent field", "consent_calls", "consent_phone")]
+        # The actions it reaches show what they now need.
+        [savings] = structural_diff(old, new).actions
+        assert [(p.part, p.old, p.new) for p in savings.parts] == [
+            ("consent needed (agent_desktop, outbound)", "consent_calls", "consent_phone")
+        ]
+
+    def test_text_and_html_show_the_notes(self) -> None:
+        old, new = load_ruleset_text(POLICY_MODEL), load_ruleset_text(policy_model_v2())
+        report = DiffReport(old, new, structural_diff(old, new), "nobody", 0, AT, 3, (), 0.1, 1)
+        text = render_text(report)
+        assert "    ~ address-check (changed)\n        type: offer -> mandatory\n        !! BIG CHANGE: now a" in text
+        assert "  Purposes: 1 changed" in text
+        assert "        categories: cross_sell, upsell -> cross_sell" in text
+        page = render_html(report)
+        assert '<p class="note-flag"><strong>BIG CHANGE: now a mandatory notice' in page
+        assert "<h3>Purposes</h3>" in page
+        notes = report.to_json()["structure"]["actions"][0]["notes"]
+        assert notes[0].startswith("moves from purpose marketing to service")
+
+
+def test_the_reviewer_guide_example_shows_each_kind_of_change() -> None:
+    """docs/reviewers/diff.md shows this diff: the two example files must keep loading and keep the changes the
+    guide describes."""
+    examples = Path(__file__).resolve().parents[1] / "docs" / "reviewers" / "examples"
+    diff = structural_diff(
+        load_ruleset_file(examples / "contact-policy.yaml"), load_ruleset_file(examples / "contact-policy-next.yaml")
+    )
+    notes = {item.id: item.notes for item in diff.actions}
+    assert notes["address-check"][0].startswith("BIG CHANGE: now a mandatory notice")
+    assert notes["savings-offer"][0].startswith("moves from purpose marketing to service, so the consent it needs")
+    assert {(i.id, i.status) for i in diff.policies} >= {
+        ("unanswered-desk-calls", "added"),
+        ("two-declines", "changed"),
+    }
 
 
 class TestPopulationFile:

@@ -291,3 +291,96 @@ class TestCommand:
         code, _, err = cli(str(tmp_path / "nothing.yaml"))
         assert code == 2
         assert "no such file or directory" in err
+
+
+POLICY_MODEL = """\
+ruleset: {name: policy-model, version: 1.0.0, owner: Conduct, description: Purposes and a mandatory notice}
+fields:
+  - {name: arrears_days, type: number}
+  - {name: consent_marketing, type: boolean}
+  - {name: consent_calls, type: boolean}
+purposes:
+  - {id: marketing, description: Selling, categories: [cross_sell]}
+  - {id: regulatory, description: Notices the law requires, categories: [compliance]}
+  - {id: service, description: Unused on purpose, categories: [service]}
+actions:
+  - {id: arrears-notice, category: compliance, type: mandatory,
+     scripts: {agent_desktop: Read the notice., outbound_dialer: Read the notice.}}
+  - {id: savings-offer, category: cross_sell, scripts: {agent_desktop: Savings., outbound_dialer: Savings.}}
+rules:
+  - {id: arrears, description: d, reason: Arrears, priority: 900, action: arrears-notice,
+     when: {all: [{field: arrears_days, op: gte, value: 30}]}}
+  - {id: savings, description: d, reason: Save, priority: 50, action: savings-offer,
+     when: {all: [{field: arrears_days, op: lt, value: 30}]}}
+policies:
+  consent:
+    - {field: consent_marketing, channel: agent_desktop, purposes: [marketing], directions: [inbound]}
+    - {field: consent_calls, channel: outbound_dialer}
+  frequency_caps:
+    - {id: marketing-out, purpose: marketing, direction: outbound, max: 2, within: 7d}
+  suppressions:
+    - {id: arrears-only, description: In arrears we only give notices, except_purposes: [service],
+       when: {all: [{field: arrears_days, op: gte, value: 60}]}, directions: [outbound]}
+  constraints:
+    - {id: two-declines, purpose: marketing, outcomes: [declined], after: 2, within: 90d}
+"""
+
+
+@pytest.fixture(scope="module")
+def model() -> Ruleset:
+    return load_ruleset_text(POLICY_MODEL, "policy-model.yaml")
+
+
+class TestContactPolicyModel:
+    """Purposes with the consent each needs, mandatory notices marked, constraints and do-not-contact listed."""
+
+    def test_markdown_purposes_and_the_consent_they_need(self, model: Ruleset) -> None:
+        md = render(model, "markdown")
+        assert "| Contents | 2 rules, 2 actions, 3 purposes, 5 contact policies |" in md
+        assert "| `marketing` | Selling | cross sell | savings-offer |" in md
+        assert "| `service` | Unused on purpose | service | _none_ |" in md
+        assert "| `marketing` | Agent desktop | The customer contacts us | `consent_marketing` |" in md
+        assert "| `marketing` | Agent desktop | We contact the customer | _none_ |" in md
+        assert "| `marketing` | Outbound dialer | We contact the customer | `consent_calls` |" in md
+        assert "| `regulatory` | Outbound dialer | We contact the customer | `consent_calls` |" in md
+        # A dialer never takes a call in, so that row would be a promise about nothing.
+        assert "Outbound dialer | The customer contacts us" not in md
+
+    def test_markdown_marks_mandatory_notices(self, model: Ruleset) -> None:
+        md = render(model, "markdown")
+        assert "### `arrears` (priority 900, mandatory notice)" in md
+        assert "### `savings` (priority 50)\n" in md
+        assert "### Arrears notice (`arrears-notice`): MANDATORY NOTICE\n\n**Mandatory notice: ranks above" in md
+        assert "Category: compliance. Purpose: `regulatory`." in md
+        assert "### Savings offer (`savings-offer`)\n\nCategory: cross sell. Purpose: `marketing`." in md
+
+    def test_markdown_policies_of_every_new_kind(self, model: Ruleset) -> None:
+        md = render(model, "markdown")
+        for policy_id, kind in (
+            ("consent:marketing:agent_desktop:inbound", "Consent"),
+            ("marketing-out", "Frequency cap"),
+            ("arrears-only", "Suppression"),
+            ("two-declines", "Constraint"),
+        ):
+            assert f"| `{policy_id}` | {kind} | {markdown_text(wording.policy_text(model, policy_id))} |" in md
+        assert "constraint pauses; frequency caps. A mandatory notice skips the suppressions" in md
+        assert "the service's own do-not-contact listings (`do_not_contact`, kept by the service" in md
+
+    def test_html(self, model: Ruleset) -> None:
+        html = render(model, "html")
+        doc = parsed(html)
+        assert 'href="#purposes"' in html
+        assert '<section id="purposes">' in html
+        assert '<article class="item action mandatory" id="action-arrears-notice">' in html
+        assert '<article class="item rule mandatory" id="rule-arrears">' in html
+        visible = doc.visible
+        assert "Arrears notice MANDATORY NOTICE category: compliance, purpose: regulatory" in visible
+        assert "arrears priority 900, mandatory notice" in visible
+        assert "marketing Agent desktop The customer contacts us consent_marketing" in visible
+        assert "do_not_contact Do not contact (kept by the service for every ruleset)" in visible
+        assert "two-declines Constraint " + wording.policy_text(model, "two-declines") in visible
+
+    def test_a_ruleset_without_purposes_has_no_purposes_section(self, ruleset: Ruleset) -> None:
+        assert "Purposes and the consent they need" not in render(ruleset, "markdown")
+        assert 'id="purposes"' not in render(ruleset, "html")
+        assert "MANDATORY" not in render(ruleset, "markdown")

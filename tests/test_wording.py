@@ -11,7 +11,17 @@ import pytest
 
 from nba_service.domain import wording
 from nba_service.domain.loader import load_ruleset_file, load_ruleset_text
-from nba_service.domain.model import ORDERING_OPS, PRESENCE_OPS, Channel, Condition, Op, Ruleset, Scalar, When
+from nba_service.domain.model import (
+    ORDERING_OPS,
+    PRESENCE_OPS,
+    Channel,
+    Condition,
+    Direction,
+    Op,
+    Ruleset,
+    Scalar,
+    When,
+)
 from nba_service.domain.pipeline import evaluate, reference_active
 from nba_service.domain.policy import policy_ids
 from nba_service.domain.profile import Contact, DoNotContact, DoNotContactReason, Event, OutcomeKind, Profile
@@ -20,6 +30,7 @@ from nba_service.domain.reference import condition_holds
 from nba_service.domain.scenarios import DROP_REASONS
 
 BUNDLED = Path(__file__).resolve().parents[1] / "rulesets" / "retail-banking.yaml"
+INBOUND, OUTBOUND = Direction.INBOUND, Direction.OUTBOUND
 
 RULESET = """\
 ruleset: {name: wording-test, version: 2.0.1, owner: tests, description: wording tests, valid_for: 4h}
@@ -378,6 +389,160 @@ class TestPolicies:
         )
 
 
+PURPOSES = """\
+ruleset: {name: purposes-test, version: 1.0.0, owner: tests, description: the contact policy model in words}
+fields:
+  - {name: vulnerable, type: boolean, description: "Flagged as a vulnerable customer."}
+  - {name: consent_marketing, type: boolean, description: "Consents to marketing."}
+  - {name: consent_marketing_out, type: boolean, description: "Consents to marketing calls from us."}
+  - {name: consent_any, type: boolean}
+purposes:
+  - {id: marketing, description: Selling, categories: [cross_sell]}
+  - {id: regulatory, description: Notices the law requires, categories: [compliance]}
+actions:
+  - {id: savings-offer, category: cross_sell, scripts: {agent_desktop: Savings., outbound_dialer: Savings.}}
+  - {id: arrears-notice, category: compliance, type: mandatory,
+     scripts: {agent_desktop: Arrears., outbound_dialer: Arrears.}}
+rules:
+  - {id: savings, description: d, reason: r, priority: 50, action: savings-offer,
+     when: {all: [{field: vulnerable, op: exists}]}}
+  - {id: arrears, description: d, reason: r, priority: 10, action: arrears-notice,
+     when: {all: [{field: vulnerable, op: exists}]}}
+policies:
+  consent:
+    - {field: consent_any, channel: outbound_dialer}
+    - {field: consent_marketing, channel: agent_desktop, purposes: [marketing], directions: [inbound]}
+    - {field: consent_marketing_out, channel: agent_desktop, purposes: [marketing], directions: [outbound]}
+  frequency_caps:
+    - {id: marketing-calls, purpose: marketing, direction: outbound, channel: agent_desktop, max: 2, within: 7d}
+    - {id: all-calls, channel: outbound_dialer, max: 3, within: 7d}
+  suppressions:
+    - {id: vulnerable-in, description: Vulnerable customers calling in hear only what they must,
+       when: {all: [{field: vulnerable, op: eq, value: true}]}, directions: [inbound]}
+    - {id: vulnerable-out, description: No selling calls to vulnerable customers,
+       when: {all: [{field: vulnerable, op: eq, value: true}]}, directions: [outbound], except_purposes: [regulatory]}
+  constraints:
+    - {id: no-answer-pause, channel: outbound_dialer, direction: outbound, outcomes: [no_answer], after: 3,
+       within: 7d}
+    - {id: marketing-declines, purpose: marketing, outcomes: [declined, not_now], after: 2, within: 30d,
+       description: Two noes are an answer}
+"""
+
+
+@pytest.fixture(scope="module")
+def model() -> Ruleset:
+    return load_ruleset_text(PURPOSES)
+
+
+class TestContactPolicyModel:
+    """Purposes, directions, constraints and mandatory actions: each sentence, then checked against the pipeline."""
+
+    def test_consent_per_purpose_and_direction(self, model: Ruleset) -> None:
+        texts = dict(wording.policy_texts(model))
+        assert texts["consent:outbound_dialer"] == (
+            "Nothing is offered on the outbound dialer unless consent any is yes; when this is not known, nothing "
+            "is offered."
+        )
+        # Entries for the same channel and purposes in other directions have ids of their own.
+        assert texts["consent:marketing:agent_desktop:inbound"] == (
+            "No action for the marketing purpose is offered on the agent desktop when the customer contacts us "
+            "unless the customer consents to marketing; when this is not known, none is offered."
+        )
+        assert texts["consent:marketing:agent_desktop:outbound"] == (
+            "No action for the marketing purpose is offered on the agent desktop when we contact the customer "
+            "unless the customer consents to marketing calls from us; when this is not known, none is offered."
+        )
+
+    def test_consent_sentence_holds_in_the_pipeline(self, model: Ruleset) -> None:
+        """Calling in needs consent_marketing only; our own call needs consent_marketing_out; the notice neither."""
+        profile = Profile("C", {"vulnerable": False, "consent_marketing": True, "consent_any": True})
+        inbound = evaluate(reference_active(model), profile, Channel.AGENT_DESKTOP, NOON_LONDON, 5, direction=INBOUND)
+        outbound = evaluate(reference_active(model), profile, Channel.AGENT_DESKTOP, NOON_LONDON, 5, direction=OUTBOUND)
+        assert [a.action_id for a in inbound.actions] == ["arrears-notice", "savings-offer"]
+        assert [a.action_id for a in outbound.actions] == ["arrears-notice"]
+        drop = next(d for d in outbound.dropped if d.reason == "no_consent")
+        assert wording.drop_text(drop, model).startswith(
+            "Savings offer (from rule savings) was not offered: the customer has not given the consent this "
+            "channel needs for the marketing purpose. The policy: No action for the marketing purpose"
+        )
+
+    def test_cap_with_purpose_and_direction(self, model: Ruleset) -> None:
+        texts = dict(wording.policy_texts(model))
+        counting = "counting the contacts that reached the customer and the actions ranked higher in the same answer."
+        assert texts["marketing-calls"] == (
+            "No more than 2 actions for the marketing purpose on the agent desktop, when we contact the customer, "
+            f"within 7 days, {counting}"
+        )
+        assert texts["all-calls"] == (
+            f"No more than 3 actions of any kind on the outbound dialer within 7 days, {counting} Mandatory notices "
+            "are never held back by it, though each one given counts towards it: Arrears notice."
+        )
+
+    def test_suppression_with_directions_and_excepted_purposes(self, model: Ruleset) -> None:
+        texts = dict(wording.policy_texts(model))
+        assert texts["vulnerable-in"] == (
+            "When the customer is flagged as a vulnerable customer, nothing is offered when the customer contacts "
+            "us. Mandatory notices are still offered: Arrears notice. Purpose: Vulnerable customers calling in hear "
+            "only what they must."
+        )
+        assert texts["vulnerable-out"] == (
+            "When the customer is flagged as a vulnerable customer, only actions for the regulatory purpose may be "
+            "offered when we contact the customer. Purpose: No selling calls to vulnerable customers."
+        )
+
+    def test_suppression_sentences_hold_in_the_pipeline(self, model: Ruleset) -> None:
+        profile = Profile("C", {"vulnerable": True, "consent_marketing": True, "consent_marketing_out": True})
+        for direction, suppression in ((INBOUND, "vulnerable-in"), (OUTBOUND, "vulnerable-out")):
+            result = evaluate(
+                reference_active(model), profile, Channel.AGENT_DESKTOP, NOON_LONDON, 5, direction=direction
+            )
+            assert [a.action_id for a in result.actions] == ["arrears-notice"]
+            assert [(d.action_id, d.policy) for d in result.dropped] == [("savings-offer", suppression)]
+
+    def test_constraints(self, model: Ruleset) -> None:
+        texts = dict(wording.policy_texts(model))
+        assert texts["no-answer-pause"] == (
+            "Once 3 contacts we started on the outbound dialer ended with no answer within 7 days, every action is "
+            "paused on the outbound dialer for that customer when we contact the customer until fewer than 3 "
+            "remain in that window. Mandatory notices are never paused: Arrears notice."
+        )
+        assert texts["marketing-declines"] == (
+            "Once 2 contacts about actions for the marketing purpose ended with a decline or \u201cnot now\u201d "
+            "within 30 days, actions for the marketing purpose are paused for that customer until fewer than 2 "
+            "remain in that window. Purpose: Two noes are an answer."
+        )
+
+    def test_constraint_sentence_holds_in_the_pipeline(self, model: Ruleset) -> None:
+        calls = tuple(
+            Contact("savings-offer", Channel.OUTBOUND_DIALER, NOON_LONDON - timedelta(days=d), OutcomeKind.NO_ANSWER)
+            for d in (1, 2, 3)
+        )
+        profile = Profile("C", {"vulnerable": False, "consent_any": True}, (), calls)
+        result = evaluate(reference_active(model), profile, Channel.OUTBOUND_DIALER, NOON_LONDON, 5)
+        assert [a.action_id for a in result.actions] == ["arrears-notice"]
+        drop = next(d for d in result.dropped if d.reason == "constraint")
+        assert (drop.action_id, drop.policy) == ("savings-offer", "no-answer-pause")
+
+    def test_several_purposes_are_listed_once(self) -> None:
+        text = PURPOSES.replace(
+            "{field: consent_any, channel: outbound_dialer}",
+            "{field: consent_any, channel: outbound_dialer, purposes: [regulatory, marketing]}",
+        ).replace("except_purposes: [regulatory]}", "except_purposes: [regulatory, marketing]}")
+        texts = dict(wording.policy_texts(load_ruleset_text(text)))
+        assert texts["consent:marketing+regulatory:outbound_dialer"].startswith(
+            "No action for the marketing or regulatory purposes is offered on the outbound dialer unless"
+        )
+        assert texts["vulnerable-out"].startswith(
+            "When the customer is flagged as a vulnerable customer, only actions for the marketing and regulatory "
+            "purposes may be offered when we contact the customer."
+        )
+
+    def test_every_new_kind_reads_as_words(self, model: Ruleset) -> None:
+        for policy_id, text in wording.policy_texts(model):
+            assert not TestBundledRuleset.LEFTOVERS.search(text), (policy_id, text)
+            assert "There is no contact policy" not in text
+
+
 def customer(**changes: object) -> Profile:
     attributes: dict[str, object] = {
         "first_name": "Ana",
@@ -501,7 +666,7 @@ class TestDrops:
         drop = dropped_by(ruleset, profile, Channel.OUTBOUND_DIALER, "do_not_contact")
         text = wording.drop_text(drop, ruleset)
         assert "is listed as do-not-contact for this channel (bereavement)" in text
-        assert "a listed customer who calls in is still helped" in text
+        assert "mandatory notices included; a listed customer who contacts us is still helped" in text
 
     def test_constraint(self) -> None:
         paused = load_ruleset_text(
@@ -522,8 +687,9 @@ class TestDrops:
         assert (drop.action_id, drop.policy) == ("savings-offer", "two-declines")
         assert wording.drop_text(drop, paused) == (
             "Savings offer (from rule savings) was not offered: it is paused for this customer after how earlier "
-            "contacts ended. The policy: After 2 cross sell actions ended declined within 90 days, no more are "
-            "offered to that customer until fewer remain in that window. Purpose: Two noes are an answer."
+            "contacts ended. The policy: Once 2 contacts about cross sell actions ended with a decline within 90 "
+            "days, cross sell actions are paused for that customer until fewer than 2 remain in that window. "
+            "Purpose: Two noes are an answer."
         )
 
     def test_held_out(self, ruleset: Ruleset) -> None:

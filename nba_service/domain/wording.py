@@ -10,7 +10,7 @@ declarations (field names, event types, descriptions), so a new field needs no c
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime, timedelta
 
 from nba_service.domain.model import (
@@ -365,14 +365,15 @@ def policy_texts(ruleset: Ruleset) -> list[tuple[str, str]]:
 def policy_text(ruleset: Ruleset, policy_id: str) -> str:
     policies = ruleset.policies
     if policy_id.startswith("consent:"):
-        for consent in policies.consent:
-            if consent.id == policy_id:
-                return _consent_text(consent, ruleset)
+        # Entries for the same channel and purposes but other directions share an id: one sentence each.
+        texts = [_consent_text(c, ruleset) for c in policies.consent if c.id == policy_id]
+        if texts:
+            return " ".join(texts)
     if policy_id == DO_NOT_CONTACT:
         return (
             "Nobody listed as do-not-contact for a channel (at their own request, on a regulator's list, after a "
-            "bereavement or for vulnerability) is contacted on it until the listing is removed or expires; "
-            "a listed customer who calls in is still helped."
+            "bereavement or for vulnerability) is contacted on it until the listing is removed or expires, "
+            "mandatory notices included; a listed customer who contacts us is still helped."
         )
     if policy_id == "do_not_call" and policies.do_not_call_field is not None:
         return _do_not_call_text(policies.do_not_call_field, ruleset)
@@ -393,18 +394,37 @@ def policy_text(ruleset: Ruleset, policy_id: str) -> str:
     )
 
 
+def direction_text(direction: Direction) -> str:
+    """A direction as a clause: who started the contact."""
+    return "when the customer contacts us" if direction is Direction.INBOUND else "when we contact the customer"
+
+
+def purpose_text(purpose: str) -> str:
+    return f"the {_words(purpose)} purpose"
+
+
+def _purposes_text(purposes: Iterable[str], conjunction: str) -> str:
+    """Purposes as one phrase (the marketing or service purposes) rather than a purpose repeated per name."""
+    names = [_words(p) for p in sorted(purposes)]
+    return f"the {_listing(names, conjunction)} purpose{'s' if len(names) > 1 else ''}"
+
+
 def _flag_condition(field_name: str, wanted: bool, ruleset: Ruleset) -> str:
     return condition_text(Condition(field_name, Op.EQ, (wanted,)), ruleset)
 
 
 def _consent_text(consent: Consent, ruleset: Ruleset) -> str:
-    what = "Nothing" if consent.purposes is None else f"No {' or '.join(sorted(consent.purposes))} action"
+    if consent.purposes is None:
+        what, none = "Nothing", "nothing"
+    else:
+        what = f"No action for {_purposes_text(consent.purposes, 'or')}"
+        none = "none"
     where = channel_text(consent.channel)
     if consent.directions != frozenset(Direction):
-        where += " on " + " or ".join(f"{d.value} contacts" for d in sorted(consent.directions))
+        where += " " + " or ".join(direction_text(d) for d in sorted(consent.directions))
     return (
         f"{what} is offered on {where} unless {_flag_condition(consent.field, True, ruleset)}; "
-        "when this is not known, nothing is offered."
+        f"when this is not known, {none} is offered."
     )
 
 
@@ -427,39 +447,88 @@ def _quiet_hours_text(quiet: QuietHours, ruleset: Ruleset) -> str:
     )
 
 
-def _scope_text(scoped: FrequencyCap | Constraint, many: bool, ruleset: Ruleset) -> str:
-    """What a cap or constraint counts: one action, a category, a purpose or everything, and where."""
+def _scope_noun(scoped: FrequencyCap | Constraint, many: bool, ruleset: Ruleset) -> str:
+    """What a cap or constraint is about: one action, a category, a purpose or everything."""
     if scoped.action is not None:
-        counted = f"{'offers' if many else 'offer'} of {_action_title(scoped.action, ruleset)}"
-    elif scoped.category is not None:
-        counted = f"{category_text(scoped.category)} {'actions' if many else 'action'}"
-    elif scoped.purpose is not None:
-        counted = f"{category_text(scoped.purpose)} {'actions' if many else 'action'}"
-    else:
-        counted = f"{'actions' if many else 'action'} of any kind"
-    if scoped.direction is not None:
-        counted = f"{scoped.direction.value} {counted}"
+        return f"{'offers' if many else 'offer'} of {_action_title(scoped.action, ruleset)}"
+    if scoped.category is not None:
+        return f"{category_text(scoped.category)} {'actions' if many else 'action'}"
+    if scoped.purpose is not None:
+        return f"{'actions' if many else 'action'} for {purpose_text(scoped.purpose)}"
+    return f"{'actions' if many else 'action'} of any kind"
+
+
+def _where(scoped: FrequencyCap | Constraint) -> str:
     where = "" if scoped.channel is None else f" on {channel_text(scoped.channel)}"
-    return counted + where
+    return where if scoped.direction is None else f"{where}, {direction_text(scoped.direction)},"
+
+
+def _in_scope(action: Action, scoped: FrequencyCap | Constraint) -> bool:
+    if scoped.channel is not None and scoped.channel not in action.scripts:
+        return False
+    if scoped.action is not None:
+        return action.id == scoped.action
+    if scoped.category is not None:
+        return action.category == scoped.category
+    return scoped.purpose is None or action.purpose == scoped.purpose
+
+
+def _mandatory_titles(ruleset: Ruleset, keep: Callable[[Action], bool]) -> list[str]:
+    return [action_title(a) for a in ruleset.actions.values() if a.mandatory and keep(a)]
+
+
+_OUTCOME_WORDS = {
+    "accepted": "an acceptance",
+    "declined": "a decline",
+    "no_answer": "no answer",
+    "converted": "a conversion",
+    "callback_requested": "a callback request",
+    "not_offered": "the action not offered",
+    "not_now": "\u201cnot now\u201d",
+}
 
 
 def _constraint_text(constraint: Constraint, ruleset: Ruleset) -> str:
-    outcomes = _listing([o.replace("_", " ") for o in sorted(constraint.outcomes)], "or")
-    scope = _scope_text(constraint, True, ruleset)
+    outcomes = _listing([_OUTCOME_WORDS.get(o, _words(o)) for o in sorted(constraint.outcomes)], "or")
+    contacts = "contacts"
+    if constraint.direction is not None:
+        contacts += " the customer started" if constraint.direction is Direction.INBOUND else " we started"
+    channel = "" if constraint.channel is None else f" on {channel_text(constraint.channel)}"
+    if constraint.action is not None:
+        about, paused = (
+            f" about {_action_title(constraint.action, ruleset)}",
+            f"{_action_title(constraint.action, ruleset)} is",
+        )
+    elif constraint.category is None and constraint.purpose is None:
+        about, paused = "", "every action is"
+    else:
+        noun = _scope_noun(constraint, True, ruleset)
+        about, paused = f" about {noun}", f"{noun} are"
+    when = "" if constraint.direction is None else f" {direction_text(constraint.direction)}"
     sentence = (
-        f"After {constraint.after:,} {scope} ended {outcomes} within {duration_text(constraint.within)}, "
-        "no more are offered to that customer until fewer remain in that window."
+        f"Once {constraint.after:,} {contacts}{about}{channel} ended with {outcomes} within "
+        f"{duration_text(constraint.within)}, {paused} paused{channel} for that customer{when} until fewer than "
+        f"{constraint.after:,} remain in that window."
     )
+    # One that names a mandatory notice is that notice's own repeat limit, and does hold it back.
+    mandatory = _mandatory_titles(ruleset, lambda a: constraint.action is None and _in_scope(a, constraint))
+    if mandatory:
+        sentence += f" Mandatory notices are never paused: {_listing(mandatory, 'and')}."
     return _with_purpose(sentence, constraint.description)
 
 
 def _cap_text(cap: FrequencyCap, ruleset: Ruleset) -> str:
-    counted = _scope_text(cap, cap.max != 1, ruleset)
-    where = ""
     sentence = (
-        f"No more than {cap.max:,} {counted}{where} within {duration_text(cap.within)}, counting the contacts "
-        "that reached the customer and the actions ranked higher in the same answer."
+        f"No more than {cap.max:,} {_scope_noun(cap, cap.max != 1, ruleset)}{_where(cap)} within "
+        f"{duration_text(cap.within)}, counting the contacts that reached the customer and the actions ranked "
+        "higher in the same answer."
     )
+    mandatory = _mandatory_titles(ruleset, lambda a: cap.action is None and _in_scope(a, cap))
+    if mandatory:
+        sentence += (
+            f" Mandatory notices are never held back by it, though each one given counts towards it: "
+            f"{_listing(mandatory, 'and')}."
+        )
     return _with_purpose(sentence, cap.description)
 
 
@@ -473,20 +542,33 @@ def _with_purpose(sentence: str, description: str) -> str:
 def _suppression_text(suppression: Suppression, ruleset: Ruleset) -> str:
     channels = [c for c in Channel if c in suppression.channels]
     where = "" if len(channels) == len(Channel) else f" on {_listing([channel_text(c) for c in channels], 'or')}"
-    allowed = sorted(suppression.except_categories)
-    if allowed:
-        kinds = _listing([category_text(c) for c in allowed], "and")
-        outcome = f"only {kinds} actions may be offered{where}"
-    else:
-        outcome = f"nothing is offered{where}"
+    if suppression.directions != frozenset(Direction):
+        where += " " + " or ".join(direction_text(d) for d in sorted(suppression.directions))
+    categories = [category_text(c) for c in sorted(suppression.except_categories)]
+    allowed = [f"{_listing(categories, 'and')} actions"] if categories else []
+    if suppression.except_purposes:
+        allowed.append(f"actions for {_purposes_text(suppression.except_purposes, 'and')}")
+    outcome = f"only {_listing(allowed, 'and')} may be offered{where}" if allowed else f"nothing is offered{where}"
     sentence = f"{_when_clause(suppression.when, ruleset)} {outcome}."
     sentence = sentence[0].upper() + sentence[1:]
+
+    def overrides(action: Action) -> bool:
+        return (
+            any(c in action.scripts for c in channels)
+            and action.category not in suppression.except_categories
+            and action.purpose not in suppression.except_purposes
+        )
+
+    mandatory = _mandatory_titles(ruleset, overrides)
+    if mandatory:
+        sentence += f" Mandatory notices are still offered: {_listing(mandatory, 'and')}."
     return _with_purpose(sentence, suppression.description)
 
 
 # --- dropped candidates --------------------------------------------------------------------------------------
 
 _LISTED = re.compile(r"listed \((\w+)")
+_FOR_PURPOSE = re.compile(r" is not true for (\S+)$")
 _CHOSEN_THROUGH = re.compile(r"already chosen through rule (\S+)")
 _TOP = re.compile(r"below the top (\d+)")
 _IN_DECISION = re.compile(r"(\d+) in the contact history and (\d+) already chosen")
@@ -511,7 +593,9 @@ def drop_text(dropped: DroppedCandidate, ruleset: Ruleset) -> str:
     if reason == "constraint":
         return f"{lead}: it is paused for this customer after how earlier contacts ended.{policy}"
     if reason == "no_consent":
-        return f"{lead}: the customer has not given the consent this channel needs.{policy}"
+        purpose = _FOR_PURPOSE.search(dropped.detail)
+        needs = f" for {purpose_text(purpose.group(1))}" if purpose else ""
+        return f"{lead}: the customer has not given the consent this channel needs{needs}.{policy}"
     if reason == "do_not_call":
         return f"{lead}: the customer is on the do-not-call register, or that is not known.{policy}"
     if reason == "quiet_hours":

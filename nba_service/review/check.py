@@ -24,11 +24,26 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from nba_service.domain.loader import _located
-from nba_service.domain.model import Action, Channel, Condition, Direction, FieldSpec, Op, Rule, Ruleset, Scalar, When
-from nba_service.domain.policy import _cap_applies
+from nba_service.domain.model import (
+    Action,
+    Channel,
+    Condition,
+    Constraint,
+    Direction,
+    FieldSpec,
+    FrequencyCap,
+    Op,
+    Rule,
+    Ruleset,
+    Scalar,
+    When,
+    direction_fits,
+)
+from nba_service.domain.policy import _binds, _cap_applies
+from nba_service.domain.profile import OutcomeKind
 from nba_service.domain.scripts import SCRIPT_FIELDS, placeholders
 from nba_service.errors import RulesetProblem
-from nba_service.review.conditions import conflict, equivalent, implies, satisfiable
+from nba_service.review.conditions import branches, conflict, equivalent, implies, satisfiable
 
 
 class Severity(enum.StrEnum):
@@ -55,6 +70,11 @@ class Code(enum.StrEnum):
     VERSION_WENT_BACK = "version-went-back"
     NO_PREVIOUS_VERSION = "no-previous-version"
     INVALID = "invalid"
+    UNUSED_PURPOSE = "unused-purpose"
+    POLICY_NEVER_APPLIES = "policy-never-applies"
+    OUTCOME_NEVER_RECORDED = "outcome-never-recorded"
+    REDUNDANT_POLICY = "redundant-policy"
+    MANDATORY_NOT_EXCEPTED = "mandatory-not-excepted"
 
 
 SEVERITY: Mapping[Code, Severity] = {
@@ -74,6 +94,11 @@ SEVERITY: Mapping[Code, Severity] = {
     Code.VERSION_WENT_BACK: Severity.ERROR,
     Code.NO_PREVIOUS_VERSION: Severity.WARNING,
     Code.INVALID: Severity.ERROR,
+    Code.UNUSED_PURPOSE: Severity.WARNING,
+    Code.POLICY_NEVER_APPLIES: Severity.WARNING,
+    Code.OUTCOME_NEVER_RECORDED: Severity.WARNING,
+    Code.REDUNDANT_POLICY: Severity.WARNING,
+    Code.MANDATORY_NOT_EXCEPTED: Severity.WARNING,
 }
 
 
@@ -265,6 +290,11 @@ class _Checker:
                 self._offered(index, rule)
         self._overlaps()
         self._actions()
+        self._purposes()
+        self._consent()
+        self._suppressions_reach()
+        self._scoped()
+        self._mandatory_under_suppressions()
         return sorted(self.findings, key=lambda f: (f.line or 0, f.code))
 
     def _metadata(self) -> None:
@@ -322,15 +352,26 @@ class _Checker:
     def _policy_block(self, rule: Rule, action: Action, channel: Channel) -> str | None:
         """Why contact policy stops this rule's action on this channel whenever the rule fires, or None."""
         policies = self.ruleset.policies
-        every_direction = frozenset(Direction) if channel is Channel.AGENT_DESKTOP else {Direction.OUTBOUND}
-        for consent in policies.consent:
-            if (
-                consent.channel is channel
-                and (consent.purposes is None or action.purpose in consent.purposes)
-                and every_direction <= consent.directions
-                and self._always(rule, Condition(consent.field, Op.MISSING), Condition(consent.field, Op.NE, (True,)))
-            ):
-                return f"consent ({consent.field} is never true when the rule fires)"
+        every_direction = [d for d in Direction if direction_fits(channel, d)]
+        # Blocked only when every direction the channel can take has a consent entry that always fails: one
+        # entry for both, or one per direction (the same channel and purpose split by direction).
+        failing: list[str] = []
+        for direction in every_direction:
+            field_name = next(
+                (
+                    c.field
+                    for c in policies.consent
+                    if c.applies(channel, action.purpose, direction)
+                    and self._always(rule, Condition(c.field, Op.MISSING), Condition(c.field, Op.NE, (True,)))
+                ),
+                None,
+            )
+            if field_name is None:
+                break
+            failing.append(field_name)
+        else:
+            fields = " and ".join(dict.fromkeys(failing))
+            return f"consent ({fields} {'is' if len(set(failing)) == 1 else 'are'} never true when the rule fires)"
         dnc = policies.do_not_call_field
         if (
             channel is Channel.OUTBOUND_DIALER
@@ -341,7 +382,7 @@ class _Checker:
         for suppression in policies.suppressions:
             if (
                 channel in suppression.channels
-                and every_direction <= suppression.directions
+                and suppression.directions.issuperset(every_direction)
                 and not action.mandatory
                 and action.category not in suppression.except_categories
                 and action.purpose not in suppression.except_purposes
@@ -350,7 +391,7 @@ class _Checker:
                 return f"suppression {suppression.id!r} (its conditions hold whenever the rule's do)"
         for cap in policies.frequency_caps:
             applies = all(_cap_applies(cap, action, channel, d) for d in every_direction)
-            if cap.max == 0 and applies and not action.mandatory:
+            if cap.max == 0 and applies and (cap.action == action.id or not action.mandatory):
                 return f"frequency cap {cap.id!r} (max 0)"
         return None
 
@@ -383,6 +424,7 @@ class _Checker:
         if any(blocks[c] is None for c in action.scripts):
             return
         scripted = [f"on {c.value} by {blocks[c]}" for c in Channel if c in action.scripts]
+        what = f"mandatory notice {action.id!r}" if action.mandatory else f"action {action.id!r}"
         open_channels = [c.value for c in Channel if blocks[c] is None]
         if open_channels:
             self.add(
@@ -390,7 +432,7 @@ class _Checker:
                 path,
                 "rule",
                 rule.id,
-                f"can never produce an offer: action {action.id!r} is always stopped {_listed(scripted)}, and has "
+                f"can never produce an offer: {what} is always stopped {_listed(scripted)}, and has "
                 f"no script for {_listed(open_channels)}, where the policies would allow it",
             )
             return
@@ -399,7 +441,7 @@ class _Checker:
             path,
             "rule",
             rule.id,
-            f"can never produce an offer: action {action.id!r} is always stopped {_listed(scripted)}",
+            f"can never produce an offer: {what} is always stopped {_listed(scripted)}",
         )
 
     def _overlaps(self) -> None:
@@ -456,3 +498,219 @@ class _Checker:
                             action.id,
                             f"placeholder {{{name}}} is not allowed in scripts (allowed: {allowed})",
                         )
+
+    # --- the contact policy model: purposes, consent per purpose and direction, caps, constraints, mandatory
+
+    def _purposes(self) -> None:
+        served = {action.purpose for action in self.ruleset.actions.values()}
+        for index, purpose in enumerate(self.ruleset.purposes.values()):
+            if purpose.id not in served:
+                categories = _listed([f"`{c}`" for c in purpose.categories])
+                self.add(
+                    Code.UNUSED_PURPOSE,
+                    ["purposes", index],
+                    "purpose",
+                    purpose.id,
+                    f"no action has its categories ({categories}): remove it, or the consent and policies naming it "
+                    "guard nothing",
+                )
+
+    def _consent_path(self, index: int) -> list[str | int]:
+        """The list form is located by position, the short `{channel: field}` form by its channel key."""
+        document = self.document
+        section = document.get("policies", {}).get("consent") if isinstance(document, Mapping) else None
+        if isinstance(section, Mapping):
+            return ["policies", "consent", self.ruleset.policies.consent[index].channel.value]
+        return ["policies", "consent", index]
+
+    def _suppressions_reach(self) -> None:
+        """A suppression for inbound contacts on the outbound dialer alone never applies: the dialer only calls out."""
+        for index, suppression in enumerate(self.ruleset.policies.suppressions):
+            if not any(direction_fits(c, d) for c in suppression.channels for d in suppression.directions):
+                self.add(
+                    Code.POLICY_NEVER_APPLIES,
+                    ["policies", "suppressions", index],
+                    "policy",
+                    suppression.id,
+                    "it is for inbound contacts on the outbound dialer only, which only calls out, so it never "
+                    "applies: fix its channels or directions",
+                )
+
+    def _consent(self) -> None:
+        for index, consent in enumerate(self.ruleset.policies.consent):
+            directions = [d for d in Direction if d in consent.directions and direction_fits(consent.channel, d)]
+            if not directions:
+                why = f"{consent.channel.value} only calls out, and this consent is for inbound contacts only"
+            elif not any(
+                consent.channel in a.scripts and (consent.purposes is None or a.purpose in consent.purposes)
+                for a in self.ruleset.actions.values()
+            ):
+                purposes = ""
+                if consent.purposes is not None:
+                    plural = "s" if len(consent.purposes) > 1 else ""
+                    purposes = f" for the {_listed(sorted(consent.purposes))} purpose{plural}"
+                why = f"no action{purposes} has a script for {consent.channel.value}"
+            else:
+                continue
+            self.add(
+                Code.POLICY_NEVER_APPLIES,
+                self._consent_path(index),
+                "policy",
+                consent.id,
+                f"{why}, so {consent.field} is never asked for: remove the entry or fix its scope",
+            )
+
+    def _counted(self, scoped: FrequencyCap | Constraint) -> list[Action]:
+        """The actions a cap or constraint can hold back: in its scope, offered on its channel, and not a mandatory
+        notice unless it names that very notice (its repeat limit)."""
+        return [
+            a
+            for a in self.ruleset.actions.values()
+            if any(
+                c in a.scripts and _binds(scoped, a, c, d) for c in Channel for d in Direction if direction_fits(c, d)
+            )
+        ]
+
+    def _scoped(self) -> None:
+        policies = self.ruleset.policies
+        items: list[tuple[str, int, FrequencyCap | Constraint]] = [
+            *(("frequency_caps", i, cap) for i, cap in enumerate(policies.frequency_caps)),
+            *(("constraints", i, constraint) for i, constraint in enumerate(policies.constraints)),
+        ]
+        for section, index, scoped in items:
+            kind = "frequency cap" if section == "frequency_caps" else "constraint"
+            path: list[str | int] = ["policies", section, index]
+            if scoped.channel is Channel.OUTBOUND_DIALER and scoped.direction is Direction.INBOUND:
+                self.add(
+                    Code.POLICY_NEVER_APPLIES,
+                    [*path, "direction"],
+                    "policy",
+                    scoped.id,
+                    f"the outbound dialer only calls out, so this inbound-only {kind} never holds anything back",
+                )
+                continue
+            if not self._counted(scoped):
+                scope = [a for a in self.ruleset.actions.values() if _matches(scoped, a)]
+                if not scope:
+                    named = [f"{k} {v!r}" for k, v in (("category", scoped.category), ("purpose", scoped.purpose)) if v]
+                    why = f"no action is in its scope ({_listed(named)})" if named else "no action is in its scope"
+                elif any(_in_scope_anywhere(scoped, a) for a in scope):
+                    why = "every action in its scope is a mandatory notice, which it never holds back"
+                else:
+                    why = f"no action in its scope has a script for {scoped.channel}"
+                self.add(Code.POLICY_NEVER_APPLIES, path, "policy", scoped.id, f"{why}: remove it or fix its scope")
+                continue
+            if isinstance(scoped, Constraint):
+                self._recorded(scoped, path)
+        self._redundant("frequency_caps", policies.frequency_caps)
+        self._redundant("constraints", policies.constraints)
+
+    def _recorded(self, constraint: Constraint, path: list[str | int]) -> None:
+        """A contact the customer started is never unanswered: a pause counting only that never starts."""
+        inbound_only = constraint.direction is Direction.INBOUND
+        if inbound_only and constraint.outcomes <= _OUTBOUND_ONLY_OUTCOMES:
+            self.add(
+                Code.OUTCOME_NEVER_RECORDED,
+                [*path, "outcomes"],
+                "policy",
+                constraint.id,
+                f"it counts only {_listed(sorted(constraint.outcomes))}, which a contact the customer started never "
+                "ends with, so the pause never starts: count other outcomes or make it outbound",
+            )
+
+    def _redundant(self, section: str, items: Sequence[FrequencyCap | Constraint]) -> None:
+        """One of two with the same scope and window that never holds back anything the other would not: the
+        other counts at least as much (same or more outcomes) and stops at the same count or sooner."""
+        for later, item in enumerate(items):
+            for earlier, other in enumerate(items):
+                if earlier == later or _scope(item) != _scope(other) or item.within != other.within:
+                    continue
+                if isinstance(item, FrequencyCap) and isinstance(other, FrequencyCap):
+                    tighter = other.max < item.max or (other.max == item.max and earlier < later)
+                    limit = f"max {other.max}" if other.max != item.max else "the same max"
+                elif isinstance(item, Constraint) and isinstance(other, Constraint):
+                    more = other.outcomes >= item.outcomes
+                    tighter = more and (
+                        other.after < item.after
+                        or (other.after == item.after and (other.outcomes > item.outcomes or earlier < later))
+                    )
+                    limit = f"after {other.after}" if other.after != item.after else "the same count"
+                else:
+                    continue
+                if not tighter:
+                    continue
+                kind = "frequency cap" if section == "frequency_caps" else "constraint"
+                self.add(
+                    Code.REDUNDANT_POLICY,
+                    ["policies", section, later],
+                    "policy",
+                    item.id,
+                    f"{kind} {other.id!r} has the same scope and window and stops at {limit}, so this one never holds "
+                    "back anything it would not: remove one, or give them different scopes or windows",
+                )
+                break
+
+    def _mandatory_under_suppressions(self) -> None:
+        """A mandatory notice skips suppressions. Listing its category or purpose under the suppression's
+        exceptions says so in the file; without that, a reader of the suppression alone would think it stops the
+        notice too."""
+        rules = self.ruleset.rules
+        for index, suppression in enumerate(self.ruleset.policies.suppressions):
+            overridden = []
+            for action in self.ruleset.actions.values():
+                if (
+                    not action.mandatory
+                    or action.category in suppression.except_categories
+                    or action.purpose in suppression.except_purposes
+                    or not any(
+                        c in suppression.channels and any(direction_fits(c, d) for d in suppression.directions)
+                        for c in action.scripts
+                    )
+                ):
+                    continue
+                if any(
+                    rule.action == action.id
+                    and position not in self.contradictory
+                    and _together(rule.when, suppression.when, self.fields)
+                    for position, rule in enumerate(rules)
+                ):
+                    overridden.append(action)
+            if not overridden:
+                continue
+            names = _listed([repr(a.id) for a in overridden])
+            categories = _listed(sorted({f"`{a.category}`" for a in overridden}))
+            self.add(
+                Code.MANDATORY_NOT_EXCEPTED,
+                ["policies", "suppressions", index],
+                "policy",
+                suppression.id,
+                f"mandatory {'notice' if len(overridden) == 1 else 'notices'} {names} can be offered while it holds "
+                f"(mandatory notices skip suppressions), but it does not except {categories}: add "
+                f"{'it' if len(overridden) == 1 else 'them'} to except_categories (or the purpose to except_purposes) "
+                "so the file says what happens",
+            )
+
+
+_OUTBOUND_ONLY_OUTCOMES = frozenset({OutcomeKind.NO_ANSWER.value})
+
+
+def _scope(scoped: FrequencyCap | Constraint) -> tuple[object, ...]:
+    return (scoped.action, scoped.category, scoped.purpose, scoped.channel, scoped.direction)
+
+
+def _matches(scoped: FrequencyCap | Constraint, action: Action) -> bool:
+    """In scope by action, category or purpose, wherever it is offered."""
+    if scoped.action is not None:
+        return action.id == scoped.action
+    if scoped.category is not None:
+        return action.category == scoped.category
+    return scoped.purpose is None or action.purpose == scoped.purpose
+
+
+def _in_scope_anywhere(scoped: FrequencyCap | Constraint, action: Action) -> bool:
+    return any(c in action.scripts and _cap_applies(scoped, action, c, d) for c in Channel for d in Direction)
+
+
+def _together(first: When, second: When, fields: Mapping[str, FieldSpec]) -> bool:
+    """Whether some facts make both hold at once."""
+    return any(satisfiable((*a, *b), fields) for a in branches(first) for b in branches(second))

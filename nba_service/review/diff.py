@@ -10,12 +10,24 @@ each worker process tallies its own customers and the tallies are added up.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from nba_service.domain.model import Channel, Constraint, EventSpec, FieldSpec, FrequencyCap, Ruleset, Suppression
+from nba_service.domain.model import (
+    Action,
+    Channel,
+    Constraint,
+    Direction,
+    EventSpec,
+    FieldSpec,
+    FrequencyCap,
+    Ruleset,
+    Suppression,
+    direction_fits,
+)
 from nba_service.domain.policy import policy_ids
 from nba_service.domain.records import RulesetRef
 from nba_service.domain.wording import action_title, duration_text, policy_text, rule_text, when_text
@@ -52,6 +64,8 @@ class ItemChange:
     parts: tuple[PartChange, ...] = ()
     old_text: str | None = None
     new_text: str | None = None
+    # What the parts mean for decisions, when a reviewer could miss it (an offer becoming a mandatory notice).
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +75,7 @@ class ItemChange:
             "parts": [p.to_json() for p in self.parts],
             "old_text": self.old_text,
             "new_text": self.new_text,
+            "notes": list(self.notes),
         }
 
 
@@ -74,12 +89,14 @@ class StructuralDiff:
     policies: tuple[ItemChange, ...]
     fields: tuple[ItemChange, ...]
     events: tuple[ItemChange, ...]
+    purposes: tuple[ItemChange, ...] = ()
 
     @property
     def sections(self) -> tuple[tuple[str, tuple[ItemChange, ...]], ...]:
         return (
             ("rules", self.rules),
             ("actions", self.actions),
+            ("purposes", self.purposes),
             ("policies", self.policies),
             ("fields", self.fields),
             ("events", self.events),
@@ -106,10 +123,11 @@ def structural_diff(old: Ruleset, new: Ruleset) -> StructuralDiff:
         ref(new),
         _metadata(old, new),
         _compare("rule", _rules(old), _rules(new)),
-        _compare("action", _actions(old), _actions(new)),
+        _action_notes(_compare("action", _actions(old), _actions(new)), old, new),
         _compare("policy", _policies(old), _policies(new)),
         _compare("field", _fields(old), _fields(new)),
         _compare("event", _events(old), _events(new)),
+        _compare("purpose", _purposes(old), _purposes(new)),
     )
 
 
@@ -206,31 +224,100 @@ def _rules(ruleset: Ruleset) -> dict[str, _Item]:
 def _actions(ruleset: Ruleset) -> dict[str, _Item]:
     items: dict[str, _Item] = {}
     for action in ruleset.actions.values():
-        parts: dict[str, _Part] = {"category": action.category, "description": action.description}
+        parts: dict[str, _Part] = {"type": action.type.value, "category": action.category}
+        if action.purpose:
+            parts["purpose"] = action.purpose
+        parts["description"] = action.description
         for channel in Channel:
             if channel in action.scripts:
                 parts[f"script ({channel.value})"] = action.scripts[channel]
         if action.trigger is not None:
             parts["trigger event"] = action.trigger.event
             parts["trigger lifetime"] = duration_text(action.trigger.lifetime)
-        items[action.id] = _Item(parts, action_title(action))
+        # Derived from the consent policies, so a reviewer sees which actions a consent change reaches.
+        for (channel, direction), needed in consent_needed(ruleset, action).items():
+            parts[f"consent needed ({channel.value}, {direction.value})"] = " and ".join(needed) or "no consent"
+        title = action_title(action) + (" (mandatory notice)" if action.mandatory else "")
+        items[action.id] = _Item(parts, title)
     return items
+
+
+def consent_needed(ruleset: Ruleset, action: Action) -> dict[tuple[Channel, Direction], tuple[str, ...]]:
+    """The consent fields the action needs on each channel it has a script for, in each direction that channel
+    can take: what moving an action to another purpose, or rewriting a consent entry, changes."""
+    return {
+        (channel, direction): tuple(
+            dict.fromkeys(c.field for c in ruleset.policies.consent if c.applies(channel, action.purpose, direction))
+        )
+        for channel in Channel
+        if channel in action.scripts
+        for direction in Direction
+        if direction_fits(channel, direction)
+    }
+
+
+_BECOMES_MANDATORY = (
+    "BIG CHANGE: now a mandatory notice: it ranks above every offer, and suppressions, constraint pauses and "
+    "frequency caps no longer stop it"
+)
+_NO_LONGER_MANDATORY = (
+    "BIG CHANGE: no longer a mandatory notice: it now ranks by priority among the offers, and suppressions, "
+    "constraint pauses and frequency caps can stop it"
+)
+
+
+def _action_notes(changes: tuple[ItemChange, ...], old: Ruleset, new: Ruleset) -> tuple[ItemChange, ...]:
+    noted = []
+    for change in changes:
+        notes: list[str] = []
+        parts = {p.part: p for p in change.parts}
+        if change.status == "added" and new.actions[change.id].mandatory:
+            notes.append("a mandatory notice: it ranks above every offer and skips suppressions, pauses and caps")
+        kind = parts.get("type")
+        if kind is not None:
+            notes.append(_BECOMES_MANDATORY if kind.new == "mandatory" else _NO_LONGER_MANDATORY)
+        purpose = parts.get("purpose")
+        if purpose is not None:
+            consent = [p for p in change.parts if p.part.startswith("consent needed")]
+            moved = f"moves from purpose {purpose.old or '(none)'} to {purpose.new or '(none)'}"
+            if consent:
+                notes.append(f"{moved}, so the consent it needs changes (see the consent needed parts)")
+            else:
+                notes.append(f"{moved}; the consent it needs is the same")
+            notes.append("caps, constraints and suppressions that name a purpose now count it under its new one")
+        noted.append(dataclasses.replace(change, notes=tuple(notes)) if notes else change)
+    return tuple(noted)
+
+
+def _purposes(ruleset: Ruleset) -> dict[str, _Item]:
+    return {
+        p.id: _Item(
+            {"description": p.description, "categories": ", ".join(p.categories)},
+            f"{p.id}: {p.description} (categories {', '.join(p.categories)})",
+        )
+        for p in ruleset.purposes.values()
+    }
 
 
 def _policies(ruleset: Ruleset) -> dict[str, _Item]:
     policies = ruleset.policies
     caps = {cap.id: cap for cap in policies.frequency_caps}
-    suppressions = {s.id: s for s in policies.suppressions}
     constraints = {c.id: c for c in policies.constraints}
+    suppressions = {s.id: s for s in policies.suppressions}
     items: dict[str, _Item] = {}
     for policy_id in policy_ids(ruleset):
         parts: dict[str, _Part]
         if policy_id.startswith("consent:"):
-            consent = next(c for c in policies.consent if c.id == policy_id)
+            entries = [c for c in policies.consent if c.id == policy_id]
             parts = {
-                "consent field": consent.field,
-                "directions": ", ".join(sorted(d.value for d in consent.directions)),
+                "purposes": "every purpose" if entries[0].purposes is None else ", ".join(sorted(entries[0].purposes))
             }
+            if len(entries) == 1:
+                parts["consent field"] = entries[0].field
+                parts["directions"] = _directions(entries[0].directions)
+            else:  # the same channel and purposes split by direction: one field per direction
+                for entry in entries:
+                    parts[f"consent field ({_directions(entry.directions)})"] = entry.field
         elif policy_id == "do_not_call":
             parts = {"do-not-call field": policies.do_not_call_field or ""}
         elif policy_id == "quiet_hours" and policies.quiet_hours is not None:
@@ -250,11 +337,28 @@ def _policies(ruleset: Ruleset) -> dict[str, _Item]:
     return items
 
 
-def _cap_parts(cap: FrequencyCap) -> dict[str, _Part]:
-    parts: dict[str, _Part] = {"kind": "frequency cap", "max": str(cap.max), "within": duration_text(cap.within)}
-    for name, value in (("action", cap.action), ("category", cap.category), ("channel", cap.channel)):
+def _directions(directions: frozenset[Direction]) -> str:
+    return ", ".join(d.value for d in Direction if d in directions)
+
+
+def _scope_parts(scoped: FrequencyCap | Constraint) -> dict[str, _Part]:
+    """What a cap or constraint counts and where; a part left out matches everything (shown as "(none)")."""
+    parts: dict[str, _Part] = {}
+    for name, value in (
+        ("action", scoped.action),
+        ("category", scoped.category),
+        ("purpose", scoped.purpose),
+        ("channel", scoped.channel),
+        ("direction", scoped.direction),
+    ):
         if value is not None:
             parts[name] = str(value)
+    return parts
+
+
+def _cap_parts(cap: FrequencyCap) -> dict[str, _Part]:
+    parts: dict[str, _Part] = {"kind": "frequency cap", "max": str(cap.max), "within": duration_text(cap.within)}
+    parts.update(_scope_parts(cap))
     parts["description"] = cap.description
     return parts
 
@@ -267,16 +371,7 @@ def _constraint_parts(constraint: Constraint) -> dict[str, _Part]:
         "within": duration_text(constraint.within),
         "per action": "yes" if constraint.per_action else "no",
     }
-    scope = (
-        ("action", constraint.action),
-        ("category", constraint.category),
-        ("purpose", constraint.purpose),
-        ("channel", constraint.channel),
-        ("direction", constraint.direction),
-    )
-    for name, value in scope:
-        if value is not None:
-            parts[name] = str(value)
+    parts.update(_scope_parts(constraint))
     parts["description"] = constraint.description
     return parts
 
@@ -286,7 +381,9 @@ def _suppression_parts(suppression: Suppression, ruleset: Ruleset) -> dict[str, 
         "kind": "suppression",
         "conditions": _Worded(suppression.when, when_text(suppression.when, ruleset)),
         "channels": ", ".join(c.value for c in Channel if c in suppression.channels),
+        "directions": _directions(suppression.directions),
         "except categories": ", ".join(sorted(suppression.except_categories)) or "none",
+        "except purposes": ", ".join(sorted(suppression.except_purposes)) or "none",
         "description": suppression.description,
     }
 

@@ -20,6 +20,7 @@ h3 { font-size: 1.05em; margin-top: 1.5em; }
 table { border-collapse: collapse; margin: .5em 0; } th, td { padding: .25em .6em; border-bottom: 1px solid #e3e6ea; }
 th { text-align: left; background: #f3f5f8; } td { overflow-wrap: anywhere; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
+.note-flag { border-left: 4px double #1d2329; padding-left: .5rem; }
 .added { color: #1b6e35; } .removed { color: #a3261c; } .changed { color: #7a5400; }
 .muted { color: #5b6472; } code { font-size: .92em; } .examples { font-size: .88em; color: #39424f; }
 svg text { font: 12px system-ui, sans-serif; fill: #1d2430; }
@@ -81,14 +82,15 @@ def _structure(structure: StructuralDiff) -> list[str]:
 
 def _item(item: ItemChange) -> str:
     head = f'<li><span class="{item.status}">{escape(item.status)}</span> <code>{escape(item.id)}</code>'
+    notes = "".join(f'<p class="note-flag"><strong>{escape(note)}</strong></p>' for note in item.notes)
     if item.status == "added":
-        return f"{head}: {_text(item.new_text)}</li>"
+        return f"{head}: {_text(item.new_text)}{notes}</li>"
     if item.status == "removed":
-        return f"{head}; it read: {_text(item.old_text)}</li>"
+        return f"{head}; it read: {_text(item.old_text)}{notes}</li>"
     rows = "".join(
         f"<tr><td>{escape(p.part)}</td><td>{_text(p.old)}</td><td>{_text(p.new)}</td></tr>" for p in item.parts
     )
-    return f"{head}<table><tr><th>Part</th><th>Old</th><th>New</th></tr>{rows}</table></li>"
+    return f"{head}<table><tr><th>Part</th><th>Old</th><th>New</th></tr>{rows}</table>{notes}</li>"
 
 
 def _text(value: str | None) -> str:

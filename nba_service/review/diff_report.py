@@ -122,6 +122,7 @@ def _item_lines(item: ItemChange) -> list[str]:
     else:
         for part in item.parts:
             lines.append(f"        {part.part}: {_value(part.old)} -> {_value(part.new)}")
+    lines.extend(f"        !! {note}" for note in item.notes)
     return lines
 
 

@@ -23,8 +23,8 @@ from typing import Literal
 import jinja2
 
 from nba_service.domain import wording
-from nba_service.domain.model import Channel, Ruleset
-from nba_service.domain.policy import policy_ids
+from nba_service.domain.model import Channel, Direction, Ruleset, direction_fits
+from nba_service.domain.policy import DO_NOT_CONTACT, policy_ids
 from nba_service.domain.scenarios import CaseResult, Coverage, coverage
 
 Format = Literal["html", "markdown"]
@@ -56,6 +56,7 @@ class RuleItem:
     reason: str
     description: str
     action_id: str
+    mandatory: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,40 @@ class ActionItem:
     trigger: str | None
     scripts: tuple[Script, ...]
     rules: tuple[str, ...]
+    purpose: str = ""  # the purpose's id; "" when the ruleset declares none
+    mandatory: bool = False
+
+
+MANDATORY_NOTE = (
+    "Mandatory notice: ranks above every offer and is given whatever the suppressions, constraint pauses and "
+    "frequency caps say; a do-not-contact listing, do-not-call, consent for its purpose and quiet hours still stop it."
+)
+
+
+POLICY_ORDER = (
+    "Applied after the rules, in this order: consent for the action's purpose on the channel in the contact's "
+    "direction; do not call and quiet hours for the dialer; suppressions; the action's script for the channel and "
+    "its trigger; constraint pauses; frequency caps. A mandatory notice skips the suppressions, constraint pauses "
+    "and frequency caps, never the others."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentNeed:
+    """Which consent fields a purpose's actions need on one channel in one direction (none: `fields` is empty)."""
+
+    channel: str
+    direction: str
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PurposeItem:
+    id: str
+    description: str
+    categories: tuple[str, ...]
+    actions: tuple[str, ...]  # action ids, file order
+    consent: tuple[ConsentNeed, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +148,8 @@ class ReviewDocument:
     actions: tuple[ActionItem, ...]
     policies: tuple[PolicyItem, ...]
     scenarios: ScenarioSection
+    purposes: tuple[PurposeItem, ...] = ()
+    do_not_contact: str = ""  # the service-wide listing policy in words: it applies to every ruleset
 
 
 def build_document(
@@ -128,7 +165,15 @@ def build_document(
         valid_for=wording.duration_text(meta.valid_for),
         source_file=source_file,
         rules=tuple(
-            RuleItem(r.id, wording.rule_text(r, ruleset), r.priority, r.reason, r.description, r.action)
+            RuleItem(
+                r.id,
+                wording.rule_text(r, ruleset),
+                r.priority,
+                r.reason,
+                r.description,
+                r.action,
+                ruleset.actions[r.action].mandatory,
+            )
             for r in ruleset.rules
         ),
         actions=tuple(_action(ruleset, action_id) for action_id in ruleset.actions),
@@ -136,6 +181,35 @@ def build_document(
             PolicyItem(pid, _policy_kind(ruleset, pid), text) for pid, text in wording.policy_texts(ruleset)
         ),
         scenarios=_scenarios(ruleset, evidence),
+        purposes=tuple(_purpose(ruleset, purpose_id) for purpose_id in ruleset.purposes),
+        do_not_contact=wording.policy_text(ruleset, DO_NOT_CONTACT),
+    )
+
+
+_DIRECTION_LABELS = {Direction.INBOUND: "The customer contacts us", Direction.OUTBOUND: "We contact the customer"}
+
+
+def _purpose(ruleset: Ruleset, purpose_id: str) -> PurposeItem:
+    """A purpose with what serves it and, per channel and direction a contact can take, the consent it needs."""
+    purpose = ruleset.purposes[purpose_id]
+    needs = tuple(
+        ConsentNeed(
+            _channel_label(channel),
+            _DIRECTION_LABELS[direction],
+            tuple(
+                dict.fromkeys(c.field for c in ruleset.policies.consent if c.applies(channel, purpose_id, direction))
+            ),
+        )
+        for channel in Channel
+        for direction in Direction
+        if direction_fits(channel, direction)
+    )
+    return PurposeItem(
+        purpose.id,
+        purpose.description,
+        tuple(wording.category_text(c) for c in purpose.categories),
+        tuple(a.id for a in ruleset.actions.values() if a.purpose == purpose_id),
+        needs,
     )
 
 
@@ -156,6 +230,8 @@ def _action(ruleset: Ruleset, action_id: str) -> ActionItem:
         trigger,
         scripts,
         tuple(r.id for r in ruleset.rules if r.action == action.id),
+        action.purpose,
+        action.mandatory,
     )
 
 
@@ -173,6 +249,8 @@ def _policy_kind(ruleset: Ruleset, policy_id: str) -> str:
         return "Quiet hours"
     if any(cap.id == policy_id for cap in ruleset.policies.frequency_caps):
         return "Frequency cap"
+    if any(constraint.id == policy_id for constraint in ruleset.policies.constraints):
+        return "Constraint"
     return "Suppression"
 
 
@@ -235,7 +313,12 @@ def _environment() -> jinja2.Environment:
 
 def render_document(document: ReviewDocument, fmt: Format) -> str:
     template = _environment().get_template(_TEMPLATES[fmt])
-    return template.render(doc=document, css=_stylesheet() if fmt == "html" else "")
+    return template.render(
+        doc=document,
+        css=_stylesheet() if fmt == "html" else "",
+        mandatory_note=MANDATORY_NOTE,
+        policy_order=POLICY_ORDER,
+    )
 
 
 @cache

@@ -1,8 +1,9 @@
 """The starved report for a person: plain text for a terminal, or one self-contained HTML file with a chart.
 
-Blockers are named the way the ruleset file names them (a cap or suppression id with its description,
-`consent:<channel>` with the consent field), so a manager can go from a line of the report to the line of the
-ruleset to change. Every text from a ruleset or a population is escaped in the HTML.
+Blockers are named the way the ruleset file names them (a cap, constraint or suppression id with its
+description, `consent:<channel>` or `consent:<purpose+purpose>:<channel>` with the consent field,
+`do_not_contact` for the service's own listings), so a manager can go from a line of the report to the line of
+the ruleset to change. Every text from a ruleset or a population is escaped in the HTML.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from html import escape
 
 from nba_service.domain.model import Ruleset
+from nba_service.domain.policy import DO_NOT_CONTACT
+from nba_service.domain.wording import duration_text
 from nba_service.review.diff_html import REPORT_CSS
 from nba_service.review.starved import Blocker, ChannelStarvation, StarvedReport
 
@@ -32,20 +35,30 @@ def describe(blocker: Blocker, ruleset: Ruleset) -> str:
     policies = ruleset.policies
     for cap in policies.frequency_caps:
         if cap.id == blocker.id:
-            return cap.description or f"at most {cap.max} within {cap.within}"
+            return cap.description or f"at most {cap.max} within {duration_text(cap.within)}"
     for suppression in policies.suppressions:
         if suppression.id == blocker.id:
             return suppression.description
     if blocker.id.startswith("consent:"):
-        for consent in policies.consent:
-            if consent.id == blocker.id:
-                purposes = "" if consent.purposes is None else f" {'/'.join(sorted(consent.purposes))}"
-                return f"{consent.field} is not true (no{purposes} consent for {consent.channel.value})"
-    if blocker.id == "do_not_contact":
-        return "listed as do-not-contact (customer request, regulator list, bereavement or vulnerability)"
+        entries = [c for c in policies.consent if c.id == blocker.id]
+        if entries:
+            first = entries[0]
+            if len(entries) == 1:
+                fields = first.field
+            else:  # one id, split by direction
+                fields = " / ".join(f"{c.field} ({', '.join(sorted(d.value for d in c.directions))})" for c in entries)
+            purposes = "" if first.purposes is None else f" {' or '.join(sorted(first.purposes))}"
+            return f"{fields} is not true (no{purposes} consent for {first.channel.value})"
+    if blocker.id == DO_NOT_CONTACT:
+        return (
+            "listed as do-not-contact on this channel (customer request, regulator list, bereavement or "
+            "vulnerability); kept by the service, not the ruleset"
+        )
     for constraint in policies.constraints:
         if constraint.id == blocker.id:
-            return constraint.description or f"paused after {constraint.after} within {constraint.within}"
+            outcomes = " or ".join(o.replace("_", " ") for o in sorted(constraint.outcomes))
+            paused = f"paused after {constraint.after} {outcomes} within {duration_text(constraint.within)}"
+            return f"{paused}: {constraint.description}" if constraint.description else paused
     if blocker.id == "do_not_call":
         return f"{policies.do_not_call_field} is not false (the do-not-call register)"
     if blocker.id == "quiet_hours":
@@ -78,9 +91,11 @@ def render_text(report: StarvedReport, ruleset: Ruleset) -> str:
         blockers = channel.ranked()
         if blockers:
             lines.append("  matched, then blocked by (customers; alone = their only blocker):")
+        width = max([34, *(len(b.id) for b in blockers)])  # purpose-scoped consent ids run long
         for blocker in blockers:
             lines.append(
-                f"    {blocker.id:<34} {blocker.customers:>7,}  alone {blocker.alone:>7,}  {describe(blocker, ruleset)}"
+                f"    {blocker.id:<{width}} {blocker.customers:>7,}  alone {blocker.alone:>7,}  "
+                f"{describe(blocker, ruleset)}"
             )
             rules = ", ".join(f"{rule} ({count:,})" for rule, count in blocker.rules.most_common(3))
             lines.append(f"      rules: {rules}; e.g. {', '.join(blocker.examples)}")

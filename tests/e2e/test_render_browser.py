@@ -104,7 +104,8 @@ def test_reviewer_sees_the_ruleset_and_nothing_is_fetched(
         assert wording.rule_text(rule, bundled) in seen, rule.id
     assert bundled.actions["term-deposit-rates"].scripts[Channel.AGENT_DESKTOP] in seen
     assert "Not offered on the outbound dialer." in seen
-    assert "When the customer's stage is \u201clost\u201d, nothing is offered." in seen
+    lost = "When the customer's stage is \u201clost\u201d, only actions for the compliance and service purposes"
+    assert f"{lost} may be offered." in seen
     assert wording.policy_text(bundled, "quiet_hours") in seen
     assert "cases from rulesets/retail-banking.tests.yaml" in seen
     assert "Source file rulesets/retail-banking.yaml" in seen
@@ -156,3 +157,51 @@ def test_markup_in_a_script_shows_as_text(browser: Any, tmp_path: Path) -> None:
     assert "hijacked" not in browser.title
     assert browser.execute_script("return document.scripts.length") == 0
     assert f"{plain} {HOSTILE}" in _visible(browser)
+
+
+POLICY_MODEL = """\
+ruleset: {name: policy-model, version: 1.0.0, owner: Conduct, description: Purposes and a mandatory notice}
+fields:
+  - {name: arrears_days, type: number}
+  - {name: consent_marketing, type: boolean}
+purposes:
+  - {id: marketing, description: Selling, categories: [cross_sell]}
+  - {id: regulatory, description: Notices the law requires, categories: [compliance]}
+actions:
+  - {id: arrears-notice, category: compliance, type: mandatory, scripts: {agent_desktop: Read the notice.}}
+  - {id: savings-offer, category: cross_sell, scripts: {agent_desktop: Savings.}}
+rules:
+  - {id: arrears, description: d, reason: Arrears, priority: 900, action: arrears-notice,
+     when: {all: [{field: arrears_days, op: gte, value: 30}]}}
+  - {id: savings, description: d, reason: Save, priority: 50, action: savings-offer,
+     when: {all: [{field: arrears_days, op: lt, value: 30}]}}
+policies:
+  consent:
+    - {field: consent_marketing, channel: agent_desktop, purposes: [marketing], directions: [inbound]}
+  constraints:
+    - {id: two-declines, purpose: marketing, outcomes: [declined], after: 2, within: 90d}
+"""
+
+
+def test_purposes_and_mandatory_notices_are_on_screen(browser: Any, tmp_path: Path) -> None:
+    """The purposes section is reachable from the contents, its consent table is visible, and a mandatory notice
+    carries a visible word and a heavier border (not colour alone)."""
+    from selenium.webdriver.common.by import By
+
+    source = tmp_path / "policy-model.yaml"
+    source.write_text(POLICY_MODEL, "utf-8")
+    out = tmp_path / "policy-model.html"
+    _render(source, out)
+    browser.get(out.as_uri())
+    seen = _visible(browser)
+    assert "Purposes and the consent they need" in seen
+    assert "marketing Agent desktop The customer contacts us consent_marketing" in seen
+    assert "Arrears notice MANDATORY NOTICE" in seen
+    assert "Mandatory notice: ranks above every offer" in seen
+    link = browser.find_element(By.CSS_SELECTOR, 'nav a[href="#purposes"]')
+    assert link.is_displayed()
+    notice = browser.find_element(By.ID, "action-arrears-notice")
+    offer = browser.find_element(By.ID, "action-savings-offer")
+    assert notice.value_of_css_property("border-left-style") == "double"
+    assert offer.value_of_css_property("border-left-style") == "solid"
+    assert browser.find_element(By.ID, "policy-two-declines").text.startswith("two-declines")
