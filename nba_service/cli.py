@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # grpc and pydantic are imported where used: `nba decide` sta
 
     from nba_service.security.tls import Endpoint
 _CHANNEL_NAMES = ("agent_desktop", "outbound_dialer")
-_OUTCOME_NAMES = ("accepted", "declined", "no_answer", "converted", "callback_requested", "not_offered")
+_OUTCOME_NAMES = ("accepted", "declined", "no_answer", "converted", "callback_requested", "not_offered", "not_now")
 
 EXIT_FAILURE = 1
 EXIT_REFUSED = 2  # also click's exit code for a usage error
@@ -268,6 +268,13 @@ _TIMEOUT = click.option(
     help="At most this many actions (0: the server's default, 3).",
 )
 @click.option("--reason", default="", help="Why the customer called / why the call is placed.")
+@click.option(
+    "--direction",
+    type=click.Choice(["inbound", "outbound"]),
+    default=None,
+    help="Who started the contact: inbound (the customer called) or outbound (we call them) "
+    "[default: the channel's usual one: outbound for outbound_dialer, inbound for agent_desktop].",
+)
 @_TARGET
 @_TIMEOUT
 @click.option("--json", "as_json", is_flag=True, help="Print the response as JSON (proto field names).")
@@ -277,6 +284,7 @@ def decide(
     channel: str,
     max_actions: int,
     reason: str,
+    direction: str | None,
     target: Endpoint,
     timeout: float,
     as_json: bool,
@@ -293,6 +301,7 @@ def decide(
         max_actions=max_actions,
         context=nba_pb2.InteractionContext(reason=reason),
         dry_run=dry_run,
+        direction=nba_pb2.Direction.Value(direction.upper()) if direction else nba_pb2.DIRECTION_UNSPECIFIED,
     )
     response = _call(target, "Decide", request, timeout)
     if as_json:
@@ -302,20 +311,21 @@ def decide(
         )
         click.echo(text)
         return
+    decided = nba_pb2.Direction.Name(response.direction).lower()
     if dry_run:
         from nba_service.review.explain_cli import print_decision, print_explanation  # noqa: PLC0415
 
-        print_decision(response, customer_id, channel)
+        print_decision(response, customer_id, f"{channel} ({decided})")
         print_explanation(response.explanation)
         return
     ruleset = response.ruleset
-    click.echo(f"Decision {response.decision_id} for {customer_id} on {channel}")
+    click.echo(f"Decision {response.decision_id} for {customer_id} on {channel} ({decided})")
     click.echo(f"Ruleset {ruleset.name} {ruleset.version} ({ruleset.hash[:12]})")
     if not response.actions:
         click.echo("No action for this customer now.")
     for action in response.actions:
         until = action.valid_until.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M UTC")
-        click.echo(f"{action.priority}. {action.script}")
+        click.echo(f"{action.priority}. {'[mandatory] ' if action.mandatory else ''}{action.script}")
         click.echo(f"   why: {action.reason}")
         click.echo(f"   [{action.category}] action {action.action_id}, rule {action.rule_id}, valid until {until}")
 

@@ -197,8 +197,11 @@ _CONNECTED_OUTCOMES = {
     "converted": OutcomeKind.CONVERTED,
     "callback_requested": OutcomeKind.CALLBACK_REQUESTED,
     "not_offered": OutcomeKind.NOT_OFFERED,
+    # Heard the offer and asked to come back to it later: a contact for caps, not a decline.
+    "not_now": OutcomeKind.NOT_NOW,
 }
-# VICIdial's default statuses.
+# VICIdial's default statuses, and NOTNOW: not a default, a status to create for "heard it, not now" (VICIdial's
+# CALLBK is a scheduled callback of the call itself, recorded as callback_requested).
 _VICIDIAL_STATUSES: dict[str, tuple[Disposition, str]] = {
     **dict.fromkeys(("NA", "N"), (Disposition.NO_ANSWER, "")),
     **dict.fromkeys(("B", "AB"), (Disposition.BUSY, "")),
@@ -209,9 +212,10 @@ _VICIDIAL_STATUSES: dict[str, tuple[Disposition, str]] = {
     "DEC": (Disposition.CONNECTED, "declined"),
     "CALLBK": (Disposition.CONNECTED, "callback_requested"),
     "CBHOLD": (Disposition.CONNECTED, "callback_requested"),
+    "NOTNOW": (Disposition.CONNECTED, "not_now"),
 }
 # Genesys Cloud call analysis results; a connected call carries the agent's wrap-up code, which an administrator
-# names after the outcome (Accepted, Declined, Converted, Callback Requested, Not Offered).
+# names after the outcome (Accepted, Declined, Converted, Callback Requested, Not Offered, Not Now).
 _GENESYS_RESULTS: dict[str, Disposition] = {
     "ININ-OUTBOUND-NO-ANSWER": Disposition.NO_ANSWER,
     "ININ-OUTBOUND-BUSY": Disposition.BUSY,

@@ -31,7 +31,7 @@ from nba_service.domain.dialer import (
     idempotency_key,
     parse_legal_window,
 )
-from nba_service.domain.model import Channel, Ruleset
+from nba_service.domain.model import Channel, Direction, Ruleset, default_direction, direction_fits
 from nba_service.domain.pipeline import ActiveRuleset, Evaluation, evaluate
 from nba_service.domain.ports import DecisionLog, ProfileStore, RulesetArchive
 from nba_service.domain.profile import AttributeValue, Event, Outcome, OutcomeKind, Profile
@@ -182,6 +182,7 @@ class DecisionService:
         deadline: float | None = None,
         dry_run: bool = False,
         caller: Caller | None = None,
+        direction: Direction | None = None,
     ) -> Decision:
         """`deadline` (time.monotonic) is the caller's: an answer that could no longer reach them is
         recorded as undelivered and never counted as an offer.
@@ -197,12 +198,19 @@ class DecisionService:
 
         `caller` is who asks (None: a trusted in-process caller). A customer outside its scope is answered
         exactly as an unknown one, so a scoped caller cannot learn which customers exist beyond it.
+
+        `direction` None is the channel's usual one; the one decided for is on the answer and the record, so an
+        outcome, a shadow run and an explanation all judge the contact as it was.
         """
         started = time.perf_counter()
         problems = Problems()
         validate_customer_id(customer_id, problems)
         if channel is None:
             problems.add("channel", "is required (AGENT_DESKTOP or OUTBOUND_DIALER)")
+        elif direction is not None and not direction_fits(channel, direction):
+            problems.add(
+                "direction", f"{channel.value} never takes {direction.value} contacts (a dialer only calls out)"
+            )
         if max_actions < 0 or max_actions > MAX_ACTIONS_LIMIT:
             problems.add("max_actions", f"must be between 1 and {MAX_ACTIONS_LIMIT} (0 means {DEFAULT_MAX_ACTIONS})")
         limit = max_actions or DEFAULT_MAX_ACTIONS
@@ -210,6 +218,7 @@ class DecisionService:
         _validate_context(context_reason, context_map, problems)
         problems.raise_if_any()
         assert channel is not None  # a missing channel is one of the problems raised above
+        direction = direction or default_direction(channel)
 
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("the caller's deadline passed before the decision was made; nothing was decided")
@@ -229,11 +238,11 @@ class DecisionService:
             raise unknown_customer(customer_id)
         decision_id = DRY_RUN_PREFIX + _new_id() if dry_run else _new_id()
         with tracing.stage("pipeline"):
-            result = evaluate(active, profile, channel, now, limit, tracing.stage)
+            result = evaluate(active, profile, channel, now, limit, tracing.stage, direction)
         if result.engine_error is not None:
             error = result.engine_error
             log.error("engine_failed_using_reference", error=error, decision_id=decision_id, customer_id=customer_id)
-        decision = Decision(decision_id, now, customer_id, channel, result.actions, active.ref)
+        decision = Decision(decision_id, now, customer_id, channel, result.actions, active.ref, direction)
         trace_id, _ = tracing.current_ids()
         record = _record(
             decision_id,
@@ -248,6 +257,7 @@ class DecisionService:
             context_map,
             caller,
             trace_id,
+            direction,
         )
         if dry_run:
             return replace(decision, explanation=explain(record, active.ruleset, dry_run=True))
@@ -264,7 +274,7 @@ class DecisionService:
             )
         if shadow is not None:
             asyncio.get_running_loop().call_soon(
-                self._shadow_after, shadow, profile, channel, now, limit, result, decision.decision_id
+                self._shadow_after, shadow, profile, channel, now, limit, result, decision.decision_id, direction
             )
         if late:
             raise DeadlineExceeded("the caller's deadline passed before the decision could be answered")
@@ -279,8 +289,9 @@ class DecisionService:
         limit: int,
         answer: Evaluation,
         decision_id: str,
+        direction: Direction,
     ) -> None:
-        run = _run_shadow(shadow, profile, channel, now, limit, answer)
+        run = _run_shadow(shadow, profile, channel, now, limit, answer, direction)
         self._log.defer(ShadowUpdate(decision_id, run))
         if self._metrics is not None:
             self._metrics.shadow_compared(run)
@@ -392,6 +403,8 @@ class DecisionService:
             note,
             principal,
             idempotency_key,
+            # The decision's: an outcome answers the contact it was decided for (None when the store cannot say).
+            summary.direction,
         )
         shown = summary.customer_id if summary.caller == principal else ""
         if validate_only:
@@ -613,6 +626,7 @@ class DecisionService:
     ) -> tuple[list[CampaignResult], asyncio.Future[list[None]]]:
         """Decides a chunk (CPU only) and hands its records to the writer; the results may leave once they commit."""
         active, at, channel = campaign.active, campaign.at, Channel.OUTBOUND_DIALER
+        direction = default_direction(channel)
         trace_id, _ = tracing.current_ids()  # the DecideBatch call's trace
         results: list[CampaignResult] = []
         records: list[DecisionRecord] = []
@@ -620,7 +634,7 @@ class DecisionService:
             if caller is not None and not caller.scope.admits(profile.attributes):
                 continue  # a segment never reaches beyond the caller's scope (a list was checked up front)
             started = time.perf_counter()
-            evaluation = evaluate(active, profile, channel, at, 1)
+            evaluation = evaluate(active, profile, channel, at, 1, direction=direction)
             if evaluation.engine_error is not None:
                 log.error(
                     "engine_failed_using_reference", error=evaluation.engine_error, customer_id=profile.customer_id
@@ -641,7 +655,19 @@ class DecisionService:
             reason = f"campaign {campaign.campaign_id}"
             records.append(
                 _record(
-                    decision_id, at, profile, channel, active, evaluation, started, 1, reason, context, caller, trace_id
+                    decision_id,
+                    at,
+                    profile,
+                    channel,
+                    active,
+                    evaluation,
+                    started,
+                    1,
+                    reason,
+                    context,
+                    caller,
+                    trace_id,
+                    direction,
                 )
             )
             results.append(result)
@@ -650,7 +676,7 @@ class DecisionService:
                 self._metrics.decided(channel, active, evaluation)
             if self._shadow is not None:
                 asyncio.get_running_loop().call_soon(
-                    self._shadow_after, self._shadow, profile, channel, at, 1, evaluation, decision_id
+                    self._shadow_after, self._shadow, profile, channel, at, 1, evaluation, decision_id, direction
                 )
         return results, asyncio.gather(*(self._log.record(record) for record in records))
 
@@ -738,7 +764,8 @@ def _record(
     context_reason: str,
     context: dict[str, str],
     caller: Caller | None,
-    trace_id: str = "",
+    trace_id: str,
+    direction: Direction,
 ) -> DecisionRecord:
     return DecisionRecord(
         decision_id=decision_id,
@@ -758,6 +785,7 @@ def _record(
         inputs=DecisionInputs(profile, limit),
         caller=_principal(caller),
         trace_id=trace_id,
+        direction=direction,
     )
 
 
@@ -783,14 +811,20 @@ def _principal(caller: Caller | None) -> str:
 
 
 def _run_shadow(
-    shadow: ActiveRuleset, profile: Profile, channel: Channel, now: datetime, limit: int, answer: Evaluation
+    shadow: ActiveRuleset,
+    profile: Profile,
+    channel: Channel,
+    now: datetime,
+    limit: int,
+    answer: Evaluation,
+    direction: Direction,
 ) -> ShadowRun:
-    """The candidate's verdict on exactly what the active ruleset saw (same profile, moment and limit), through
-    the one pipeline, so a disagreement can only come from the rulesets. Nothing it does may reach the answer:
-    any failure is logged and recorded, and the decision goes on."""
+    """The candidate's verdict on exactly what the active ruleset saw (same profile, moment, limit and direction),
+    through the one pipeline, so a disagreement can only come from the rulesets. Nothing it does may reach the
+    answer: any failure is logged and recorded, and the decision goes on."""
     try:
         with tracing.stage("shadow"):
-            candidate = evaluate(shadow, profile, channel, now, limit)
+            candidate = evaluate(shadow, profile, channel, now, limit, direction=direction)
     except Exception as exc:  # a candidate must never fail a live decision, whatever it raises
         log.exception("shadow_failed", ruleset=shadow.ruleset.meta.name, version=shadow.ruleset.meta.version)
         # Exception text is arbitrary: no NUL or unpaired surrogate may reach a store and get the update refused.

@@ -22,7 +22,7 @@ import pytest
 from nba_service.app import contact_history_window
 from nba_service.domain.archive import ArchivedSource
 from nba_service.domain.loader import load_ruleset_file, load_ruleset_text
-from nba_service.domain.model import Channel, Ruleset
+from nba_service.domain.model import Channel, Direction, Ruleset
 from nba_service.domain.pipeline import evaluate, reference_active
 from nba_service.domain.ports import ProfileStore, RecordExport, RecordReader, RecordSink, RulesetArchive
 from nba_service.domain.profile import OutcomeKind, Profile
@@ -363,6 +363,82 @@ class TestService:
 
 
 # --------------------------------------------------------------------------------------------------
+# Directions
+
+
+class TestDirections:
+    async def test_directions_round_trip_through_records_outcomes_and_contact_history(
+        self, stores: Stores, ruleset: Ruleset, tmp_path: Path
+    ) -> None:
+        """A desktop decision made outbound and one made with no direction (the desktop's usual inbound) keep
+        their directions in the record and in what `find` gives RecordOutcome; a NOT_NOW outcome takes its
+        decision's direction into the audit row (the export) and the contact history a profile read returns, where
+        it counts toward caps. History from before directions were kept reads as unknown (None)."""
+        writer = GroupCommitWriter(stores.sink, timeout=10, spill_dir=tmp_path)
+        await writer.start()
+        active = reference_active(ruleset)
+        moments = iter([NOW + timedelta(seconds=n) for n in range(100)])
+        service = DecisionService(stores.profiles, writer, active, clock=lambda: next(moments), archive=stores.archive)
+        try:
+            customer, outbound = "", None
+            for number in range(1, COUNT + 1):
+                customer = f"CUST-{number:06d}"
+                outbound = await service.decide(customer, Channel.AGENT_DESKTOP, direction=Direction.OUTBOUND)
+                if outbound.actions:
+                    break
+            assert outbound is not None
+            assert outbound.actions, "a sample customer should be offered something"
+            inbound = await service.decide(customer, Channel.AGENT_DESKTOP)
+            dialer = await service.decide(customer, Channel.OUTBOUND_DIALER)
+            offer = outbound.actions[0].action_id
+            receipt = await service.record_outcome(outbound.decision_id, offer, OutcomeKind.NOT_NOW, None)
+            with pytest.raises(InvalidArgument) as refused:
+                await service.decide(customer, Channel.OUTBOUND_DIALER, direction=Direction.INBOUND)
+        finally:
+            await writer.close()
+        assert (outbound.direction, inbound.direction, dialer.direction) == (
+            Direction.OUTBOUND,
+            Direction.INBOUND,
+            Direction.OUTBOUND,
+        )
+        assert [p.field for p in refused.value.problems] == ["direction"]
+        for decision in (outbound, inbound, dialer):
+            summary = await stores.sink.find(decision.decision_id)
+            record = await stores.records.get_record(decision.decision_id)
+            assert summary is not None
+            assert record is not None
+            assert summary.direction is record.direction is decision.direction
+        assert receipt.stored
+        assert receipt.outcome.direction is Direction.OUTBOUND
+        profile = await stores.profiles.get_profile(customer)
+        answered = [c for c in profile.contacts if c.decision_id == outbound.decision_id]
+        assert [(c.action_id, c.outcome, c.direction, c.counts) for c in answered] == [
+            (offer, OutcomeKind.NOT_NOW, Direction.OUTBOUND, True)
+        ]
+        assert {c.direction for c in profile.contacts if not c.decision_id} <= {None}
+        exported = [
+            (item["outcome"], item["direction"])
+            async for item in stores.export.export(None, None, customer)
+            if item["kind"] == "outcome"
+        ]
+        assert exported == [("not_now", "outbound")]
+
+    async def test_a_record_without_a_direction_reads_as_unknown(self, stores: Stores, ruleset: Ruleset) -> None:
+        """A record that names no direction, as those written before directions were kept (a NULL column), is
+        found with direction None, reads back the same, and counts as the channel's usual direction."""
+        record = _record(None)
+        assert record.direction is None
+        await stores.sink.write([record], [])
+        summary = await stores.sink.find(record.decision_id)
+        assert summary is not None
+        assert summary.direction is None
+        read = await stores.records.get_record(record.decision_id)
+        assert read is not None
+        assert read.direction is None
+        assert read.contact_direction is Direction.INBOUND  # the desktop's usual direction
+
+
+# --------------------------------------------------------------------------------------------------
 # The embedded database's schema upgrade
 
 
@@ -411,6 +487,9 @@ async def test_a_version_1_database_upgrades_in_place_and_loses_nothing(tmp_path
     # Version 3 adds `recorded_by` to events: NULL for every event from before.
     assert {row[-1] for row in after["events"]} <= {None}
     after["events"] = [row[:-1] for row in after["events"]]
+    # Version 6 adds `direction` to contacts: NULL (the channel's usual direction) for every contact from before.
+    assert {row[-1] for row in after["contacts"]} == {None}
+    after["contacts"] = [row[:-1] for row in after["contacts"]]
     assert after == before
     again = SqliteStore(path, event_types=tuple(ruleset.events), history=timedelta(days=90), clock=lambda: NOW)
     assert await again.open() == COUNT  # a second open finds nothing to do

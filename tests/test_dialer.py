@@ -411,3 +411,30 @@ class TestDispositions:
             OutcomeKind.NOT_OFFERED,
         ]
         assert [r.line for r in refused] == [5]
+
+    def test_not_now_in_every_layout(self) -> None:
+        """ "Heard it, call me later" is NOT_NOW on each layout: the generic file's connected outcome, VICIdial's
+        NOTNOW status (one to create; CALLBK stays a callback) and a Genesys wrap-up code named "Not Now"."""
+        generic = (
+            "decision_id,action_id,phone,disposition,outcome,time,note\n"
+            f"{DECISION},a,+447700900001,connected,not_now,2026-12-03T10:00:00Z,\n"
+        )
+        vicidial = (
+            "source_id\tnba_action_id\tphone_code\tphone_number\tcall_date\tstatus\n"
+            f"{DECISION}\ta\t44\t7700900001\t2026-12-03 10:00:00\tNOTNOW\n"
+            f"{DECISION}\ta\t44\t7700900001\t2026-12-03 10:05:00\tCALLBK\n"
+        )
+        genesys = (
+            "DecisionId,ActionId,Phone,CallRecordLastAttempt-Phone,CallRecordLastResult-Phone\n"
+            f"{DECISION},a,+447700900001,2026-12-03T10:00:00Z,Not Now\n"
+        )
+        found = {
+            layout: parse_dispositions(layout, iter(_rows(text, "\t" if layout == "vicidial" else ",")), UTC)
+            for layout, text in (("generic", generic), ("vicidial", vicidial), ("genesys", genesys))
+        }
+        assert all(refused == [] for _, refused in found.values())
+        assert [(r.outcome, r.note) for r in found["generic"][0]] == [(OutcomeKind.NOT_NOW, "connected: not_now")]
+        assert [r.outcome for r in found["vicidial"][0]] == [OutcomeKind.NOT_NOW, OutcomeKind.CALLBACK_REQUESTED]
+        assert [r.outcome for r in found["genesys"][0]] == [OutcomeKind.NOT_NOW]
+        # The same call reported in any layout is the same outcome: one key, stored once.
+        assert len({rows[0].idempotency_key for rows, _ in found.values()}) == 1

@@ -299,6 +299,8 @@ async def test_a_version_4_database_upgrades_and_keeps_its_customers(tmp_path: P
     await store.close()
     with sqlite3.connect(path) as conn:
         conn.execute("DROP TABLE do_not_contact")
+        conn.execute("ALTER TABLE contacts DROP COLUMN direction")  # what later steps add, as at version 4
+        conn.execute("ALTER TABLE outcomes DROP COLUMN direction")
         conn.execute("PRAGMA user_version = 4")
     reopened = SqliteStore(path, event_types=tuple(ruleset.events), history=timedelta(days=90), clock=lambda: NOW)
     assert await reopened.open() == COUNT
@@ -308,4 +310,4 @@ async def test_a_version_4_database_upgrades_and_keeps_its_customers(tmp_path: P
     finally:
         await reopened.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION

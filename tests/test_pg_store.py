@@ -23,12 +23,13 @@ import pytest
 
 from nba_service.app import contact_history_window
 from nba_service.domain.loader import load_ruleset_file
-from nba_service.domain.model import Channel, Ruleset
+from nba_service.domain.model import Channel, Direction, Ruleset
 from nba_service.domain.profile import Contact, Event, Outcome, OutcomeKind, Profile
 from nba_service.errors import NotFound, SchemaNotReadyError, Unavailable
 from nba_service.settings import Settings
 from nba_service.stores.postgres import migrate as migrate_module
 from nba_service.stores.postgres import open_postgres
+from nba_service.stores.postgres.decision_log import PostgresRecordSink
 from nba_service.stores.postgres.migrate import migrate, migrations
 from nba_service.stores.postgres.profiles import PROFILE_SQL, PostgresProfileStore, create_pool
 from nba_service.stores.postgres.seed import seed
@@ -388,6 +389,77 @@ async def test_migration_0002_merges_contacts_per_offer_and_keeps_every_outcome(
             (str(other), "loyalty-thanks"): False,
             (str(decision), "term-deposit-rates"): True,
         }
+    finally:
+        await pool.close()
+
+
+async def test_migration_0009_keeps_old_rows_unknown_and_takes_not_now(
+    pg_empty_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decisions, outcomes and contacts written before directions read back with no direction (None: the
+    channel's usual one); afterwards `not_now` is a stored outcome kind, and a direction or an outcome kind
+    outside the lists is refused by each table."""
+    conn = await asyncpg.connect(pg_empty_dsn)
+    decision = uuid.uuid4()
+    try:
+        await _migrate_to(conn, 7, monkeypatch)
+        await conn.execute("INSERT INTO customers (customer_id) VALUES ('CUST-000001')")
+        await conn.execute(
+            "INSERT INTO decisions (decision_id, decided_at, customer_id, channel, ruleset_name, ruleset_version,"
+            " ruleset_hash, engine, rules_fired, dropped, actions, latency_ms)"
+            " VALUES ($1, $2, 'CUST-000001', 'outbound_dialer', 'r', '1', 'h', 'durable_rules', '[]', '[]',"
+            ' \'[{"action_id": "loyalty-thanks"}]\', 1.0)',
+            decision,
+            NOW,
+        )
+        await conn.execute(
+            "INSERT INTO outcomes (decision_id, customer_id, action_id, channel, outcome, time)"
+            " VALUES ($1, 'CUST-000001', 'loyalty-thanks', 'outbound_dialer', 'accepted', $2)",
+            decision,
+            NOW,
+        )
+        await conn.execute(
+            "INSERT INTO contacts (customer_id, decision_id, action_id, channel, time, outcome, reached)"
+            " VALUES ('CUST-000001', $1, 'loyalty-thanks', 'outbound_dialer', $2, 'accepted', true)",
+            decision,
+            NOW,
+        )
+        assert 9 in [m.version for m in await migrate(conn)]
+        for table in ("decisions", "outcomes", "contacts"):
+            assert await conn.fetchval(f"SELECT array_agg(direction) FROM {table}") == [None]
+            with pytest.raises(asyncpg.CheckViolationError):
+                await conn.execute(f"UPDATE {table} SET direction = 'sideways'")
+        for table in ("outcomes", "contacts"):
+            with pytest.raises(asyncpg.CheckViolationError):
+                await conn.execute(f"UPDATE {table} SET outcome = 'maybe'")
+    finally:
+        await conn.close()
+
+    pool = await create_pool(pg_empty_dsn)
+    try:
+        summary = await PostgresRecordSink(pool).find(str(decision))
+        assert summary is not None
+        assert summary.direction is None
+        store = PostgresProfileStore(pool, history=timedelta(days=30), event_types=(), clock=lambda: NOW)
+        [old] = (await store.get_profile("CUST-000001")).contacts
+        assert (old.direction, old.contact_direction) == (None, Direction.OUTBOUND)
+        later = Outcome(
+            str(decision),
+            "CUST-000001",
+            "loyalty-thanks",
+            Channel.OUTBOUND_DIALER,
+            OutcomeKind.NOT_NOW,
+            NOW + timedelta(minutes=1),
+            direction=Direction.OUTBOUND,
+        )
+        assert await store.add_outcome(later)
+        [now_contact] = (await store.get_profile("CUST-000001")).contacts
+        # The offer's contact row takes the latest outcome; a row that had no direction learns it.
+        assert (now_contact.outcome, now_contact.direction, now_contact.counts) == (
+            OutcomeKind.NOT_NOW,
+            Direction.OUTBOUND,
+            True,
+        )
     finally:
         await pool.close()
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from nba_service.app import activate
 from nba_service.domain.loader import load_ruleset_text
-from nba_service.domain.model import Channel, Ruleset
+from nba_service.domain.model import Channel, Direction, Ruleset
 from nba_service.domain.pipeline import ActiveRuleset, evaluate, reference_active
 from nba_service.domain.profile import Contact, Event, OutcomeKind, Profile
 from nba_service.domain.records import DecisionInputs, DecisionRecord
@@ -342,6 +342,70 @@ class TestReplay:
         result = replay(renamed, active)
         assert not result.same
         assert result.differences == ("action hello script: recorded 'Say hello to Ana.', replayed 'Say hello to Bo.'",)
+
+
+# Rescue calls are not placed outbound: only an inbound contact may carry the survey.
+_OUTBOUND_SCOPED = RULESET.replace(
+    "  quiet_hours:",
+    "    - {id: no-rescue-calls-out, description: No rescue asks on calls we place,\n"
+    "       when: {all: [{field: stage, op: eq, value: rescue}]}, directions: [outbound],\n"
+    "       except_categories: [service, upsell]}\n"
+    "  quiet_hours:",
+    1,
+)
+
+
+@pytest.fixture(scope="module")
+def scoped() -> ActiveRuleset:
+    return reference_active(load_ruleset_text(_OUTBOUND_SCOPED, "explain-direction.yaml"))
+
+
+class TestDirection:
+    """A decision is explained and replayed in the direction it was made in, which a direction-scoped policy
+    can turn on; a record that names none is read as the channel's usual direction."""
+
+    def _record(self, active: ActiveRuleset, direction: Direction) -> DecisionRecord:
+        customer = profile()
+        result = evaluate(active, customer, Channel.AGENT_DESKTOP, NOON_LONDON, 5, direction=direction)
+        record = DecisionRecord(
+            decision_id=str(uuid.uuid4()),
+            decided_at=NOON_LONDON,
+            customer_id=customer.customer_id,
+            channel=Channel.AGENT_DESKTOP,
+            ruleset=active.ref,
+            engine=result.engine,
+            rules_fired=result.rules_fired,
+            dropped=result.dropped,
+            actions=result.actions,
+            latency_ms=1.0,
+            inputs=DecisionInputs(customer, 5),
+            direction=direction,
+        )
+        return DecisionRecord.from_json(json.loads(json.dumps(record.to_json())))
+
+    def test_an_outbound_decision_replays_and_explains_outbound(self, scoped: ActiveRuleset) -> None:
+        outbound = self._record(scoped, Direction.OUTBOUND)
+        inbound = self._record(scoped, Direction.INBOUND)
+        assert [a.action_id for a in outbound.actions] == ["rates", "hello"]
+        assert [a.action_id for a in inbound.actions] == ["rates", "survey", "hello"]
+        assert replay(outbound, scoped).same
+        assert replay(inbound, scoped).same
+        assert explain(outbound, scoped.ruleset).direction is Direction.OUTBOUND
+        assert explain(inbound, scoped.ruleset).direction is Direction.INBOUND
+        assert "held back by policy no-rescue-calls-out" in explain(outbound, scoped.ruleset).summary
+        assert explain(outbound, scoped.ruleset).summary.endswith(
+            "The agent was calling the customer (outbound), not answering their call."
+        )
+        assert "outbound" not in explain(inbound, scoped.ruleset).summary
+
+    def test_a_record_without_a_direction_is_the_channels_usual_one(self, scoped: ActiveRuleset) -> None:
+        """The desktop's usual direction is inbound: an outbound decision stripped of its direction (as records
+        from before directions were kept) replays inbound, and replay says what that changes."""
+        unknown = replace(self._record(scoped, Direction.OUTBOUND), direction=None)
+        assert explain(unknown, scoped.ruleset).direction is Direction.INBOUND
+        result = replay(unknown, scoped)
+        assert not result.same
+        assert "actions: recorded [rates, hello], replayed [rates, survey, hello]" in result.differences
 
 
 # --------------------------------------------------------------------------------------------------

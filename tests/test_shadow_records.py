@@ -18,7 +18,7 @@ import pytest
 from nba_service.app import activate
 from nba_service.domain.facts import FactValue
 from nba_service.domain.loader import load_ruleset_file, load_ruleset_text
-from nba_service.domain.model import Channel
+from nba_service.domain.model import Channel, Direction, Ruleset
 from nba_service.domain.pipeline import ActiveRuleset
 from nba_service.domain.records import (
     DecidedAction,
@@ -327,3 +327,66 @@ class TestDecisionService:
         assert all(stored[d]["shadow"]["agreed"] for d in decisions)
         assert {stored[d]["shadow"]["ruleset"]["hash"] for d in decisions} == {candidate.ruleset.content_hash}
         assert stored[after]["shadow"] is None
+
+    async def test_a_candidate_decides_in_the_decisions_direction(
+        self, parts: tuple[SqliteStore, GroupCommitWriter, ActiveRuleset]
+    ) -> None:
+        """The candidate differs only by holding every action back on inbound contacts: it agrees with outbound
+        desktop decisions and disagrees with inbound ones that offered something, so it ran in each decision's
+        own direction (the desktop's usual inbound would have disagreed with both)."""
+        store, writer, active = parts
+        candidate = activate(_silent_inbound())
+        service = DecisionService(store, writer, active, shadow=candidate)
+        offered: dict[Direction, list[str]] = {Direction.INBOUND: [], Direction.OUTBOUND: []}
+        for number in range(1, 21):
+            for direction, ids in offered.items():
+                decision = await service.decide(f"CUST-{number:06d}", Channel.AGENT_DESKTOP, direction=direction)
+                if decision.actions:
+                    ids.append(decision.decision_id)
+        stored = await shadowed(store, [d for ids in offered.values() for d in ids])
+        candidate.engine.close()
+        assert offered[Direction.INBOUND], "some sample customer should be offered something"
+        assert offered[Direction.OUTBOUND], "some sample customer should be offered something"
+        assert {stored[d]["shadow"]["agreed"] for d in offered[Direction.OUTBOUND]} == {True}
+        assert {stored[d]["shadow"]["agreed"] for d in offered[Direction.INBOUND]} == {False}
+        assert {stored[d]["direction"] for d in offered[Direction.INBOUND]} == {"inbound"}
+
+    async def test_a_dry_run_decides_in_the_direction_asked(
+        self, parts: tuple[SqliteStore, GroupCommitWriter, ActiveRuleset]
+    ) -> None:
+        """With every action held back on inbound contacts, an inbound dry run offers nothing and an outbound one
+        offers what the plain version offers outbound; each says its direction, in the answer and its explanation."""
+        store, writer, active = parts
+        silent = activate(_silent_inbound())
+        dry_runs = DecisionService(store, writer, silent)
+        plain = DecisionService(store, writer, active)
+        offered = 0
+        for number in range(1, 21):
+            customer = f"CUST-{number:06d}"
+            inbound = await dry_runs.decide(customer, Channel.AGENT_DESKTOP, dry_run=True)
+            outbound = await dry_runs.decide(
+                customer, Channel.AGENT_DESKTOP, direction=Direction.OUTBOUND, dry_run=True
+            )
+            expected = await plain.decide(customer, Channel.AGENT_DESKTOP, direction=Direction.OUTBOUND, dry_run=True)
+            assert inbound.actions == ()
+            assert [a.action_id for a in outbound.actions] == [a.action_id for a in expected.actions]
+            assert inbound.explanation is not None
+            assert outbound.explanation is not None
+            assert (inbound.direction, inbound.explanation.direction) == (Direction.INBOUND, Direction.INBOUND)
+            assert (outbound.direction, outbound.explanation.direction) == (Direction.OUTBOUND, Direction.OUTBOUND)
+            offered += bool(outbound.actions)
+        silent.engine.close()
+        assert offered, "some sample customer should be offered something outbound"
+
+
+def _silent_inbound() -> Ruleset:
+    """The bundled ruleset holding every action back on inbound contacts, and nothing else changed."""
+    text = RULESET.read_text(encoding="utf-8").replace(
+        "\n  suppressions:\n",
+        "\n  suppressions:\n    - id: nothing-inbound\n      description: Nothing on inbound calls.\n"
+        "      when: {all: [{field: stage, op: exists}]}\n      directions: [inbound]\n",
+        1,
+    )
+    ruleset = load_ruleset_text(text, "candidate.yaml")
+    assert any(s.id == "nothing-inbound" for s in ruleset.policies.suppressions)
+    return ruleset

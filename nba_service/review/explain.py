@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from nba_service.domain.facts import FactValue, normalise, project
-from nba_service.domain.model import Channel, Condition, Op, Rule, Ruleset
+from nba_service.domain.model import Channel, Condition, Direction, Op, Rule, Ruleset
 from nba_service.domain.pipeline import ActiveRuleset, evaluate
 from nba_service.domain.records import DecidedAction, DecisionRecord, DroppedCandidate, FiredRule, RulesetRef
 from nba_service.domain.reference import condition_holds
@@ -81,6 +81,8 @@ class Explanation:
     dry_run: bool = False
     trace_id: str = ""
     """The trace the decision was made in; "" when it was not traced."""
+    direction: Direction = Direction.INBOUND
+    """Who started the contact; the channel's usual direction for records written before directions were kept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,7 @@ def explain(record: DecisionRecord, ruleset: Ruleset, *, dry_run: bool = False) 
         summary=_summary(record, ruleset, dry_run=dry_run),
         dry_run=dry_run,
         trace_id=record.trace_id,
+        direction=record.contact_direction,
     )
 
 
@@ -198,7 +201,9 @@ def replay(record: DecisionRecord, active: ActiveRuleset) -> Replay:
         )
     _check_version(record, active.ruleset)
     inputs = record.inputs
-    result = evaluate(active, inputs.profile, record.channel, record.decided_at, inputs.limit)
+    result = evaluate(
+        active, inputs.profile, record.channel, record.decided_at, inputs.limit, direction=record.contact_direction
+    )
     differences: list[str] = []
     recorded_ids = [a.action_id for a in record.actions]
     replayed_ids = list(result.action_ids)
@@ -206,7 +211,7 @@ def replay(record: DecisionRecord, active: ActiveRuleset) -> Replay:
         differences.append(f"actions: recorded {_ids(recorded_ids)}, replayed {_ids(replayed_ids)}")
     else:
         for was, now in zip(record.actions, result.actions, strict=True):
-            for name in ("script", "valid_until", "rule_id", "priority", "category", "reason"):
+            for name in ("script", "valid_until", "rule_id", "priority", "category", "reason", "mandatory"):
                 before, after = getattr(was, name), getattr(now, name)
                 if before != after:
                     differences.append(f"action {was.action_id} {name}: recorded {before!r}, replayed {after!r}")
@@ -310,6 +315,9 @@ def _summary(record: DecisionRecord, ruleset: Ruleset, *, dry_run: bool) -> str:
         why = f" {drop_text(first, ruleset)}" if first is not None else ""
         every = "it was" if len(record.rules_fired) == 1 else "each was"
         parts.append(f"No action: {_plural(len(record.rules_fired), 'rule')} matched but {every} held back.{why}")
+    if record.channel is Channel.AGENT_DESKTOP and record.contact_direction is Direction.OUTBOUND:
+        # Said only when it differs from the channel's usual direction: the policies that applied depend on it.
+        parts.append("The agent was calling the customer (outbound), not answering their call.")
     if record.delivery.value != "sent":
         parts.append(f"The answer did not reach the caller ({record.delivery.value.replace('_', ' ')}).")
     return " ".join(parts)

@@ -42,7 +42,7 @@ from nba_service.domain.do_not_contact import (
     nothing_listed,
     unknown_customer,
 )
-from nba_service.domain.model import Channel, Ruleset
+from nba_service.domain.model import Channel, Direction, Ruleset
 from nba_service.domain.profile import (
     CONTACTED_OUTCOMES,
     Contact,
@@ -66,7 +66,7 @@ from nba_service.errors import NotFound, Unavailable
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 READER_THREADS = 4
 CONSENT_PREFIX = "consent_"
 DO_NOT_CALL = "do_not_call"
@@ -206,6 +206,15 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
            BEGIN SELECT RAISE(ABORT, 'do_not_contact keeps its history: a listing is only ever marked removed, once');
            END""",
     ),
+    6: (
+        # Who started each contact, the direction of the decision its outcome answers: caps and constraints count
+        # the customer's contacts in the same direction. NULL in rows from before: the channel's usual direction.
+        # (A decision's direction is in its record JSON.) Outcome kinds have no CHECK here, so not_now needs none.
+        "ALTER TABLE contacts ADD COLUMN direction TEXT"
+        " CHECK (direction IS NULL OR direction IN ('inbound', 'outbound'))",
+        "ALTER TABLE outcomes ADD COLUMN direction TEXT"
+        " CHECK (direction IS NULL OR direction IN ('inbound', 'outbound'))",
+    ),
 }
 
 _EVENTS_SQL = """
@@ -217,7 +226,7 @@ SELECT e.type, e.time, e.attributes, e.expires_at FROM json_each(?3) AS t
  ORDER BY e.time
 """
 _CONTACTS_SQL = """
-SELECT action_id, channel, time, outcome, decision_id, reached FROM contacts
+SELECT action_id, channel, time, outcome, decision_id, reached, direction FROM contacts
  WHERE customer_id = ? AND time > ? ORDER BY time
 """
 _PHONES_SQL = "SELECT number, type, consent, wrong_number_at FROM phones WHERE customer_id = ? ORDER BY position"
@@ -232,13 +241,14 @@ _LISTING_COLUMNS = (
     " removed_by, removal_note FROM do_not_contact"
 )
 _UPSERT_CONTACT = """
-INSERT INTO contacts (customer_id, decision_id, action_id, channel, time, outcome, reached, note)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO contacts (customer_id, decision_id, action_id, channel, time, outcome, reached, note, direction)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (decision_id, action_id) WHERE decision_id IS NOT NULL DO UPDATE SET
     time = max(contacts.time, excluded.time),
     outcome = CASE WHEN excluded.time >= contacts.time THEN excluded.outcome ELSE contacts.outcome END,
     note = CASE WHEN excluded.time >= contacts.time THEN excluded.note ELSE contacts.note END,
-    reached = contacts.reached OR excluded.reached
+    reached = contacts.reached OR excluded.reached,
+    direction = coalesce(contacts.direction, excluded.direction)
 """
 _ADD_EVENT = (
     "INSERT INTO events (event_id, customer_id, type, time, attributes, expires_at, recorded_by)"
@@ -386,8 +396,16 @@ class SqliteStore:
                 for kind, at, values, until in events
             ),
             tuple(
-                Contact(action, Channel(channel), _time(at), OutcomeKind(outcome), decision or "", reached=bool(hit))
-                for action, channel, at, outcome, decision, hit in contacts
+                Contact(
+                    action,
+                    Channel(channel),
+                    _time(at),
+                    OutcomeKind(outcome),
+                    decision or "",
+                    reached=bool(hit),
+                    direction=None if way is None else Direction(way),
+                )
+                for action, channel, at, outcome, decision, hit, way in contacts
             ),
             tuple(
                 PhoneNumber(number, PhoneType(kind), bool(consent), wrong is not None)
@@ -497,6 +515,7 @@ class SqliteStore:
 
     async def add_outcome(self, outcome: Outcome) -> bool:
         recorded = stamp(self._clock())
+        direction = None if outcome.direction is None else outcome.direction.value
         contact = (
             outcome.customer_id,
             outcome.decision_id,
@@ -506,6 +525,7 @@ class SqliteStore:
             outcome.outcome.value,
             int(outcome.outcome in CONTACTED_OUTCOMES),
             outcome.note,
+            direction,
         )
         audit = (
             outcome.decision_id,
@@ -518,13 +538,14 @@ class SqliteStore:
             recorded,
             outcome.recorded_by or None,
             outcome.idempotency_key or None,
+            direction,
         )
         stored: list[bool] = []
 
         def upsert(conn: sqlite3.Connection) -> None:
             cursor = conn.execute(
                 "INSERT INTO outcomes (decision_id, customer_id, action_id, channel, outcome, time, note, recorded_at,"
-                " recorded_by, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " recorded_by, idempotency_key, direction) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
                 audit,
             )
@@ -716,6 +737,7 @@ class SqliteStore:
             _time(record["decided_at"]),
             Delivery(row[2]),
             str(record.get("caller") or ""),
+            None if record.get("direction") is None else Direction(record["direction"]),
         )
 
     async def get_record(self, decision_id: str) -> DecisionRecord | None:
@@ -811,7 +833,8 @@ class SqliteStore:
                 args,
             ).fetchall()
             outcomes = conn.execute(
-                "SELECT time, decision_id, customer_id, action_id, channel, outcome, note, recorded_by FROM outcomes "  # noqa: S608
+                "SELECT time, decision_id, customer_id, action_id, channel, outcome, note, recorded_by, direction"  # noqa: S608
+                " FROM outcomes "
                 f"WHERE {clause.format(t='time')} ORDER BY time, outcome_id",
                 args,
             ).fetchall()
@@ -823,9 +846,17 @@ class SqliteStore:
             record = json.loads(text)
             record["delivery"] = delivery
             items.append((at, 0, record))
-        for at, decision_id, customer, action_id, channel, kind, note, by in outcomes:
+        for at, decision_id, customer, action_id, channel, kind, note, by, way in outcomes:
             outcome = Outcome(
-                decision_id, customer, action_id, Channel(channel), OutcomeKind(kind), _time(at), note, by or ""
+                decision_id,
+                customer,
+                action_id,
+                Channel(channel),
+                OutcomeKind(kind),
+                _time(at),
+                note,
+                by or "",
+                direction=None if way is None else Direction(way),
             )
             items.append((at, 1, outcome_to_json(outcome)))
         items.sort(key=lambda item: (item[0], item[1]))
@@ -961,11 +992,25 @@ def _load(conn: sqlite3.Connection, profiles: Iterable[Profile], now: datetime) 
                 if e.expires_at is None or e.expires_at > e.time
             ],
         )
+        # The direction column only for contacts that have one, as phones only for profiles with numbers: a
+        # population without them loads into a file of any schema version.
         conn.executemany(
             "INSERT INTO contacts (customer_id, decision_id, action_id, channel, time, outcome, reached)"
             " VALUES (?, NULL, ?, ?, ?, ?, ?)",
             [
                 (ident, c.action_id, c.channel.value, stamp(c.time), c.outcome.value, int(c.counts))
                 for c in profile.contacts
+                if c.direction is None
             ],
         )
+        directed = [
+            (ident, c.action_id, c.channel.value, stamp(c.time), c.outcome.value, int(c.counts), c.direction.value)
+            for c in profile.contacts
+            if c.direction is not None
+        ]
+        if directed:
+            conn.executemany(
+                "INSERT INTO contacts (customer_id, decision_id, action_id, channel, time, outcome, reached, direction)"
+                " VALUES (?, NULL, ?, ?, ?, ?, ?, ?)",
+                directed,
+            )

@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from nba_service._proto.nba.v1 import explain_pb2, nba_pb2
+from nba_service.domain.model import Direction
 from nba_service.domain.records import DecidedAction
 from nba_service.domain.wording import value_text
 from nba_service.review.explain import Explanation
@@ -36,7 +37,14 @@ def action_message(action: DecidedAction) -> nba_pb2.Action:
         reason=action.reason,
         rule_id=action.rule_id,
         valid_until=timestamp(action.valid_until),
+        mandatory=action.mandatory,
     )
+
+
+DIRECTIONS: dict[Direction, nba_pb2.Direction.ValueType] = {
+    Direction.INBOUND: nba_pb2.INBOUND,
+    Direction.OUTBOUND: nba_pb2.OUTBOUND,
+}
 
 
 def explanation_message(explanation: Explanation) -> explain_pb2.Explanation:

@@ -12,7 +12,7 @@ import grpc
 
 from nba_service._proto.nba.v1 import nba_pb2, review_pb2
 from nba_service.review.queries import Listed, ReviewQueries
-from nba_service.transport.explanation import action_message, explanation_message, timestamp
+from nba_service.transport.explanation import DIRECTIONS, action_message, explanation_message, timestamp
 from nba_service.transport.grpc_auth import current_caller
 from nba_service.transport.grpc_server import _edge, add_servicer
 
@@ -60,6 +60,7 @@ class ReviewServicer:
             actions=[action_message(a) for a in record.actions],
             explanation=explanation_message(explained.explanation),
             record_json=json.dumps(record.to_json(), ensure_ascii=False, separators=(",", ":")),
+            direction=DIRECTIONS[record.contact_direction],
         )
 
     @_edge

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from nba_service._proto.nba.v1 import nba_pb2, nba_pb2_grpc
 from nba_service.domain.contact_points import PhoneType
-from nba_service.domain.model import Channel
+from nba_service.domain.model import Channel, Direction
 from nba_service.domain.profile import AttributeValue, OutcomeKind
 from nba_service.domain.records import Delivery
 from nba_service.errors import DeadlineExceeded, InvalidArgument, NbaError, Problems
@@ -30,7 +30,7 @@ from nba_service.security.access import AccessControl
 from nba_service.security.limits import CallLimits
 from nba_service.service import CampaignExclusion, CampaignResult, DecisionService
 from nba_service.telemetry.metrics import ServiceMetrics
-from nba_service.transport.explanation import action_message, explanation_message, timestamp
+from nba_service.transport.explanation import DIRECTIONS, action_message, explanation_message, timestamp
 from nba_service.transport.grpc_auth import AuthInterceptor, current_caller
 from nba_service.transport.grpc_errors import internal_status, to_status
 from nba_service.transport.grpc_limits import LimitsInterceptor
@@ -54,7 +54,9 @@ _OUTCOMES: dict[int, OutcomeKind] = {
     nba_pb2.CONVERTED: OutcomeKind.CONVERTED,
     nba_pb2.CALLBACK_REQUESTED: OutcomeKind.CALLBACK_REQUESTED,
     nba_pb2.NOT_OFFERED: OutcomeKind.NOT_OFFERED,
+    nba_pb2.NOT_NOW: OutcomeKind.NOT_NOW,
 }
+_DIRECTIONS: dict[int, Direction] = {nba_pb2.INBOUND: Direction.INBOUND, nba_pb2.OUTBOUND: Direction.OUTBOUND}
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -128,6 +130,15 @@ def _channel(value: int) -> Channel | None:
     return _CHANNELS[value]
 
 
+def _direction(value: int) -> Direction | None:
+    """Unspecified is None: the service takes the channel's usual direction."""
+    if value == nba_pb2.DIRECTION_UNSPECIFIED:
+        return None
+    if value not in _DIRECTIONS:
+        raise InvalidArgument.of("direction", f"unknown direction {value}")
+    return _DIRECTIONS[value]
+
+
 def _attribute(key: str, value: nba_pb2.AttributeValue) -> AttributeValue:
     kind = value.WhichOneof("kind")
     if kind is None:
@@ -179,6 +190,7 @@ class NextBestActionServicer(nba_pb2_grpc.NextBestActionServicer):
             deadline=_deadline(context),
             dry_run=request.dry_run,
             caller=current_caller(),
+            direction=_direction(request.direction),
         )
         if decision.explanation is None:  # a dry run has no record whose delivery could be corrected
             _watch_delivery(context, self._service, decision.decision_id)
@@ -189,6 +201,7 @@ class NextBestActionServicer(nba_pb2_grpc.NextBestActionServicer):
                 name=decision.ruleset.name, version=decision.ruleset.version, hash=decision.ruleset.hash
             ),
             decided_at=timestamp(decision.decided_at),
+            direction=DIRECTIONS[decision.direction],
         )
         if decision.explanation is not None:
             response.explanation.CopyFrom(explanation_message(decision.explanation))

@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse
 from google.protobuf import json_format
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from nba_service.domain.model import Channel
+from nba_service.domain.model import Channel, Direction
 from nba_service.domain.profile import AttributeValue, OutcomeKind
 from nba_service.domain.records import Delivery
 from nba_service.domain.wording import action_id_title, action_labels, action_title
@@ -72,8 +72,10 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 _CHANNELS = {"AGENT_DESKTOP": Channel.AGENT_DESKTOP, "OUTBOUND_DIALER": Channel.OUTBOUND_DIALER}
 _OUTCOMES = {kind.name: kind for kind in OutcomeKind}
+_DIRECTIONS = {direction.name: direction for direction in Direction}
 ChannelName = Literal["AGENT_DESKTOP", "OUTBOUND_DIALER"]
-OutcomeName = Literal["ACCEPTED", "DECLINED", "NO_ANSWER", "CONVERTED", "CALLBACK_REQUESTED", "NOT_OFFERED"]
+DirectionName = Literal["INBOUND", "OUTBOUND"]
+OutcomeName = Literal["ACCEPTED", "DECLINED", "NO_ANSWER", "CONVERTED", "CALLBACK_REQUESTED", "NOT_OFFERED", "NOT_NOW"]
 _DECIDE, _OUTCOME, _EVENT = (NEXT_BEST_ACTION + name for name in ("Decide", "RecordOutcome", "IngestEvent"))
 
 
@@ -92,6 +94,11 @@ class DecideRequest(_Model):
     context: Context = Field(default_factory=lambda: Context.model_validate({}))
     max_actions: int = Field(0, description="0 means 3; at most 20")
     dry_run: bool = Field(False, description="decide without recording; the answer carries its explanation")
+    direction: DirectionName | None = Field(
+        None,
+        description="who started the contact: INBOUND (the customer called, an agent answers) or OUTBOUND (we "
+        "call them); absent means the channel's usual one. OUTBOUND_DIALER never takes INBOUND",
+    )
 
 
 class RecommendedAction(_Model):
@@ -106,10 +113,12 @@ class RecommendedAction(_Model):
     reason: str
     rule_id: str
     valid_until: AwareDatetime
+    mandatory: bool = Field(description="a regulatory notice: ranked above every offer, to be given")
 
 
 class DecideResponse(_Model):
     decision_id: str = Field(description="send it back with the outcome (POST /v1/outcomes)")
+    direction: DirectionName = Field(description="the direction decided for (the request's, or the channel's usual)")
     actions: list[RecommendedAction]
     ruleset: RulesetRef
     decided_at: AwareDatetime
@@ -334,6 +343,7 @@ def create_app(
                 dry_run=body.dry_run,
                 caller=caller,
                 deadline=deadline,
+                direction=None if body.direction is None else _DIRECTIONS[body.direction],
             )
         finally:
             leave()
@@ -361,6 +371,7 @@ def create_app(
                     reason=a.reason,
                     rule_id=a.rule_id,
                     valid_until=a.valid_until.astimezone(UTC),
+                    mandatory=a.mandatory,
                 )
             )
         explanation = None
@@ -370,6 +381,7 @@ def create_app(
         ref = decision.ruleset
         return DecideResponse(
             decision_id=decision.decision_id,
+            direction="INBOUND" if decision.direction is Direction.INBOUND else "OUTBOUND",
             actions=actions,
             ruleset=RulesetRef(name=ref.name, version=ref.version, hash=ref.hash),
             decided_at=decision.decided_at.astimezone(UTC),

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request
 from google.protobuf import json_format
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from nba_service.domain.model import Direction
 from nba_service.errors import Problems
 from nba_service.review.queries import Listed, ReviewQueries
 from nba_service.security.authz import REVIEW, Ask
@@ -57,6 +58,7 @@ class DecidedAction(_Model):
     reason: str
     rule_id: str
     valid_until: AwareDatetime
+    mandatory: bool = Field(description="a regulatory notice: ranked above every offer, to be given")
 
 
 class RulesetRef(_Model):
@@ -69,6 +71,9 @@ class ExplainDecisionResponse(_Model):
     decision_id: str
     customer_id: str
     channel: Literal["AGENT_DESKTOP", "OUTBOUND_DIALER"]
+    direction: Literal["INBOUND", "OUTBOUND"] = Field(
+        description="who started the contact (the channel's usual direction for records from before directions)"
+    )
     decided_at: AwareDatetime
     ruleset: RulesetRef
     actions: list[DecidedAction] = Field(description="as the caller was given them, in rank order")
@@ -144,6 +149,7 @@ def review_router(queries: ReviewQueries, admit: Admit, errors: dict[int | str, 
             decision_id=record.decision_id,
             customer_id=record.customer_id,
             channel="AGENT_DESKTOP" if record.channel.value == "agent_desktop" else "OUTBOUND_DIALER",
+            direction="INBOUND" if record.contact_direction is Direction.INBOUND else "OUTBOUND",
             decided_at=record.decided_at.astimezone(UTC),
             ruleset=RulesetRef(name=ref.name, version=ref.version, hash=ref.hash),
             actions=[
@@ -155,6 +161,7 @@ def review_router(queries: ReviewQueries, admit: Admit, errors: dict[int | str, 
                     reason=a.reason,
                     rule_id=a.rule_id,
                     valid_until=a.valid_until.astimezone(UTC),
+                    mandatory=a.mandatory,
                 )
                 for a in record.actions
             ],

@@ -69,11 +69,13 @@ def test_decide_json_uses_proto_field_names_and_prints_empty_fields(server: Serv
     result = nba("decide", "CUST-000058", "--json", "--max-actions", "20", "--target", server.address)
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert {"decision_id", "actions", "ruleset", "decided_at"} <= set(document)
+    assert {"decision_id", "actions", "ruleset", "decided_at", "direction"} <= set(document)
+    assert document["direction"] == "INBOUND"  # the desktop's usual direction, when none is asked for
     assert document["actions"], "CUST-000058 has actions in the README example"
-    assert {"action_id", "script", "priority", "category", "reason", "rule_id", "valid_until"} <= set(
+    assert {"action_id", "script", "priority", "category", "reason", "rule_id", "valid_until", "mandatory"} <= set(
         document["actions"][0]
     )
+    assert document["actions"][0]["mandatory"] is False  # the bundled ruleset has no mandatory action
     assert "decisionId" not in result.stdout
     assert "validUntil" not in result.stdout
 

@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from nba_service.domain.model import Channel
+from nba_service.domain.model import Channel, Direction
 from nba_service.domain.profile import Outcome, OutcomeKind
 from nba_service.domain.records import (
     RECORD_FORMAT,
@@ -68,6 +68,7 @@ _COLUMNS = (
     "inputs",
     "caller",
     "trace_id",
+    "direction",
 )
 _JSON_COLUMNS = frozenset({"rules_fired", "dropped", "actions", "context", "profile_problems", "shadow", "inputs"})
 _TYPES = (
@@ -83,6 +84,7 @@ _TYPES = (
     "text",
     "text",
     "float8",
+    "text",
     "text",
     "text",
     "text",
@@ -124,7 +126,10 @@ UPDATE decisions d SET shadow = u.shadow::jsonb
  WHERE d.decision_id = u.decision_id
 RETURNING d.decision_id
 """
-_FIND = "SELECT customer_id, channel, actions, decided_at, delivery, caller FROM decisions WHERE decision_id = $1"
+_FIND = (
+    "SELECT customer_id, channel, actions, decided_at, delivery, caller, direction FROM decisions"
+    " WHERE decision_id = $1"
+)
 _GET = f"SELECT {', '.join(_COLUMNS)} FROM decisions WHERE decision_id = $1"  # noqa: S608 - constant column names
 # A write that stores nothing but needs what a batch needs: the insert lock on `decisions` (a lock that
 # holds the writer up holds this up too; a read-only server refuses it), and a transaction id, so its commit
@@ -146,7 +151,7 @@ SELECT {", ".join(_COLUMNS)} FROM decisions
  ORDER BY decided_at, decision_id
 """  # noqa: S608 - constant column names only
 _EXPORT_OUTCOMES = """
-SELECT decision_id, customer_id, action_id, channel, outcome, time, note, recorded_by FROM outcomes
+SELECT decision_id, customer_id, action_id, channel, outcome, time, note, recorded_by, direction FROM outcomes
  WHERE ($1::timestamptz IS NULL OR time >= $1) AND ($2::timestamptz IS NULL OR time < $2)
    AND ($3::text IS NULL OR customer_id = $3)
  ORDER BY time, outcome_id
@@ -208,6 +213,7 @@ def _row(record: DecisionRecord) -> tuple[Any, ...]:
         None if data["inputs"] is None else _dumps(data["inputs"]),  # SQL NULL: a record from before inputs were kept
         record.caller or None,  # SQL NULL: no caller recorded
         record.trace_id or None,  # SQL NULL: not traced
+        None if record.direction is None else record.direction.value,  # SQL NULL: a record from before directions
     )
 
 
@@ -336,6 +342,7 @@ class PostgresRecordSink:
             row["decided_at"],
             Delivery(row["delivery"]),
             row["caller"] or "",
+            None if row["direction"] is None else Direction(row["direction"]),
         )
 
     async def get_record(self, decision_id: str) -> DecisionRecord | None:
@@ -383,6 +390,7 @@ def decision_json(row: asyncpg.Record) -> dict[str, Any]:
         "inputs": _json(row["inputs"]),
         "caller": row["caller"] or "",
         "trace_id": row["trace_id"] or "",
+        "direction": row["direction"],
     }
     # Through the record type, so the export can never drift from the one format.
     return DecisionRecord.from_json(data).to_json()
@@ -399,6 +407,7 @@ def outcome_json(row: asyncpg.Record) -> dict[str, Any]:
             row["time"],
             row["note"],
             row["recorded_by"] or "",
+            direction=None if row["direction"] is None else Direction(row["direction"]),
         )
     )
 

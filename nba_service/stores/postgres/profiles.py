@@ -34,7 +34,7 @@ from nba_service.domain.do_not_contact import (
     nothing_listed,
     unknown_customer,
 )
-from nba_service.domain.model import Channel
+from nba_service.domain.model import Channel, Direction
 from nba_service.domain.profile import (
     CONTACTED_OUTCOMES,
     AttributeValue,
@@ -72,7 +72,7 @@ SELECT c.customer_id, c.attributes,
                  LIMIT 1) e) AS events,
        (SELECT coalesce(jsonb_agg(jsonb_build_object('action_id', h.action_id, 'channel', h.channel, 'time', h.time,
                                                      'outcome', h.outcome, 'decision_id', h.decision_id,
-                                                     'reached', h.reached)
+                                                     'reached', h.reached, 'direction', h.direction)
                                   ORDER BY h.time), '[]'::jsonb)
           FROM contacts h WHERE h.customer_id = c.customer_id AND h.time > $3) AS contacts,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(p.number, p.type, p.consent, p.wrong_number_at IS NOT NULL)
@@ -111,19 +111,20 @@ _CONTACTED_SQL = ", ".join(f"'{kind.value}'" for kind in sorted(CONTACTED_OUTCOM
 ADD_OUTCOME_SQL = f"""
 WITH audit AS (
     INSERT INTO outcomes (decision_id, customer_id, action_id, channel, outcome, time, note, recorded_by,
-                          idempotency_key)
-    VALUES ($2, $1, $3, $4, $6, $5, $7, $9, $10)
+                          idempotency_key, direction)
+    VALUES ($2, $1, $3, $4, $6, $5, $7, $9, $10, $11)
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING 1
 ), contact AS (
-    INSERT INTO contacts AS k (customer_id, decision_id, action_id, channel, time, outcome, note, reached)
-    SELECT $1::text, $2::uuid, $3::text, $4::text, $5::timestamptz, $6::text, $7::text, $8::boolean
+    INSERT INTO contacts AS k (customer_id, decision_id, action_id, channel, time, outcome, note, reached, direction)
+    SELECT $1::text, $2::uuid, $3::text, $4::text, $5::timestamptz, $6::text, $7::text, $8::boolean, $11::text
      WHERE EXISTS (SELECT 1 FROM audit)
     ON CONFLICT (decision_id, action_id) WHERE decision_id IS NOT NULL DO UPDATE
        SET outcome = CASE WHEN excluded.time >= k.time THEN excluded.outcome ELSE k.outcome END,
            note = CASE WHEN excluded.time >= k.time THEN excluded.note ELSE k.note END,
            time = greatest(k.time, excluded.time),
-           reached = coalesce(k.reached, k.outcome IN ({_CONTACTED_SQL})) OR excluded.reached
+           reached = coalesce(k.reached, k.outcome IN ({_CONTACTED_SQL})) OR excluded.reached,
+           direction = coalesce(k.direction, excluded.direction)
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM audit) + 0 * (SELECT count(*) FROM contact)
@@ -203,6 +204,7 @@ def _profile(row: Any) -> Profile:
             OutcomeKind(c["outcome"]),
             c["decision_id"] or "",
             reached=c["reached"],
+            direction=None if c["direction"] is None else Direction(c["direction"]),
         )
         for c in row["contacts"]
     )
@@ -426,6 +428,7 @@ class PostgresProfileStore:
                 outcome.outcome in CONTACTED_OUTCOMES,
                 outcome.recorded_by or None,
                 outcome.idempotency_key or None,
+                None if outcome.direction is None else outcome.direction.value,
                 timeout=budget,
             )
 

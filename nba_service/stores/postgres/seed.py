@@ -54,7 +54,17 @@ _CONSENT_COLUMNS: Final = ("customer_id", "purpose", "granted")
 _DO_NOT_CALL_COLUMNS: Final = ("customer_id", "source")
 _EVENT_COLUMNS: Final = ("event_id", "customer_id", "type", "time", "attributes", "expires_at")
 _PHONE_COLUMNS: Final = ("customer_id", "position", "number", "type", "consent", "wrong_number_at")
-_CONTACT_COLUMNS: Final = ("customer_id", "decision_id", "action_id", "channel", "time", "outcome", "note", "reached")
+_CONTACT_COLUMNS: Final = (
+    "customer_id",
+    "decision_id",
+    "action_id",
+    "channel",
+    "time",
+    "outcome",
+    "note",
+    "reached",
+    "direction",
+)
 
 Row = tuple[object, ...]
 # When a generated number already marked wrong was marked: the generator makes none, a sample file may.
@@ -140,6 +150,7 @@ class Batch:
                     contact.outcome.value,
                     contact.note,
                     contact.reached,
+                    None if contact.direction is None else contact.direction.value,
                 )
             )
 

@@ -40,6 +40,28 @@ AGENT_DESKTOP: Channel.ValueType  # 1
 OUTBOUND_DIALER: Channel.ValueType  # 2
 Global___Channel: _TypeAlias = Channel  # noqa: Y015
 
+class _Direction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DirectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Direction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DIRECTION_UNSPECIFIED: _Direction.ValueType  # 0
+    """The channel's usual direction: OUTBOUND for OUTBOUND_DIALER, INBOUND for AGENT_DESKTOP."""
+    INBOUND: _Direction.ValueType  # 1
+    OUTBOUND: _Direction.ValueType  # 2
+
+class Direction(_Direction, metaclass=_DirectionEnumTypeWrapper):
+    """Who started the contact. A dialer only ever calls out; an agent desktop answers a customer who called in
+    (INBOUND) or places a call itself (OUTBOUND). Policies (consent, caps, suppressions) can differ by direction.
+    """
+
+DIRECTION_UNSPECIFIED: Direction.ValueType  # 0
+"""The channel's usual direction: OUTBOUND for OUTBOUND_DIALER, INBOUND for AGENT_DESKTOP."""
+INBOUND: Direction.ValueType  # 1
+OUTBOUND: Direction.ValueType  # 2
+Global___Direction: _TypeAlias = Direction  # noqa: Y015
+
 class _Outcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -53,6 +75,8 @@ class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Outcome.Value
     CONVERTED: _Outcome.ValueType  # 4
     CALLBACK_REQUESTED: _Outcome.ValueType  # 5
     NOT_OFFERED: _Outcome.ValueType  # 6
+    NOT_NOW: _Outcome.ValueType  # 7
+    """The customer heard it and asked to come back to it later: counts as a contact for caps, not as a decline."""
 
 class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper): ...
 
@@ -63,6 +87,8 @@ NO_ANSWER: Outcome.ValueType  # 3
 CONVERTED: Outcome.ValueType  # 4
 CALLBACK_REQUESTED: Outcome.ValueType  # 5
 NOT_OFFERED: Outcome.ValueType  # 6
+NOT_NOW: Outcome.ValueType  # 7
+"""The customer heard it and asked to come back to it later: counts as a contact for caps, not as a decline."""
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
 class _PhoneType:
@@ -182,6 +208,7 @@ class DecideRequest(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     MAX_ACTIONS_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     channel: Global___Channel.ValueType
     max_actions: _builtins.int
@@ -190,6 +217,10 @@ class DecideRequest(_message.Message):
     """Decide exactly as for real (same profile read, same ruleset, same moment) but record nothing: no decision
     record, nothing that counts toward a frequency cap, and RecordOutcome refuses its id (which starts with
     "dry-"). The response carries the explanation. For reviewers and testers, not for answers to act on.
+    """
+    direction: Global___Direction.ValueType
+    """Who started this contact; unspecified means the channel's usual direction. OUTBOUND_DIALER with INBOUND is
+    INVALID_ARGUMENT (field `direction`): a dialer never answers a call.
     """
     @_builtins.property
     def context(self) -> Global___InteractionContext: ...
@@ -201,10 +232,11 @@ class DecideRequest(_message.Message):
         context: Global___InteractionContext | None = ...,
         max_actions: _builtins.int = ...,
         dry_run: _builtins.bool = ...,
+        direction: Global___Direction.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "context", b"context", "customer_id", b"customer_id", "dry_run", b"dry_run", "max_actions", b"max_actions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "context", b"context", "customer_id", b"customer_id", "direction", b"direction", "dry_run", b"dry_run", "max_actions", b"max_actions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -221,6 +253,7 @@ class Action(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     RULE_ID_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
+    MANDATORY_FIELD_NUMBER: _builtins.int
     action_id: _builtins.str
     script: _builtins.str
     """The plain instruction for this channel."""
@@ -230,6 +263,10 @@ class Action(_message.Message):
     reason: _builtins.str
     """A short plain reason an agent may read."""
     rule_id: _builtins.str
+    mandatory: _builtins.bool
+    """A regulatory notice the ruleset marks mandatory: it ranks above every offer and must be given; it is not
+    held back by caps or suppressions (never by do-not-call, consent or quiet hours).
+    """
     @_builtins.property
     def valid_until(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -242,10 +279,11 @@ class Action(_message.Message):
         reason: _builtins.str = ...,
         rule_id: _builtins.str = ...,
         valid_until: _timestamp_pb2.Timestamp | None = ...,
+        mandatory: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "category", b"category", "priority", b"priority", "reason", b"reason", "rule_id", b"rule_id", "script", b"script", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "category", b"category", "mandatory", b"mandatory", "priority", b"priority", "reason", b"reason", "rule_id", b"rule_id", "script", b"script", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -286,7 +324,10 @@ class DecideResponse(_message.Message):
     RULESET_FIELD_NUMBER: _builtins.int
     DECIDED_AT_FIELD_NUMBER: _builtins.int
     EXPLANATION_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
+    direction: Global___Direction.ValueType
+    """The direction decided for: the request's, or the channel's usual one when the request left it unspecified."""
     @_builtins.property
     def actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Action]: ...
     @_builtins.property
@@ -305,10 +346,11 @@ class DecideResponse(_message.Message):
         ruleset: Global___RulesetRef | None = ...,
         decided_at: _timestamp_pb2.Timestamp | None = ...,
         explanation: _explain_pb2.Explanation | None = ...,
+        direction: Global___Direction.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "explanation", b"explanation", "ruleset", b"ruleset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "decided_at", b"decided_at", "decision_id", b"decision_id", "explanation", b"explanation", "ruleset", b"ruleset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "decided_at", b"decided_at", "decision_id", b"decision_id", "direction", b"direction", "explanation", b"explanation", "ruleset", b"ruleset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -190,6 +190,7 @@ class ExplainDecisionResponse(_message.Message):
     ACTIONS_FIELD_NUMBER: _builtins.int
     EXPLANATION_FIELD_NUMBER: _builtins.int
     RECORD_JSON_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     customer_id: _builtins.str
     channel: _nba_pb2.Channel.ValueType
@@ -197,6 +198,10 @@ class ExplainDecisionResponse(_message.Message):
     """The whole decision record in its export format (`nba.record/1`, see docs/decision-records.md), with the
     inputs the pipeline was given: what `nba explain --replay` runs again through the stored version. It holds
     raw trigger values, which belong in the record and never in a script.
+    """
+    direction: _nba_pb2.Direction.ValueType
+    """Who started the contact the decision was made for; records written before directions were kept read as the
+    channel's usual direction.
     """
     @_builtins.property
     def decided_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -219,10 +224,11 @@ class ExplainDecisionResponse(_message.Message):
         actions: _abc.Iterable[_nba_pb2.Action] | None = ...,
         explanation: _explain_pb2.Explanation | None = ...,
         record_json: _builtins.str = ...,
+        direction: _nba_pb2.Direction.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "explanation", b"explanation", "ruleset", b"ruleset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "channel", b"channel", "customer_id", b"customer_id", "decided_at", b"decided_at", "decision_id", b"decision_id", "explanation", b"explanation", "record_json", b"record_json", "ruleset", b"ruleset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "channel", b"channel", "customer_id", b"customer_id", "decided_at", b"decided_at", "decision_id", b"decision_id", "direction", b"direction", "explanation", b"explanation", "record_json", b"record_json", "ruleset", b"ruleset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
