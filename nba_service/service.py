@@ -29,6 +29,7 @@ from nba_service.domain.dialer import (
     choose_number,
     exclusion,
     idempotency_key,
+    own_calls_removed,
     parse_legal_window,
 )
 from nba_service.domain.model import Channel, Direction, Ruleset, default_direction, direction_fits
@@ -634,6 +635,7 @@ class DecisionService:
             if caller is not None and not caller.scope.admits(profile.attributes):
                 continue  # a segment never reaches beyond the caller's scope (a list was checked up front)
             started = time.perf_counter()
+            profile = own_calls_removed(profile, campaign.campaign_id)  # noqa: PLW2901 - what the pipeline saw
             evaluation = evaluate(active, profile, channel, at, 1, direction=direction)
             if evaluation.engine_error is not None:
                 log.error(

@@ -487,9 +487,10 @@ async def test_a_version_1_database_upgrades_in_place_and_loses_nothing(tmp_path
     # Version 3 adds `recorded_by` to events: NULL for every event from before.
     assert {row[-1] for row in after["events"]} <= {None}
     after["events"] = [row[:-1] for row in after["events"]]
-    # Version 6 adds `direction` to contacts: NULL (the channel's usual direction) for every contact from before.
-    assert {row[-1] for row in after["contacts"]} == {None}
-    after["contacts"] = [row[:-1] for row in after["contacts"]]
+    # Version 6 adds `direction` to contacts, version 7 `pending_until` and `campaign_id`: NULL (the channel's
+    # usual direction; no pending call) for every contact from before.
+    assert {row[-3:] for row in after["contacts"]} <= {(None, None, None)}
+    after["contacts"] = [row[:-3] for row in after["contacts"]]
     assert after == before
     again = SqliteStore(path, event_types=tuple(ruleset.events), history=timedelta(days=90), clock=lambda: NOW)
     assert await again.open() == COUNT  # a second open finds nothing to do

@@ -321,6 +321,17 @@ class TestPendingCalls:
         closed = [dataclasses.replace(c, pending_until=NOW) for c in pending]
         assert decide(active, customer(*closed), Channel.OUTBOUND_DIALER).action_ids != ()
 
+    def test_a_pending_call_has_no_outcome_for_a_constraint_to_count(self) -> None:
+        paused_on_not_offered = reference_active(
+            load_ruleset_text(RULESET.replace("outcomes: [no_answer], after: 2", "outcomes: [not_offered], after: 1"))
+        )
+        pending = contact(
+            "thanks", timedelta(days=2), OutcomeKind.NOT_OFFERED, Channel.OUTBOUND_DIALER, None, NOW - timedelta(days=1)
+        )
+        reported = dataclasses.replace(pending, pending_until=None)
+        assert decide(paused_on_not_offered, customer(pending), Channel.OUTBOUND_DIALER).action_ids != ()
+        assert decide(paused_on_not_offered, customer(reported), Channel.OUTBOUND_DIALER).action_ids == ()
+
     def test_pending_calls_are_kept_in_the_decision_inputs(self) -> None:
         pending = contact(
             "rates", timedelta(hours=1), OutcomeKind.NOT_OFFERED, Channel.OUTBOUND_DIALER, Direction.OUTBOUND, NOW

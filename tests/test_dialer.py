@@ -32,13 +32,15 @@ from nba_service.domain.dialer import (
     choose_number,
     exclusion,
     idempotency_key,
+    own_calls_removed,
     parse_legal_window,
+    pending_call,
 )
 from nba_service.domain.loader import load_ruleset_file
-from nba_service.domain.model import QuietHours, Ruleset
+from nba_service.domain.model import Channel, QuietHours, Ruleset
 from nba_service.domain.pipeline import Evaluation
 from nba_service.domain.profile import OutcomeKind, Profile
-from nba_service.domain.records import DroppedCandidate
+from nba_service.domain.records import DecidedAction, DecisionRecord, Delivery, DroppedCandidate, RulesetRef
 from nba_service.domain.segments import parse_segment
 from nba_service.errors import InvalidArgument, Problems
 
@@ -438,3 +440,64 @@ class TestDispositions:
         assert [r.outcome for r in found["genesys"][0]] == [OutcomeKind.NOT_NOW]
         # The same call reported in any layout is the same outcome: one key, stored once.
         assert len({rows[0].idempotency_key for rows, _ in found.values()}) == 1
+
+
+class TestPendingCall:
+    """The contact a streamed call counts as until its disposition arrives (`pending_call`), and how a retry of the
+    same campaign sees past its own calls (`own_calls_removed`)."""
+
+    AT = datetime(2026, 12, 4, 13, 0, tzinfo=UTC)
+
+    def record(self, **changes: object) -> DecisionRecord:
+        action = DecidedAction("check-in", "Call to check in.", 1, "service", "r", "r-1", self.AT + timedelta(hours=4))
+        base = DecisionRecord(
+            decision_id="00000000-0000-4000-8000-000000000001",
+            decided_at=self.AT,
+            customer_id="CUST-1",
+            channel=Channel.OUTBOUND_DIALER,
+            ruleset=RulesetRef("r", "1", "0" * 64),
+            engine="reference",
+            rules_fired=(),
+            dropped=(),
+            actions=(action,),
+            latency_ms=0.1,
+            context={
+                "campaign_id": "spring",
+                "idempotency_key": "nba1-x",
+                "call_latest": "2026-12-04T20:00:00+03:00",  # 17:00 UTC: before the action's expiry
+            },
+        )
+        return replace(base, **changes)  # type: ignore[arg-type]
+
+    def test_a_sent_call_is_pending_until_its_window_closes_or_its_action_expires(self) -> None:
+        call = pending_call(self.record())
+        assert call is not None
+        assert (call.action_id, call.channel, call.time, call.campaign_id) == (
+            "check-in",
+            Channel.OUTBOUND_DIALER,
+            self.AT,
+            "spring",
+        )
+        assert call.pending_until == datetime(2026, 12, 4, 17, 0, tzinfo=UTC)
+        assert call.counts_at(self.AT + timedelta(hours=3, minutes=59))
+        assert not call.counts_at(self.AT + timedelta(hours=4))
+        late = pending_call(self.record(context={**self.record().context, "call_latest": "2026-12-04T23:00:00+00:00"}))
+        assert late is not None
+        assert late.pending_until == self.AT + timedelta(hours=4)  # the action's expiry comes first
+
+    def test_no_pending_call_for_what_never_reached_a_dialer(self) -> None:
+        assert pending_call(self.record(delivery=Delivery.CANCELLED)) is None
+        assert pending_call(self.record(delivery=Delivery.DEADLINE_EXCEEDED)) is None
+        assert (
+            pending_call(self.record(actions=(), context={"campaign_id": "spring", "excluded": "quiet_hours"})) is None
+        )
+        assert pending_call(self.record(channel=Channel.AGENT_DESKTOP)) is None
+        assert pending_call(self.record(context={})) is None  # a Decide on the dialer channel: no campaign, no window
+
+    def test_a_retry_sees_past_only_its_own_pending_calls(self) -> None:
+        own = replace(pending_call(self.record()), decision_id="d-own")  # type: ignore[type-var]
+        other = replace(own, decision_id="d-other", campaign_id="autumn")
+        reported = replace(own, decision_id="d-reported", pending_until=None, outcome=OutcomeKind.DECLINED)
+        profile = Profile("CUST-1", {}, (), (own, other, reported))
+        assert [c.decision_id for c in own_calls_removed(profile, "spring").contacts] == ["d-other", "d-reported"]
+        assert own_calls_removed(profile, "winter") is profile

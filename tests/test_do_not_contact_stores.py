@@ -301,6 +301,8 @@ async def test_a_version_4_database_upgrades_and_keeps_its_customers(tmp_path: P
         conn.execute("DROP TABLE do_not_contact")
         conn.execute("ALTER TABLE contacts DROP COLUMN direction")  # what later steps add, as at version 4
         conn.execute("ALTER TABLE outcomes DROP COLUMN direction")
+        conn.execute("ALTER TABLE contacts DROP COLUMN pending_until")
+        conn.execute("ALTER TABLE contacts DROP COLUMN campaign_id")
         conn.execute("PRAGMA user_version = 4")
     reopened = SqliteStore(path, event_types=tuple(ruleset.events), history=timedelta(days=90), clock=lambda: NOW)
     assert await reopened.open() == COUNT

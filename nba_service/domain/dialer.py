@@ -11,14 +11,15 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
 
 from nba_service.domain.contact_points import PhoneNumber
-from nba_service.domain.model import Ruleset
+from nba_service.domain.model import Channel, Ruleset
 from nba_service.domain.pipeline import Evaluation
 from nba_service.domain.policy import customer_zone
-from nba_service.domain.profile import Profile
+from nba_service.domain.profile import Contact, OutcomeKind, Profile
+from nba_service.domain.records import DecisionRecord, Delivery
 
 MINUTES_PER_DAY = 24 * 60
 _WINDOW = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5][0-9])")
@@ -159,6 +160,57 @@ def idempotency_key(campaign_id: str, customer_id: str, action_id: str, number: 
     loads a re-export drops the rows it already holds instead of ringing the customer twice."""
     digest = hashlib.sha256("\x1f".join((campaign_id, customer_id, action_id, number)).encode()).hexdigest()
     return KEY_PREFIX + digest[:32]
+
+
+def pending_call(record: DecisionRecord) -> Contact | None:
+    """The contact an exported call counts as until its disposition arrives, or None for any other record.
+
+    A campaign's call is handed to the dialer the moment its result is streamed, but the customer is reached (or
+    not) only when the dialer rings, and we learn of it only when the dispositions are imported: without this, a
+    second campaign run in between lists the same customer again despite the caps. It counts toward caps until
+    the dialer may no longer place the call (the end of its call window, or the action's expiry if sooner), so a
+    call never made does not hold the customer's cap for ever. Only an answer that was sent counts: a result the
+    stream never carried (a cancelled or late campaign) was never handed over. The stores write it with the
+    record, in the same transaction, and an outcome for the same decision and action replaces it.
+
+    Derived from the record alone (its context carries the campaign and the window), so a record replayed from a
+    spilled file makes the same contact."""
+    context = record.context
+    campaign_id = context.get("campaign_id", "")
+    latest = context.get("call_latest", "")
+    if (
+        record.channel is not Channel.OUTBOUND_DIALER
+        or record.delivery is not Delivery.SENT
+        or not record.actions
+        or not campaign_id
+        or not latest
+    ):
+        return None
+    action = record.actions[0]
+    return Contact(
+        action_id=action.action_id,
+        channel=Channel.OUTBOUND_DIALER,
+        time=record.decided_at,
+        # Nothing is reported yet: not_offered is the nearest outcome kind, and caps go by `pending_until` alone.
+        outcome=OutcomeKind.NOT_OFFERED,
+        decision_id=record.decision_id,
+        reached=False,
+        pending_until=min(datetime.fromisoformat(latest), action.valid_until),
+        campaign_id=campaign_id,
+    )
+
+
+def own_calls_removed(profile: Profile, campaign_id: str) -> Profile:
+    """The profile without the calls this same campaign exported and nobody has reported on yet.
+
+    A campaign run again under its id (a retry after a failed export) must list the customers its first attempt
+    listed, with the same idempotency keys, so the dialer drops the rows it already holds instead of losing the
+    calls it never got; its own pending calls must not cap it. Any other campaign sees them, and so does every
+    reported outcome, whichever campaign it came from."""
+    kept = tuple(c for c in profile.contacts if c.pending_until is None or c.campaign_id != campaign_id)
+    if len(kept) == len(profile.contacts):
+        return profile
+    return replace(profile, contacts=kept)
 
 
 def _hhmm(minute: int) -> str:

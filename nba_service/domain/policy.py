@@ -166,8 +166,11 @@ def _cap_count(cap: FrequencyCap, ruleset: Ruleset, profile: Profile, now: datet
 
 def _constraint_count(constraint: Constraint, ruleset: Ruleset, profile: Profile, now: datetime, action: Action) -> int:
     def counts(contact: Contact) -> bool:
-        return contact.outcome.value in constraint.outcomes and (
-            not constraint.per_action or contact.action_id == action.id
+        # A call still with the dialer has no outcome yet, whatever its row says.
+        return (
+            contact.pending_until is None
+            and contact.outcome.value in constraint.outcomes
+            and (not constraint.per_action or contact.action_id == action.id)
         )
 
     return _count(constraint, ruleset, profile, now, counts)

@@ -63,6 +63,9 @@ class Contact:
     # A dialer call exported but not yet reported on: it counts toward caps until its call window closes, so a
     # second campaign run before the dispositions are imported cannot list the same customer again.
     pending_until: datetime | None = None
+    # The campaign that exported the pending call: a retry of that same campaign does not count it (see
+    # nba_service.domain.dialer.own_calls_removed). "" for every other contact.
+    campaign_id: str = ""
 
     @property
     def counts(self) -> bool:

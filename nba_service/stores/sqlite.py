@@ -32,6 +32,7 @@ import structlog
 
 from nba_service.domain.archive import ArchivedSource, ArchivedVersion, ambiguous, archivable_text, hash_prefix
 from nba_service.domain.contact_points import PhoneNumber, PhoneType, phone_problems
+from nba_service.domain.dialer import pending_call
 from nba_service.domain.do_not_contact import (
     Listing,
     ListingState,
@@ -66,7 +67,7 @@ from nba_service.errors import NotFound, Unavailable
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 READER_THREADS = 4
 CONSENT_PREFIX = "consent_"
 DO_NOT_CALL = "do_not_call"
@@ -215,6 +216,13 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE outcomes ADD COLUMN direction TEXT"
         " CHECK (direction IS NULL OR direction IN ('inbound', 'outbound'))",
     ),
+    7: (
+        # Dialer calls exported and not yet reported on (nba_service.domain.dialer.pending_call): a contact row
+        # that counts toward caps until `pending_until`, written with its decision record; an outcome for the
+        # same decision and action clears it. `campaign_id` lets a retry of that campaign see past its own calls.
+        "ALTER TABLE contacts ADD COLUMN pending_until TEXT",
+        "ALTER TABLE contacts ADD COLUMN campaign_id TEXT",
+    ),
 }
 
 _EVENTS_SQL = """
@@ -226,7 +234,7 @@ SELECT e.type, e.time, e.attributes, e.expires_at FROM json_each(?3) AS t
  ORDER BY e.time
 """
 _CONTACTS_SQL = """
-SELECT action_id, channel, time, outcome, decision_id, reached, direction FROM contacts
+SELECT action_id, channel, time, outcome, decision_id, reached, direction, pending_until, campaign_id FROM contacts
  WHERE customer_id = ? AND time > ? ORDER BY time
 """
 _PHONES_SQL = "SELECT number, type, consent, wrong_number_at FROM phones WHERE customer_id = ? ORDER BY position"
@@ -244,12 +252,37 @@ _UPSERT_CONTACT = """
 INSERT INTO contacts (customer_id, decision_id, action_id, channel, time, outcome, reached, note, direction)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (decision_id, action_id) WHERE decision_id IS NOT NULL DO UPDATE SET
-    time = max(contacts.time, excluded.time),
-    outcome = CASE WHEN excluded.time >= contacts.time THEN excluded.outcome ELSE contacts.outcome END,
-    note = CASE WHEN excluded.time >= contacts.time THEN excluded.note ELSE contacts.note END,
-    reached = contacts.reached OR excluded.reached,
-    direction = coalesce(contacts.direction, excluded.direction)
+    time = CASE WHEN contacts.pending_until IS NULL THEN max(contacts.time, excluded.time) ELSE excluded.time END,
+    outcome = CASE WHEN contacts.pending_until IS NOT NULL OR excluded.time >= contacts.time
+                   THEN excluded.outcome ELSE contacts.outcome END,
+    note = CASE WHEN contacts.pending_until IS NOT NULL OR excluded.time >= contacts.time
+                THEN excluded.note ELSE contacts.note END,
+    reached = CASE WHEN contacts.pending_until IS NULL THEN contacts.reached OR excluded.reached
+                   ELSE excluded.reached END,
+    direction = coalesce(contacts.direction, excluded.direction),
+    pending_until = NULL
 """
+# The first outcome of a campaign's call replaces its pending contact (above) and any pending contact a retry of
+# the same campaign made for the same customer and action: the dialer places one call per idempotency key.
+_CLEAR_RETRIED = """
+DELETE FROM contacts
+ WHERE customer_id = ?1 AND action_id = ?2 AND pending_until IS NOT NULL AND decision_id <> ?3
+   AND campaign_id = (SELECT json_extract(record, '$.context.attributes.campaign_id') FROM decisions
+                       WHERE decision_id = ?3)
+"""
+# A call a campaign exported again (its retry) supersedes the earlier attempt's pending contact for the same
+# customer and action, so the call counts once; a customer deleted meanwhile gets none.
+_SUPERSEDE_PENDING = """
+DELETE FROM contacts
+ WHERE customer_id = ? AND action_id = ? AND campaign_id = ? AND pending_until IS NOT NULL AND decision_id <> ?
+"""
+_ADD_PENDING = """
+INSERT INTO contacts (customer_id, decision_id, action_id, channel, time, outcome, reached, note, pending_until,
+                      campaign_id)
+SELECT ?1, ?2, ?3, ?4, ?5, ?6, 0, '', ?7, ?8 WHERE EXISTS (SELECT 1 FROM customers WHERE customer_id = ?1)
+ON CONFLICT (decision_id, action_id) WHERE decision_id IS NOT NULL DO NOTHING
+"""
+_WITHDRAW_PENDING = "DELETE FROM contacts WHERE decision_id = ? AND pending_until IS NOT NULL"
 _ADD_EVENT = (
     "INSERT INTO events (event_id, customer_id, type, time, attributes, expires_at, recorded_by)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -404,8 +437,10 @@ class SqliteStore:
                     decision or "",
                     reached=bool(hit),
                     direction=None if way is None else Direction(way),
+                    pending_until=_time(until) if until else None,
+                    campaign_id=campaign or "",
                 )
-                for action, channel, at, outcome, decision, hit, way in contacts
+                for action, channel, at, outcome, decision, hit, way, until, campaign in contacts
             ),
             tuple(
                 PhoneNumber(number, PhoneType(kind), bool(consent), wrong is not None)
@@ -552,6 +587,7 @@ class SqliteStore:
             stored.append(cursor.rowcount > 0)
             if stored[0]:
                 conn.execute(_UPSERT_CONTACT, contact)
+                conn.execute(_CLEAR_RETRIED, (outcome.customer_id, outcome.action_id, outcome.decision_id))
 
         await self._write("storing an outcome", upsert)
         return stored[0]
@@ -679,6 +715,11 @@ class SqliteStore:
             for r in records
         ]
         changes = [(u.delivery.value, u.decision_id) for u in updates if isinstance(u, DeliveryUpdate)]
+        calls = [(r.customer_id, call) for r in records if (call := pending_call(r)) is not None]
+        # An answer that never reached the dialer hands over no call.
+        withdrawn = [
+            (u.decision_id,) for u in updates if isinstance(u, DeliveryUpdate) and u.delivery is not Delivery.SENT
+        ]
         # The record column is the record's JSON line: the shadow run goes into it, so the export needs no join.
         # ASCII-escaped, so any error text binds; json_valid, so a record Python wrote with NaN in it (not JSON to
         # SQLite) cannot fail the whole commit.
@@ -691,6 +732,22 @@ class SqliteStore:
         def commit(conn: sqlite3.Connection) -> None:
             conn.executemany("INSERT OR IGNORE INTO decisions VALUES (?, ?, ?, ?, ?, ?)", rows)
             conn.executemany("UPDATE decisions SET delivery = ? WHERE decision_id = ?", changes)
+            for customer, call in calls:
+                conn.execute(_SUPERSEDE_PENDING, (customer, call.action_id, call.campaign_id, call.decision_id))
+                conn.execute(
+                    _ADD_PENDING,
+                    (
+                        customer,
+                        call.decision_id,
+                        call.action_id,
+                        call.channel.value,
+                        stamp(call.time),
+                        call.outcome.value,
+                        stamp(call.pending_until) if call.pending_until is not None else None,
+                        call.campaign_id,
+                    ),
+                )
+            conn.executemany(_WITHDRAW_PENDING, withdrawn)
             if shadows:
                 conn.executemany(
                     "UPDATE decisions SET record = json_set(record, '$.shadow', json(?))"

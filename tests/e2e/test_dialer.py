@@ -18,6 +18,7 @@ from nba_service.domain.contact_points import E164
 from nba_service.synthetic import SAMPLE_PATH, read_sample
 from nba_service.transport.grpc_errors import field_violations
 from tests.e2e._support import NBA_SCRIPT, ServerHandle, server_env, start_server
+from tests.e2e.conftest import StartServer
 
 SAMPLE = {p.customer_id: p for p in read_sample(SAMPLE_PATH, datetime.now(UTC))}
 
@@ -48,11 +49,23 @@ def _campaign_records(server: ServerHandle, campaign_id: str) -> list[dict[str, 
     ]
 
 
-def test_a_campaign_streams_one_recorded_result_per_customer(dialer_server: ServerHandle) -> None:
+def _dialer_dry_run(server: ServerHandle, customer_id: str) -> list[str]:
+    decided = server.stub.Decide(
+        nba_pb2.DecideRequest(customer_id=customer_id, channel=nba_pb2.OUTBOUND_DIALER, max_actions=1, dry_run=True),
+        timeout=10,
+    )
+    return [a.action_id for a in decided.actions]
+
+
+def test_a_campaign_streams_one_recorded_result_per_customer(start_fresh_server: StartServer) -> None:
     """Every customer of the sample gets exactly one result: a call (the action, a number of theirs with their
     consent, a window inside 09:00-20:00 local, the expiry, a key) or an exclusion with a known reason; each
-    result's decision is in the decision log with the campaign; and a called customer's action is the one Decide
-    itself gives now (one pipeline)."""
+    result's decision is in the decision log with the campaign; a called customer's action is the one Decide
+    itself gave just before (one pipeline), and once the call is streamed Decide no longer offers a dialer call
+    (the pending call counts toward `dialer-daily`). A server of its own: a campaign over every customer leaves
+    each called one capped for the day."""
+    dialer_server = start_fresh_server("--workers", "1")
+    before = {ident: _dialer_dry_run(dialer_server, ident) for ident in sorted(SAMPLE)[:40]}
     results = list(
         dialer_server.stub.DecideBatch(_campaign("all-1", segment=nba_pb2.Segment(all_customers=True)), timeout=120)
     )
@@ -94,14 +107,11 @@ def test_a_campaign_streams_one_recorded_result_per_customer(dialer_server: Serv
         assert record["delivery"] == "sent"
         assert record["context"]["attributes"]["phone"] == result.call.phone  # type: ignore[index]
         assert [a["action_id"] for a in record["actions"]] == [result.call.action.action_id]  # type: ignore[attr-defined]
-    for result in calls[:20]:
-        decided = dialer_server.stub.Decide(
-            nba_pb2.DecideRequest(
-                customer_id=result.customer_id, channel=nba_pb2.OUTBOUND_DIALER, max_actions=1, dry_run=True
-            ),
-            timeout=10,
-        )
-        assert [a.action_id for a in decided.actions] == [result.call.action.action_id]
+    compared = [r for r in calls if r.customer_id in before]
+    assert compared
+    for result in compared:
+        assert before[result.customer_id] == [result.call.action.action_id]
+        assert _dialer_dry_run(dialer_server, result.customer_id) == []
 
 
 def test_bad_campaigns_are_refused_whole_and_record_nothing(dialer_server: ServerHandle) -> None:

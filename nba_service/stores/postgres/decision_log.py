@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from nba_service.domain.dialer import pending_call
 from nba_service.domain.model import Channel, Direction
 from nba_service.domain.profile import Outcome, OutcomeKind
 from nba_service.domain.records import (
@@ -126,6 +127,29 @@ UPDATE decisions d SET shadow = u.shadow::jsonb
  WHERE d.decision_id = u.decision_id
 RETURNING d.decision_id
 """
+# The dialer calls among the records (nba_service.domain.dialer.pending_call), each a pending contact written in
+# the records' own transaction. A retry of the same campaign supersedes the earlier attempt's pending row for the
+# same customer and action, so a call counts once; a customer deleted meanwhile gets none (no foreign-key failure
+# can set a record aside for a contact's sake).
+_PENDING = """
+WITH calls AS (
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])
+        AS c(customer_id, decision_id, action_id, time, pending_until, campaign_id)
+), superseded AS (
+    DELETE FROM contacts k USING calls c
+     WHERE k.customer_id = c.customer_id AND k.action_id = c.action_id AND k.campaign_id = c.campaign_id
+       AND k.pending_until IS NOT NULL AND k.decision_id <> c.decision_id
+    RETURNING 1
+)
+INSERT INTO contacts (customer_id, decision_id, action_id, channel, time, outcome, note, reached, pending_until,
+                      campaign_id)
+SELECT c.customer_id, c.decision_id, c.action_id, 'outbound_dialer', c.time, 'not_offered', '', false,
+       c.pending_until, c.campaign_id
+  FROM calls c JOIN customers USING (customer_id)
+ON CONFLICT (decision_id, action_id) WHERE decision_id IS NOT NULL DO NOTHING
+"""
+# An answer the stream never carried (a cancelled or late campaign) hands the dialer no call.
+_WITHDRAW = "DELETE FROM contacts WHERE decision_id = ANY($1::uuid[]) AND pending_until IS NOT NULL"
 _FIND = (
     "SELECT customer_id, channel, actions, decided_at, delivery, caller, direction FROM decisions"
     " WHERE decision_id = $1"
@@ -242,12 +266,17 @@ async def write_records(
     *,
     budget: float | None = None,
 ) -> tuple[int, set[uuid.UUID]]:
-    """One transaction: stores the records (once each) and applies the corrections and shadow runs.
+    """One transaction: stores the records (once each) with the pending contacts of the dialer calls among them,
+    and applies the corrections (an answer never delivered withdraws its pending call) and shadow runs. The
+    pending contacts commit with their records, so no call is streamed that caps do not see, and none is counted
+    for a record that was not stored.
 
     Returns how many records were new and the decision ids an update matched.
     """
     rows = [_row(r) for r in records]
+    calls = [(r.customer_id, row[0], call) for r, row in zip(records, rows, strict=True) if (call := pending_call(r))]
     ids, deliveries = _update_rows([u for u in updates if isinstance(u, DeliveryUpdate)])
+    withdrawn = [key for key, delivery in zip(ids, deliveries, strict=True) if delivery != Delivery.SENT.value]
     shadow_ids, shadows = _update_rows([u for u in updates if isinstance(u, ShadowUpdate)])
     inserted = 0
     matched: set[uuid.UUID] = set()
@@ -257,7 +286,7 @@ async def write_records(
         return None if budget is None else max(0.05, budget - (time.monotonic() - started))
 
     async with contextlib.AsyncExitStack() as stack:
-        if bool(rows) + bool(ids) + bool(shadow_ids) > 1:
+        if bool(rows) + bool(calls) + bool(ids) + bool(withdrawn) + bool(shadow_ids) > 1:
             await stack.enter_async_context(conn.transaction())
         if len(rows) == 1:
             status = await conn.execute(_INSERT_ONE, *rows[0], timeout=left())
@@ -266,8 +295,21 @@ async def write_records(
             columns = [list(column) for column in zip(*rows, strict=True)]
             status = await conn.execute(_INSERT, *columns, timeout=left())
             inserted = int(status.split()[-1])
+        if calls:
+            await conn.execute(
+                _PENDING,
+                [customer for customer, _, _ in calls],
+                [key for _, key, _ in calls],
+                [call.action_id for _, _, call in calls],
+                [call.time for _, _, call in calls],
+                [call.pending_until for _, _, call in calls],
+                [call.campaign_id for _, _, call in calls],
+                timeout=left(),
+            )
         if ids:
             matched = {r[0] for r in await conn.fetch(_UPDATE, ids, deliveries, timeout=left())}
+        if withdrawn:
+            await conn.execute(_WITHDRAW, withdrawn, timeout=left())
         if shadow_ids:
             matched |= {r[0] for r in await conn.fetch(_SHADOW, shadow_ids, shadows, timeout=left())}
     return inserted, matched

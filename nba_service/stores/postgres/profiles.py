@@ -72,7 +72,9 @@ SELECT c.customer_id, c.attributes,
                  LIMIT 1) e) AS events,
        (SELECT coalesce(jsonb_agg(jsonb_build_object('action_id', h.action_id, 'channel', h.channel, 'time', h.time,
                                                      'outcome', h.outcome, 'decision_id', h.decision_id,
-                                                     'reached', h.reached, 'direction', h.direction)
+                                                     'reached', h.reached, 'direction', h.direction,
+                                                     'pending_until', h.pending_until,
+                                                     'campaign_id', h.campaign_id)
                                   ORDER BY h.time), '[]'::jsonb)
           FROM contacts h WHERE h.customer_id = c.customer_id AND h.time > $3) AS contacts,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(p.number, p.type, p.consent, p.wrong_number_at IS NOT NULL)
@@ -106,8 +108,10 @@ _CONTACTED_SQL = ", ".join(f"'{kind.value}'" for kind in sorted(CONTACTED_OUTCOM
 # the audit row is appended. A foreign-key failure (unknown customer) leaves neither.
 # One statement, so one round trip and one transaction: the audit row is appended unless an outcome with the
 # same idempotency key is already stored, and only then the offer's contact row takes the latest outcome (by
-# its time; a later report wins a tie) and stays reached once any outcome reached the customer. A foreign-key
-# failure (unknown customer) leaves neither. Returns how many audit rows were written (0 or 1).
+# its time; a later report wins a tie) and stays reached once any outcome reached the customer. A pending dialer
+# call's row is replaced outright, and so is any pending row a retry of the same campaign made for the same
+# customer and action (the dialer places one call per idempotency key). A foreign-key failure (unknown
+# customer) leaves neither. Returns how many audit rows were written (0 or 1).
 ADD_OUTCOME_SQL = f"""
 WITH audit AS (
     INSERT INTO outcomes (decision_id, customer_id, action_id, channel, outcome, time, note, recorded_by,
@@ -120,14 +124,24 @@ WITH audit AS (
     SELECT $1::text, $2::uuid, $3::text, $4::text, $5::timestamptz, $6::text, $7::text, $8::boolean, $11::text
      WHERE EXISTS (SELECT 1 FROM audit)
     ON CONFLICT (decision_id, action_id) WHERE decision_id IS NOT NULL DO UPDATE
-       SET outcome = CASE WHEN excluded.time >= k.time THEN excluded.outcome ELSE k.outcome END,
-           note = CASE WHEN excluded.time >= k.time THEN excluded.note ELSE k.note END,
-           time = greatest(k.time, excluded.time),
-           reached = coalesce(k.reached, k.outcome IN ({_CONTACTED_SQL})) OR excluded.reached,
-           direction = coalesce(k.direction, excluded.direction)
+       SET outcome = CASE WHEN k.pending_until IS NOT NULL OR excluded.time >= k.time
+                          THEN excluded.outcome ELSE k.outcome END,
+           note = CASE WHEN k.pending_until IS NOT NULL OR excluded.time >= k.time THEN excluded.note ELSE k.note END,
+           time = CASE WHEN k.pending_until IS NOT NULL THEN excluded.time ELSE greatest(k.time, excluded.time) END,
+           reached = CASE WHEN k.pending_until IS NOT NULL THEN excluded.reached
+                          ELSE coalesce(k.reached, k.outcome IN ({_CONTACTED_SQL})) OR excluded.reached END,
+           direction = coalesce(k.direction, excluded.direction),
+           pending_until = NULL
+    RETURNING 1
+), retried AS (
+    DELETE FROM contacts r
+     WHERE EXISTS (SELECT 1 FROM audit) AND r.customer_id = $1 AND r.action_id = $3
+       AND r.pending_until IS NOT NULL AND r.decision_id <> $2::uuid
+       AND r.campaign_id = (SELECT d.context->'attributes'->>'campaign_id' FROM decisions d
+                             WHERE d.decision_id = $2::uuid)
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM audit) + 0 * (SELECT count(*) FROM contact)
+SELECT (SELECT count(*) FROM audit) + 0 * (SELECT count(*) FROM contact) + 0 * (SELECT count(*) FROM retried)
 """  # noqa: S608 - the interpolated list is the fixed outcome names
 
 _SCHEMA_VERSION = "SELECT max(version) FROM schema_migrations"
@@ -205,6 +219,8 @@ def _profile(row: Any) -> Profile:
             c["decision_id"] or "",
             reached=c["reached"],
             direction=None if c["direction"] is None else Direction(c["direction"]),
+            pending_until=None if c.get("pending_until") is None else _time(c["pending_until"]),
+            campaign_id=c.get("campaign_id") or "",
         )
         for c in row["contacts"]
     )
