@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from nba_service._proto.nba.v1 import nba_pb2
 from nba_service.dialer_files import (
     GENERIC_COLUMNS,
     VICIDIAL_COLUMNS,
@@ -211,12 +212,19 @@ class TestNumbersAndExclusions:
         """Wherever the pipeline puts the listing's drop, the exclusion names it, with the policy's words."""
         drops = (
             DroppedCandidate("r1", "a1", "do_not_call", "do_not_call is not false"),
-            DroppedCandidate(
-                "r2", "a2", "do_not_contact", "listed (bereavement, source branch)", "policy", "do_not_contact"
-            ),
+            DroppedCandidate("r2", "a2", "do_not_contact", "listed (bereavement)", "policy", "do_not_contact"),
         )
         evaluation = Evaluation((), (), drops, "reference", ())
-        assert exclusion(evaluation) == (Exclusion.DO_NOT_CONTACT, "listed (bereavement, source branch)")
+        assert exclusion(evaluation) == (Exclusion.DO_NOT_CONTACT, "listed (bereavement)")
+
+    def test_a_constraint_pause_is_its_own_reason_above_a_cap(self) -> None:
+        drops = (
+            DroppedCandidate("r1", "a1", "frequency_cap", "dialer-daily: at most 1", "policy", "dialer-daily"),
+            DroppedCandidate("r2", "a2", "constraint", "no-answers: paused", "policy", "dialer-no-answer-pause"),
+        )
+        evaluation = Evaluation((), (), drops, "reference", ())
+        assert exclusion(evaluation) == (Exclusion.CONSTRAINT, "no-answers: paused")
+        assert nba_pb2.ExclusionReason.Value(Exclusion.CONSTRAINT.value.upper()) == nba_pb2.CONSTRAINT
 
     def test_the_key_is_stable_and_depends_on_every_part(self) -> None:
         key = idempotency_key("spring", "CUST-1", "welcome-call", "+447700900001")

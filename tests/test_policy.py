@@ -8,7 +8,7 @@ import pytest
 
 from nba_service.domain.facts import live_events, project
 from nba_service.domain.loader import load_ruleset_text
-from nba_service.domain.model import Channel, Ruleset
+from nba_service.domain.model import Channel, Direction, Ruleset
 from nba_service.domain.pipeline import evaluate, reference_active
 from nba_service.domain.policy import Candidate, in_quiet_hours, next_quiet_start, valid_until
 from nba_service.domain.profile import Contact, Event, OutcomeKind, Profile
@@ -181,20 +181,20 @@ class TestPolicies:
         assert ("survey-rescue", "frequency_cap") in dropped
 
     def test_valid_until(self, ruleset: Ruleset) -> None:
-        """Bounded by the trigger's lifetime, the ruleset's validity and, for the dialer, quiet hours."""
+        """Bounded by the trigger's lifetime, the ruleset's validity and, for a call we make, quiet hours."""
         customer = profile()
         projection = project(ruleset, customer, NOON_LONDON)
         rates = Candidate(0, ruleset.rules[0], ruleset.actions["rates"])
         hello = Candidate(1, ruleset.rules[1], ruleset.actions["hello"])
         assert valid_until(
-            ruleset, hello, customer, projection, Channel.AGENT_DESKTOP, NOON_LONDON
+            ruleset, hello, customer, projection, Direction.INBOUND, NOON_LONDON
         ) == NOON_LONDON + timedelta(hours=4)
         assert valid_until(
-            ruleset, rates, customer, projection, Channel.AGENT_DESKTOP, NOON_LONDON
+            ruleset, rates, customer, projection, Direction.INBOUND, NOON_LONDON
         ) == NOON_LONDON + timedelta(hours=4)
         late = datetime(2026, 6, 15, 17, 0, tzinfo=UTC)
         late_projection = project(ruleset, customer, late)
-        assert valid_until(ruleset, rates, customer, late_projection, Channel.OUTBOUND_DIALER, late) == datetime(
+        assert valid_until(ruleset, rates, customer, late_projection, Direction.OUTBOUND, late) == datetime(
             2026, 6, 15, 19, 0, tzinfo=UTC
         )
         near_end = profile(
@@ -202,7 +202,7 @@ class TestPolicies:
         )
         end_projection = project(ruleset, near_end, NOON_LONDON)
         assert valid_until(
-            ruleset, rates, near_end, end_projection, Channel.AGENT_DESKTOP, NOON_LONDON
+            ruleset, rates, near_end, end_projection, Direction.INBOUND, NOON_LONDON
         ) == NOON_LONDON + timedelta(hours=1)
 
 

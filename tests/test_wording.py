@@ -355,11 +355,12 @@ class TestPolicies:
             "when this is not known, nothing is offered."
         )
         assert texts["do_not_call"] == (
-            "The outbound dialer offers nothing unless the customer is not on the do-not-call register; "
-            "when this is not known, the dialer offers nothing."
+            "No call we make (the outbound dialer, or an agent calling out) offers anything unless the customer is "
+            "not on the do-not-call register; when this is not known, nothing is offered."
         )
         assert texts["quiet_hours"] == (
-            "The outbound dialer offers nothing from 20:00 to 09:00 in the customer's own time zone (taken from "
+            "No call we make (the outbound dialer, or an agent calling out) offers anything from 20:00 to 09:00 in "
+            "the customer's own time zone (taken from "
             "the customer's tz, or \u201cEurope/London\u201d when that is missing or not a known time zone)."
         )
         counting = "counting the contacts that reached the customer and the actions ranked higher in the same answer."

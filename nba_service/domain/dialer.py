@@ -35,6 +35,7 @@ class Exclusion(enum.StrEnum):
     NO_CONSENT = "no_consent"
     QUIET_HOURS = "quiet_hours"
     SUPPRESSION = "suppression"
+    CONSTRAINT = "constraint"
     FREQUENCY_CAP = "frequency_cap"
     NO_ACTION = "no_action"
     NO_CALLABLE_NUMBER = "no_callable_number"
@@ -48,6 +49,7 @@ _POLICY_REASONS = (
     Exclusion.NO_CONSENT,
     Exclusion.QUIET_HOURS,
     Exclusion.SUPPRESSION,
+    Exclusion.CONSTRAINT,
     Exclusion.FREQUENCY_CAP,
 )
 

@@ -135,7 +135,7 @@ def evaluate(
                 category=c.action.category,
                 reason=c.rule.reason,
                 rule_id=c.rule.id,
-                valid_until=valid_until(ruleset, c, profile, projection, channel, now),
+                valid_until=valid_until(ruleset, c, profile, projection, direction, now),
                 mandatory=c.action.mandatory,
             )
             for position, c in enumerate(chosen, start=1)

@@ -66,15 +66,16 @@ def _no_consent(
     return None
 
 
-def _channel_block(ruleset: Ruleset, profile: Profile, channel: Channel, now: datetime) -> Block | None:
-    """What blocks every action on this channel whatever its purpose (do-not-call, quiet hours), or None."""
+def _call_block(ruleset: Ruleset, profile: Profile, direction: Direction, now: datetime) -> Block | None:
+    """What stops every call we make, whatever its purpose and whoever places it (the dialer, or an agent calling
+    out): the do-not-call register and the quiet hours. A customer who calls in is answered at any hour."""
     policies = ruleset.policies
-    if channel is Channel.OUTBOUND_DIALER:
+    if direction is Direction.OUTBOUND:
         if policies.do_not_call_field is not None and profile.attributes.get(policies.do_not_call_field) is not False:
             # Unknown do-not-call status is treated as "do not call": the safe side for a dialer.
             return "do_not_call", f"{policies.do_not_call_field} is not false", "do_not_call"
         if policies.quiet_hours is not None and in_quiet_hours(policies.quiet_hours, profile, now):
-            return "quiet_hours", "inside the dialer quiet hours in the customer's time zone", "quiet_hours"
+            return "quiet_hours", "inside the quiet hours for calls in the customer's time zone", "quiet_hours"
     return None
 
 
@@ -213,7 +214,7 @@ def apply_policies(
         dropped.append(DroppedCandidate(candidate.rule.id, candidate.action.id, reason, detail, "policy", policy))
 
     listed = _do_not_contact(profile, channel, direction, now)
-    block = _channel_block(ruleset, profile, channel, now)
+    block = _call_block(ruleset, profile, direction, now)
     suppressions = [
         s
         for s in ruleset.policies.suppressions
@@ -291,12 +292,18 @@ def apply_policies(
 
 
 def valid_until(
-    ruleset: Ruleset, candidate: Candidate, profile: Profile, projection: Projection, channel: Channel, now: datetime
+    ruleset: Ruleset,
+    candidate: Candidate,
+    profile: Profile,
+    projection: Projection,
+    direction: Direction,
+    now: datetime,
 ) -> datetime:
-    """When the action stops being right: its trigger's end, the dialer's quiet hours, or the default validity."""
+    """When the action stops being right: its trigger's end, the quiet hours of a call we make, or the default
+    validity."""
     limit = now + ruleset.meta.valid_for
     quiet = ruleset.policies.quiet_hours
-    if channel is Channel.OUTBOUND_DIALER and quiet is not None:
+    if direction is Direction.OUTBOUND and quiet is not None:
         limit = min(limit, next_quiet_start(quiet, profile, now))
     trigger = candidate.action.trigger
     if trigger is not None:

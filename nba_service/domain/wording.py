@@ -430,8 +430,8 @@ def _consent_text(consent: Consent, ruleset: Ruleset) -> str:
 
 def _do_not_call_text(field_name: str, ruleset: Ruleset) -> str:
     return (
-        f"The outbound dialer offers nothing unless {_flag_condition(field_name, False, ruleset)}; "
-        "when this is not known, the dialer offers nothing."
+        f"No call we make (the outbound dialer, or an agent calling out) offers anything unless "
+        f"{_flag_condition(field_name, False, ruleset)}; when this is not known, nothing is offered."
     )
 
 
@@ -441,7 +441,8 @@ def _clock(minute: int) -> str:
 
 def _quiet_hours_text(quiet: QuietHours, ruleset: Ruleset) -> str:
     return (
-        f"The outbound dialer offers nothing from {_clock(quiet.start_minute)} to {_clock(quiet.end_minute)} "
+        f"No call we make (the outbound dialer, or an agent calling out) offers anything from "
+        f"{_clock(quiet.start_minute)} to {_clock(quiet.end_minute)} "
         f"in the customer's own time zone (taken from {_subject(quiet.timezone_field, ruleset)}, or "
         f"{value_text(quiet.default_timezone)} when that is missing or not a known time zone)."
     )

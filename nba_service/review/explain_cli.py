@@ -70,6 +70,8 @@ def register(main: click.Group, rulesets: click.Group, target: Decorator, timeou
             click.echo(_json(response))
             return
         channel = nba_pb2.Channel.Name(response.channel).lower()
+        if response.direction:
+            channel += f" ({nba_pb2.Direction.Name(response.direction).lower()})"
         print_decision(response, response.customer_id, channel)
         print_explanation(response.explanation)
 

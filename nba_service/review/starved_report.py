@@ -62,7 +62,7 @@ def describe(blocker: Blocker, ruleset: Ruleset) -> str:
     if blocker.id == "do_not_call":
         return f"{policies.do_not_call_field} is not false (the do-not-call register)"
     if blocker.id == "quiet_hours":
-        return "inside the dialer quiet hours in the customer's time zone"
+        return "inside the quiet hours for calls in the customer's time zone"
     return _REASONS.get(blocker.id, blocker.reason)
 
 

@@ -93,6 +93,7 @@ def test_a_listing_stops_the_dialer_but_not_an_inbound_caller(start_fresh_server
     explained = nba("explain", dialer.decision_id, "--target", server.address, cwd=tmp_path)
     assert explained.returncode == 0, explained.stderr
     assert "the customer is listed as do-not-contact for this channel (customer request)" in explained.stdout
+    assert f"  customer {customer}, outbound_dialer (outbound), at " in explained.stdout
 
     inbound = server.decide(customer, Channel.AGENT_DESKTOP)
     assert list(inbound.actions)

@@ -130,8 +130,10 @@ class _ExclusionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Exclu
     """No time left that day within the legal window outside the quiet hours."""
     DO_NOT_CONTACT: _ExclusionReason.ValueType  # 9
     """Listed as do-not-contact on this channel (or every channel), e.g. at the customer's request; the detail
-    names the listing's reason and source, never its note.
+    names the listing's reason and expiry, never its source or note.
     """
+    CONSTRAINT: _ExclusionReason.ValueType  # 10
+    """Paused by a constraint: after declines, unanswered calls or "not now" within its window."""
 
 class ExclusionReason(_ExclusionReason, metaclass=_ExclusionReasonEnumTypeWrapper): ...
 
@@ -149,8 +151,10 @@ OUTSIDE_LEGAL_WINDOW: ExclusionReason.ValueType  # 8
 """No time left that day within the legal window outside the quiet hours."""
 DO_NOT_CONTACT: ExclusionReason.ValueType  # 9
 """Listed as do-not-contact on this channel (or every channel), e.g. at the customer's request; the detail
-names the listing's reason and source, never its note.
+names the listing's reason and expiry, never its source or note.
 """
+CONSTRAINT: ExclusionReason.ValueType  # 10
+"""Paused by a constraint: after declines, unanswered calls or "not now" within its window."""
 Global___ExclusionReason: _TypeAlias = ExclusionReason  # noqa: Y015
 
 @_typing.final
