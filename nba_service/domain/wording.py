@@ -328,7 +328,10 @@ _TASK_CATEGORIES = frozenset({"compliance", "service"})
 
 
 def action_labels(action: Action | None) -> tuple[str, str]:
-    """(accept label, decline label) for the action's card: ("Done", "Skip") for a task, else ("Accept", "Decline")."""
+    """(accept label, decline label) for the action's card: what the agent did with a mandatory notice, ("Done",
+    "Skip") for a task, else ("Accept", "Decline")."""
+    if action is not None and action.mandatory:
+        return "Notice given", "Customer refused it"
     if action is not None and action.category in _TASK_CATEGORIES:
         return "Done", "Skip"
     return "Accept", "Decline"

@@ -26,6 +26,7 @@ import pytest
 
 from nba_service.domain.model import Channel
 from tests.e2e._browser import chromium, wait_for
+from tests.e2e._direction_support import NOTICE, mandatory_ruleset
 from tests.e2e._support import REPO_ROOT, Oracle, ServerHandle, ids, start_server, with_event
 from tests.security_pki import AUDIENCE, ISSUER, Pki, make_pki
 
@@ -565,3 +566,24 @@ def test_static_files_are_ours_and_cached_by_etag(server: ServerHandle) -> None:
         assert again.status_code == 304
         assert client.get("/panel/static/panel.html").status_code == 404
         assert "/panel" not in json.dumps(client.get("/openapi.json").json()["paths"])
+
+
+def test_a_mandatory_notice_is_marked_and_cannot_be_put_off(browser: Any, tmp_path: Path) -> None:
+    """With a mandatory notice for everyone, the first card is the notice, marked as a required notice, with what
+    the agent did as its two buttons and no Not now; the rest of the answer keeps its buttons; axe-core finds no
+    violation."""
+    ruleset = mandatory_ruleset(tmp_path / "rulesets")
+    handle = start_server(tmp_path, "--http-port", "0", "--rulesets", str(ruleset))
+    try:
+        _open(browser, f"http://{handle.http_address}", "CUST-000001", "call-notice")
+        cards = _cards(browser)
+        assert cards[0]["id"] == NOTICE
+        assert cards[0]["buttons"] == ["Notice given", "Customer refused it"]
+        badge = browser.execute_script(
+            "return document.querySelector('#nba-actions li.card h2 .badge.required').textContent"
+        )
+        assert badge == "Required notice"
+        assert all("Not now" in c["buttons"] for c in cards[1:])
+        _axe_clean(browser)
+    finally:
+        handle.stop()

@@ -348,6 +348,8 @@
     item.dataset.action = action.action_id;
     const heading = el("h2", { id, tabIndex: -1, textContent: action.title });
     if (fresh) heading.append(el("span", { className: "badge", textContent: "New" }));
+    // A regulatory notice: it ranks first and the agent cannot put it off for later.
+    if (action.mandatory) heading.append(el("span", { className: "badge required", textContent: "Required notice" }));
     const script = el("p", { className: "script", textContent: action.script });
     const buttons = el("div", { className: "buttons" });
     buttons.setAttribute("role", "group");
@@ -355,8 +357,10 @@
     buttons.append(
       button(action.accept_label, "accept", () => record(action, "ACCEPTED", action.accept_label)),
       button(action.decline_label, "decline", () => record(action, "DECLINED", action.decline_label)),
-      button("Not now", "secondary later-button", () => record(action, "NOT_OFFERED", "Not now")),
     );
+    if (!action.mandatory) {
+      buttons.append(button("Not now", "secondary later-button", () => record(action, "NOT_OFFERED", "Not now")));
+    }
     item.append(heading, script, buttons);
     return item;
   }
