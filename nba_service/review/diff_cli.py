@@ -21,7 +21,7 @@ from nba_service.cli_options import store_options
 from nba_service.errors import ErrorCode, NbaError, RulesetInvalid, RulesetProblem
 
 if TYPE_CHECKING:  # the domain and the engine are imported when the command runs, so `nba decide` stays fast
-    from nba_service.domain.model import Channel, Ruleset
+    from nba_service.domain.model import Channel, Direction, Ruleset
     from nba_service.review.diff_report import DiffReport
     from nba_service.review.population import Population
 
@@ -61,6 +61,15 @@ def population_options(verb: str, per_process: str, chart: str, aside: str = "")
             + (f" {aside}." if aside else "."),
         ),
         click.option("--channel", type=click.Choice(_CHANNELS), help="Only this channel [default: both]."),
+        click.option(
+            "--direction",
+            "desk",
+            type=click.Choice(["inbound", "outbound"]),
+            default="inbound",
+            show_default=True,
+            help="How the agent desktop decides: answering a customer's call (inbound) or an agent calling out "
+            "(outbound). The dialer always calls out.",
+        ),
         click.option(
             "--at", callback=parse_moment, help="Decide as at this moment (ISO 8601 with a zone) [default: now]."
         ),
@@ -112,6 +121,7 @@ def register(group: click.Group) -> None:
         new: Path,
         population: str,
         channel: str | None,
+        desk: str,
         at: datetime,
         limit: int,
         store: str,
@@ -134,7 +144,7 @@ def register(group: click.Group) -> None:
         Exit 0 when the comparison ran (whatever it found); 2 when a ruleset file is invalid (every problem
         is printed with file:line), the population file is bad (its line is named) or an option is wrong;
         3 when the store cannot be read now."""
-        from nba_service.domain.model import Channel  # noqa: PLC0415
+        from nba_service.domain.model import Channel, Direction  # noqa: PLC0415
 
         if population not in ("sample", "store") and not Path(population).is_file():
             raise click.BadParameter(f"{population} is not a file (nor 'sample' or 'store')", param_hint="--population")
@@ -149,6 +159,7 @@ def register(group: click.Group) -> None:
                 limit=limit,
                 workers=workers,
                 quiet=quiet,
+                desk=Direction(desk),
             )
         except NbaError as exc:
             click.echo(f"error: {exc.message}", err=True)
@@ -236,6 +247,7 @@ def _compare(
     limit: int,
     workers: int,
     quiet: bool,
+    desk: Direction,
 ) -> DiffReport:
     from nba_service.review.diff import structural_diff  # noqa: PLC0415
     from nba_service.review.diff_report import DiffReport  # noqa: PLC0415
@@ -257,6 +269,7 @@ def _compare(
                 limit=limit,
                 workers=min(workers, max(1, -(-total // CHUNK))),  # no process without a chunk to evaluate
                 progress=bar.update,
+                desk=desk,
             )
     return DiffReport(
         old,
@@ -269,4 +282,5 @@ def _compare(
         tuple(run.impacts[c] for c in channels),
         run.seconds,
         run.workers,
+        desk,
     )

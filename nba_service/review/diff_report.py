@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from nba_service.domain.model import Ruleset
+from nba_service.domain.model import Direction, Ruleset
 from nba_service.domain.records import RulesetRef
 from nba_service.review.diff import (
     DIFF_FORMAT,
@@ -39,6 +39,7 @@ class DiffReport:
     channels: tuple[ChannelImpact, ...]
     seconds: float
     workers: int
+    desk: Direction = Direction.INBOUND
 
     @property
     def title(self) -> Callable[[str], str]:
@@ -56,6 +57,7 @@ class DiffReport:
                 "customers": self.customers,
                 "at": self.at.isoformat(),
                 "limit": self.limit,
+                "desk_direction": self.desk.value,
                 "channels": [impact.to_json(self.title) for impact in self.channels],
             },
             "run": {"seconds": round(self.seconds, 3), "workers": self.workers},
@@ -137,6 +139,7 @@ def impact_lines(report: DiffReport) -> list[str]:
         f"How decisions move: {report.customers:,} customers from {report.population}, "
         f"at {report.at.isoformat(timespec='seconds')}, up to {report.limit} action{'s' if report.limit > 1 else ''} "
         "each, both versions through the same pipeline"
+        + ("; the agent desktop calling out (outbound)" if report.desk is Direction.OUTBOUND else "")
     )
     lines = [head]
     for impact in report.channels:

@@ -23,12 +23,17 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Protocol
 
-from nba_service.domain.model import Channel, Ruleset
+from nba_service.domain.model import Channel, Direction, Ruleset
 from nba_service.domain.pipeline import FALLBACK_ENGINE, ActiveRuleset, evaluate
 from nba_service.review.diff import ChannelImpact, merge_impacts
 from nba_service.review.population import CHUNK, Chunk, Population, chunk_profiles
 
 Tally = tuple[int, dict[Channel, ChannelImpact]]
+
+
+def desk_direction(channel: Channel, desk: Direction) -> Direction | None:
+    """The direction a run decides in: the one asked for the agent desktop; the dialer's own (it only calls out)."""
+    return desk if channel is Channel.AGENT_DESKTOP else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +45,18 @@ class Versions:
     channels: tuple[Channel, ...]
     now: datetime
     limit: int
+    desk: Direction = Direction.INBOUND
 
     @classmethod
-    def load(cls, old: Ruleset, new: Ruleset, channels: Sequence[Channel], now: datetime, limit: int) -> Versions:
+    def load(
+        cls,
+        old: Ruleset,
+        new: Ruleset,
+        channels: Sequence[Channel],
+        now: datetime,
+        limit: int,
+        desk: Direction = Direction.INBOUND,
+    ) -> Versions:
         from nba_service.app import activate  # noqa: PLC0415 - durable_rules only where decisions are made
 
         loaded_old = activate(old)
@@ -51,7 +65,7 @@ class Versions:
         except BaseException:
             loaded_old.engine.close()
             raise
-        return cls(loaded_old, loaded_new, tuple(channels), now, limit)
+        return cls(loaded_old, loaded_new, tuple(channels), now, limit, desk)
 
     def close(self) -> None:
         self.old.engine.close()
@@ -63,8 +77,9 @@ class Versions:
         for profile in chunk_profiles(chunk, self.now):
             customers += 1
             for channel, impact in impacts.items():
-                old = evaluate(self.old, profile, channel, self.now, self.limit)
-                new = evaluate(self.new, profile, channel, self.now, self.limit)
+                way = desk_direction(channel, self.desk)
+                old = evaluate(self.old, profile, channel, self.now, self.limit, direction=way)
+                new = evaluate(self.new, profile, channel, self.now, self.limit, direction=way)
                 impact.add(profile.customer_id, old.action_ids, new.action_ids)
                 impact.fallbacks_old += old.engine == FALLBACK_ENGINE
                 impact.fallbacks_new += new.engine == FALLBACK_ENGINE
@@ -140,6 +155,7 @@ def simulate(
     limit: int,
     workers: int,
     progress: Callable[[int], None] = lambda _: None,
+    desk: Direction = Direction.INBOUND,
 ) -> Simulation:
     """Both versions over every customer of an open population; `progress` is told each chunk's size when done."""
     started = time.perf_counter()
@@ -152,5 +168,5 @@ def simulate(
         merge_impacts(impacts, tally[1])
         progress(tally[0])
 
-    run_chunks(partial(Versions.load, old, new, channels, now, limit), population, workers=workers, take=take)
+    run_chunks(partial(Versions.load, old, new, channels, now, limit, desk), population, workers=workers, take=take)
     return Simulation(impacts, customers, time.perf_counter() - started, workers)

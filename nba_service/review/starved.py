@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from nba_service.domain.model import Channel, Ruleset
+from nba_service.domain.model import Channel, Direction, Ruleset
 from nba_service.domain.pipeline import ActiveRuleset, Evaluation, evaluate
 from nba_service.domain.records import DroppedCandidate, RulesetRef
 from nba_service.review.population import Chunk, chunk_profiles
+from nba_service.review.simulate import desk_direction
 
 STARVED_FORMAT = "nba.rulesets-starved/1"
 EXAMPLES = 5
@@ -140,12 +141,20 @@ class Starving:
     channels: tuple[Channel, ...]
     now: datetime
     limit: int
+    desk: Direction = Direction.INBOUND
 
     @classmethod
-    def load(cls, ruleset: Ruleset, channels: tuple[Channel, ...], now: datetime, limit: int) -> Starving:
+    def load(
+        cls,
+        ruleset: Ruleset,
+        channels: tuple[Channel, ...],
+        now: datetime,
+        limit: int,
+        desk: Direction = Direction.INBOUND,
+    ) -> Starving:
         from nba_service.app import activate  # noqa: PLC0415 - durable_rules only where decisions are made
 
-        return cls(activate(ruleset), channels, now, limit)
+        return cls(activate(ruleset), channels, now, limit, desk)
 
     def close(self) -> None:
         self.active.engine.close()
@@ -156,7 +165,11 @@ class Starving:
         for profile in chunk_profiles(chunk, self.now):
             customers += 1
             for channel, counts in starvation.items():
-                counts.add(profile.customer_id, evaluate(self.active, profile, channel, self.now, self.limit))
+                way = desk_direction(channel, self.desk)
+                counts.add(
+                    profile.customer_id,
+                    evaluate(self.active, profile, channel, self.now, self.limit, direction=way),
+                )
         return customers, starvation
 
 
@@ -170,6 +183,7 @@ class StarvedReport:
     channels: tuple[ChannelStarvation, ...]
     seconds: float
     workers: int
+    desk: Direction = Direction.INBOUND
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -179,6 +193,7 @@ class StarvedReport:
             "customers": self.customers,
             "at": self.at.isoformat(),
             "limit": self.limit,
+            "desk_direction": self.desk.value,
             "channels": [c.to_json() for c in self.channels],
             "seconds": round(self.seconds, 3),
             "workers": self.workers,

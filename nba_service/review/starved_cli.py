@@ -30,6 +30,7 @@ def register(group: click.Group) -> None:
         file: Path,
         population: str,
         channel: str | None,
+        desk: str,
         at: datetime,
         limit: int,
         store: str,
@@ -52,7 +53,7 @@ def register(group: click.Group) -> None:
         \b
         Exit 0 when the count ran; 2 when the ruleset file is invalid (every problem printed with file:line),
         the population file is bad or an option is wrong; 3 when the store cannot be read now."""
-        from nba_service.domain.model import Channel  # noqa: PLC0415
+        from nba_service.domain.model import Channel, Direction  # noqa: PLC0415
         from nba_service.review.diff import ref  # noqa: PLC0415
         from nba_service.review.population import CHUNK  # noqa: PLC0415
         from nba_service.review.simulate import run_chunks  # noqa: PLC0415
@@ -84,14 +85,25 @@ def register(group: click.Group) -> None:
                         bar.update(tally[0])
 
                     run_chunks(
-                        partial(Starving.load, ruleset, channels, at, limit), source, workers=processes, take=take
+                        partial(Starving.load, ruleset, channels, at, limit, Direction(desk)),
+                        source,
+                        workers=processes,
+                        take=take,
                     )
         except NbaError as exc:
             click.echo(f"error: {exc.message}", err=True)
             sys.exit(EXIT_UNAVAILABLE if exc.code is ErrorCode.UNAVAILABLE else EXIT_INVALID)
         seconds = (datetime.now() - started).total_seconds()
         report = StarvedReport(
-            ref(ruleset), source.label, customers, at, limit, tuple(counts.values()), seconds, processes
+            ref(ruleset),
+            source.label,
+            customers,
+            at,
+            limit,
+            tuple(counts.values()),
+            seconds,
+            processes,
+            Direction(desk),
         )
         if html_out is not None:
             html_out.write_text(render_html(report, ruleset), encoding="utf-8")

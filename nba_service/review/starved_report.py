@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from html import escape
 
-from nba_service.domain.model import Ruleset
+from nba_service.domain.model import Direction, Ruleset
 from nba_service.domain.policy import DO_NOT_CONTACT
 from nba_service.domain.wording import duration_text
 from nba_service.review.diff_html import REPORT_CSS
@@ -76,6 +76,7 @@ def _heading(report: StarvedReport) -> str:
         f"Who is starved: {ref.name} {ref.version} ({ref.hash[:12]}) over {report.population}, "
         f"{report.customers:,} customers, at {report.at.isoformat(timespec='seconds')}, up to {report.limit} "
         f"actions each ({report.seconds:.1f} s, {report.workers} process(es))"
+        + ("; the agent desktop calling out (outbound)" if report.desk is Direction.OUTBOUND else "")
     )
 
 

@@ -388,3 +388,34 @@ def test_diff_over_the_embedded_store_of_a_running_server(start_fresh_server: An
     assert set(chosen) <= expected[Channel.AGENT_DESKTOP].customers_who(REMOVED_ACTION, "lost")
     sample = expected_moves(RULESET_PATH, changed, read_sample(SAMPLE_PATH, at), at)[Channel.AGENT_DESKTOP]
     assert not set(chosen) & sample.customers_who(REMOVED_ACTION, "lost"), "the store must differ from the sample"
+
+
+def test_the_desk_direction_decides_which_policies_a_change_reaches(tmp_path: Path) -> None:
+    """Dropping the consent an agent's outbound marketing call needs moves nobody when the desk answers calls
+    (`--direction inbound`, the default) and gives marketing back to customers without that consent when agents
+    call out (`--direction outbound`)."""
+    entry = (
+        "    - {field: consent_marketing_calls, channel: agent_desktop, purposes: [marketing], directions: [outbound],"
+    )
+    text = RULESET_PATH.read_text(encoding="utf-8")
+    kept = [line for line in text.splitlines(keepends=True) if not line.startswith(entry)]
+    assert len(kept) == len(text.splitlines()) - 1, "the bundled ruleset no longer has the outbound consent entry"
+    dropped = tmp_path / "no-outbound-consent.yaml"
+    dropped.write_text("".join(kept).replace("  version: 1.3.0", "  version: 1.3.1", 1), encoding="utf-8")
+    at = "2026-12-01T10:00:00+00:00"
+    runs = {}
+    for desk in ("inbound", "outbound"):
+        result = run_diff(
+            str(RULESET_PATH), str(dropped), "--at", at, "--channel", "agent_desktop", "--direction", desk, "--json"
+        )
+        assert result.returncode == 0, result.stderr
+        runs[desk] = json.loads(result.stdout)["impact"]
+        assert runs[desk]["desk_direction"] == desk
+    [inbound] = runs["inbound"]["channels"]
+    [outbound] = runs["outbound"]["channels"]
+    assert inbound["changed"]["count"] == 0
+    assert outbound["from_none"]["count"] > 0
+    gained = {a["action_id"] for a in outbound["actions"] if a["gained"]["count"]}
+    assert gained, "customers without consent to marketing calls gain marketing actions"
+    ruleset = load_ruleset_file(RULESET_PATH)
+    assert {ruleset.actions[a].purpose for a in gained} == {"marketing"}

@@ -22,7 +22,7 @@ import pytest
 
 from nba_service.app import contact_history_window
 from nba_service.domain.loader import load_ruleset_file
-from nba_service.domain.model import Channel
+from nba_service.domain.model import Channel, Direction
 from nba_service.domain.pipeline import evaluate, reference_active
 from nba_service.domain.profile import Profile
 from nba_service.stores.sqlite import SqliteStore
@@ -59,14 +59,18 @@ class Expected:
     alone: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
 
-def expected_starvation(at: datetime, profiles: Iterable[Profile] | None = None) -> dict[str, Expected]:
-    """The tally over the bundled sample, or over the given profiles (a store's, read as the service reads)."""
+def expected_starvation(
+    at: datetime, profiles: Iterable[Profile] | None = None, desk: Direction = Direction.INBOUND
+) -> dict[str, Expected]:
+    """The tally over the bundled sample, or over the given profiles (a store's, read as the service reads), with
+    the agent desktop deciding in `desk`'s direction."""
     active = reference_active(load_ruleset_file(RULESET_PATH))
     found = {channel.value: Expected() for channel in Channel}
     for profile in read_sample(SAMPLE_PATH, at) if profiles is None else profiles:
         for channel in Channel:
             got = found[channel.value]
-            result = evaluate(active, profile, channel, at, LIMIT)
+            way = desk if channel is Channel.AGENT_DESKTOP else None
+            result = evaluate(active, profile, channel, at, LIMIT, direction=way)
             got.customers += 1
             if result.actions:
                 got.offered += 1
@@ -219,3 +223,34 @@ def test_starved_over_the_embedded_store_of_a_running_server(start_fresh_server:
     expected = expected_starvation(at, asyncio.run(read(at)))
     assert_report_matches(report, expected, 1000)
     assert not set(helped) & expected["agent_desktop"].no_rule
+
+
+def test_an_agent_calling_out_is_counted_with_the_outbound_policies() -> None:
+    """`--direction outbound`: the agent desktop decides as an agent calling out, so consent to marketing calls,
+    the do-not-call register and quiet hours hold it back; every count equals the reference tally made in that
+    direction, and differs from the inbound one."""
+    result = run_starved(
+        str(RULESET_PATH),
+        "--at",
+        AT,
+        "--channel",
+        "agent_desktop",
+        "--direction",
+        "outbound",
+        "--json",
+        "--workers",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["desk_direction"] == "outbound"
+    outbound = expected_starvation(datetime.fromisoformat(AT), desk=Direction.OUTBOUND)
+    [channel] = report["channels"]
+    want = outbound["agent_desktop"]
+    assert channel["offered"] == want.offered
+    got = {b["id"]: (b["customers"], b["alone"]) for b in channel["blockers"]}
+    assert got == {k: (len(v), len(want.alone.get(k, set()))) for k, v in want.held.items()}
+    assert "consent:marketing:agent_desktop:outbound" in got
+    assert "quiet_hours" in got
+    inbound = expected_starvation(datetime.fromisoformat(AT))["agent_desktop"]
+    assert want.offered < inbound.offered
