@@ -596,7 +596,7 @@ class TestDrops:
         evening = datetime(2026, 6, 15, 20, 0, tzinfo=UTC)  # 21:00 in London
         drop = dropped_by(ruleset, customer(), Channel.OUTBOUND_DIALER, "quiet_hours", now=evening)
         text = wording.drop_text(drop, ruleset)
-        assert "inside the dialer's quiet hours" in text
+        assert "inside the quiet hours for calls, in the customer's time zone" in text
         assert "from 20:00 to 09:00" in text
 
     def test_suppression(self, ruleset: Ruleset) -> None:

@@ -603,7 +603,7 @@ def drop_text(dropped: DroppedCandidate, ruleset: Ruleset) -> str:
     if reason == "do_not_call":
         return f"{lead}: the customer is on the do-not-call register, or that is not known.{policy}"
     if reason == "quiet_hours":
-        return f"{lead}: it was inside the dialer's quiet hours in the customer's time zone.{policy}"
+        return f"{lead}: it was inside the quiet hours for calls, in the customer's time zone.{policy}"
     if reason == "suppression":
         return f"{lead}: a suppression stops it for this customer.{policy}"
     if reason == "channel_fit":
