@@ -11,7 +11,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 import structlog
-from hypothesis import assume, given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -143,11 +143,11 @@ class TestRedactProperties:
         assert redacted == f"host={HOST} password={MASK} dbname={DATABASE}"
 
     @given(password=any_password)
+    @example(password="pos")  # a substring of the scheme, not a leak: found by hypothesis in CI
     def test_redacting_twice_changes_nothing_more(self, password: str) -> None:
         once = redact(f"postgresql://u:{quote(password, safe='')}@{HOST}/{DATABASE}?password={quote_plus(password)}")
         assert redact(once) == once
-        assume(len(password) >= 3)
-        assert quote(password, safe="") not in once.replace(HOST, "").replace(DATABASE, "")
+        _nothing_of(password, once, f"postgresql://u:@{HOST}/{DATABASE}?password=")
 
 
 class TestPasswordSources:

@@ -285,6 +285,9 @@ class GroupCommitWriter:
         for entry in self._entries:
             if not entry.done.done():
                 entry.done.set_exception(Unavailable("the service shut down before the record was durable"))
+                # A caller whose deadline already passed no longer awaits it: marking the exception seen keeps
+                # asyncio from logging it as lost; a caller still waiting gets it all the same.
+                entry.done.exception()
         self._entries.clear()
         self._updates.clear()
         if not records and not updates:
