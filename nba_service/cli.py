@@ -731,6 +731,9 @@ def _register_commands() -> None:
     from nba_service.dnc_cli import register as register_dnc  # noqa: PLC0415
 
     register_dnc(main)
+    from nba_service.review.report_cli import register as register_report  # noqa: PLC0415
+
+    register_report(main, _moment)
     # REVIEW-COMMANDS
 
 

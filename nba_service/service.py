@@ -788,7 +788,14 @@ def _record(
         caller=_principal(caller),
         trace_id=trace_id,
         direction=direction,
+        journey_stage=_journey_stage(active.ruleset, profile),
     )
+
+
+def _journey_stage(ruleset: Ruleset, profile: Profile) -> str | None:
+    field = ruleset.meta.journey_field
+    stage = profile.attributes.get(field) if field else None
+    return stage if isinstance(stage, str) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,6 +207,14 @@ class _Builder:
             valid_for=_duration(meta_doc.get("valid_for", "1h")),
         )
         fields = self._fields(doc["fields"])
+        journey_field = str(meta_doc.get("journey_field", ""))
+        if journey_field:
+            spec = fields.get(journey_field)
+            if spec is None:
+                self.problem(["ruleset", "journey_field"], f"field {journey_field!r} is not declared under fields")
+            elif spec.type != "string":
+                self.problem(["ruleset", "journey_field"], f"journey field {journey_field!r} must be a string field")
+            meta = dataclasses.replace(meta, journey_field=journey_field)
         events = self._events(doc.get("events", []))
         partial = Ruleset(meta, fields, events, {}, (), Policies(), self.content_hash, self.source)
         fact_fields = partial.fact_fields()

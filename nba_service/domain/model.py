@@ -271,6 +271,8 @@ class RulesetMeta:
     owner: str
     description: str
     valid_for: timedelta = timedelta(hours=1)
+    # The profile field holding the customer's journey stage, recorded with each decision for the report; "" none.
+    journey_field: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -328,6 +328,9 @@ class DecisionRecord:
     # Whether the customer called in or we called out. Records written before directions were kept read as the
     # channel's usual direction.
     direction: Direction | None = None
+    # The customer's journey stage when decided (the ruleset's `journey_field`), for the report; None when the
+    # ruleset names no such field, the profile has no value, and in records written before stages were kept.
+    journey_stage: str | None = None
 
     @property
     def contact_direction(self) -> Direction:
@@ -381,6 +384,7 @@ class DecisionRecord:
             "inputs": None if self.inputs is None else self.inputs.to_json(),
             "caller": self.caller,
             "trace_id": self.trace_id,
+            "journey_stage": self.journey_stage,
         }
 
     @classmethod
@@ -440,6 +444,8 @@ class DecisionRecord:
                 trace_id=str(data.get("trace_id") or ""),
                 # Absent in records written before directions were kept.
                 direction=None if data.get("direction") is None else Direction(data["direction"]),
+                # Absent in records written before journey stages were kept.
+                journey_stage=None if data.get("journey_stage") is None else str(data["journey_stage"]),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a decision record: missing or malformed {exc}") from exc

@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,7 +43,8 @@ from nba_service.domain.do_not_contact import (
     nothing_listed,
     unknown_customer,
 )
-from nba_service.domain.model import Channel, Direction, Ruleset
+from nba_service.domain.measurement import HELD_OUT, Exposure, Measurements, MeasureQuery, exposures_of
+from nba_service.domain.model import Channel, Direction, EventSpec, Ruleset
 from nba_service.domain.profile import (
     CONTACTED_OUTCOMES,
     Contact,
@@ -64,10 +65,12 @@ from nba_service.domain.records import (
 )
 from nba_service.domain.segments import Segment
 from nba_service.errors import NotFound, Unavailable
+from nba_service.stores.sqlite_measurement import read_measurements
+from nba_service.stores.sqlite_time import stamp
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 READER_THREADS = 4
 CONSENT_PREFIX = "consent_"
 DO_NOT_CALL = "do_not_call"
@@ -138,6 +141,16 @@ _SCHEMA = (
 
 # What each schema version adds to the one before: a file made by an older version upgrades in place, in the
 # transaction that opens it, and loses nothing.
+_BACKFILL_EXPOSURES = """
+INSERT OR IGNORE INTO exposures
+SELECT d.decision_id, json_extract(x.value, '$.action_id'), {held_out}, d.customer_id, d.decided_at,
+       coalesce(json_extract(x.value, '$.rule_id'), ''), coalesce(json_extract(d.record, '$.channel'), ''),
+       json_extract(d.record, '$.direction'), coalesce(json_extract(d.record, '$.ruleset.name'), ''),
+       coalesce(json_extract(d.record, '$.ruleset.version'), ''), NULL
+  FROM decisions AS d, json_each(CASE WHEN json_valid(d.record) THEN d.record ELSE '{{}}' END, '{items}') AS x
+ WHERE json_extract(x.value, '$.action_id') IS NOT NULL {only}
+ ORDER BY x.key
+"""
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
         # The ruleset archive: every version that served, by content hash (nba_service/domain/archive.py).
@@ -223,6 +236,30 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE contacts ADD COLUMN pending_until TEXT",
         "ALTER TABLE contacts ADD COLUMN campaign_id TEXT",
     ),
+    8: (
+        # What each decision showed and held out, one row per action, for the report (see the PostgreSQL
+        # migration 0011_exposures and nba_service.domain.measurement.exposures_of, which fills it).
+        """CREATE TABLE exposures (
+            decision_id     TEXT NOT NULL,
+            action_id       TEXT NOT NULL,
+            held_out        INTEGER NOT NULL CHECK (held_out IN (0, 1)),
+            customer_id     TEXT NOT NULL,
+            decided_at      TEXT NOT NULL,
+            rule_id         TEXT NOT NULL,
+            channel         TEXT NOT NULL,
+            direction       TEXT,
+            ruleset_name    TEXT NOT NULL,
+            ruleset_version TEXT NOT NULL,
+            journey_stage   TEXT,
+            PRIMARY KEY (decision_id, action_id, held_out)) WITHOUT ROWID""",
+        "CREATE INDEX exposures_time ON exposures (decided_at)",
+        # The decisions already stored (their journey stage was not recorded); a record SQLite cannot read as JSON
+        # (a NaN written by an older version) has none.
+        _BACKFILL_EXPOSURES.format(items="$.actions", held_out=0, only=""),
+        _BACKFILL_EXPOSURES.format(
+            items="$.dropped", held_out=1, only=f"AND json_extract(x.value, '$.reason') = '{HELD_OUT}'"
+        ),
+    ),
 }
 
 _EVENTS_SQL = """
@@ -294,9 +331,23 @@ _REFUSALS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, 
 T = TypeVar("T")
 
 
-def stamp(moment: datetime) -> str:
-    """One fixed-width UTC spelling, so SQLite compares times correctly as text."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+_ADD_EXPOSURE = "INSERT OR IGNORE INTO exposures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _exposure_row(e: Exposure) -> tuple[object, ...]:
+    return (
+        e.decision_id,
+        e.action_id,
+        int(e.held_out),
+        e.customer_id,
+        stamp(e.decided_at),
+        e.rule_id,
+        e.channel,
+        e.direction,
+        e.ruleset_name,
+        e.ruleset_version,
+        e.journey_stage,
+    )
 
 
 def _time(text: str) -> datetime:
@@ -729,8 +780,12 @@ class SqliteStore:
             if not isinstance(u, DeliveryUpdate)
         ]
 
+        exposures = [[_exposure_row(e) for e in exposures_of(r)] for r in records]
+
         def commit(conn: sqlite3.Connection) -> None:
-            conn.executemany("INSERT OR IGNORE INTO decisions VALUES (?, ?, ?, ?, ?, ?)", rows)
+            for row, shown in zip(rows, exposures, strict=True):
+                if conn.execute("INSERT OR IGNORE INTO decisions VALUES (?, ?, ?, ?, ?, ?)", row).rowcount:
+                    conn.executemany(_ADD_EXPOSURE, shown)
             conn.executemany("UPDATE decisions SET delivery = ? WHERE decision_id = ?", changes)
             for customer, call in calls:
                 conn.execute(_SUPERSEDE_PENDING, (customer, call.action_id, call.campaign_id, call.decision_id))
@@ -859,6 +914,25 @@ class SqliteStore:
         return [ArchivedVersion(n, v, h, _time(first), _time(last), int(count)) for n, v, h, first, last, count in rows]
 
     # ------------------------------------------------------------------ RecordExport
+
+    async def measurements(
+        self,
+        query: MeasureQuery,
+        events: Mapping[str, EventSpec],
+        lifetimes: Mapping[str, tuple[timedelta, tuple[str, ...]]],
+    ) -> Measurements:
+        def read() -> Measurements:
+            conn = _connect(self.path, busy_ms=int(self._timeout * 1000))
+            try:
+                conn.execute("BEGIN")
+                return read_measurements(conn, query, events, lifetimes)
+            finally:
+                conn.close()
+
+        try:
+            return await asyncio.to_thread(read)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"the embedded database cannot be read (measuring): {exc}") from exc
 
     async def export(
         self, since: datetime | None, until: datetime | None, customer_id: str | None

@@ -70,6 +70,7 @@ _COLUMNS = (
     "caller",
     "trace_id",
     "direction",
+    "journey_stage",
 )
 _JSON_COLUMNS = frozenset({"rules_fired", "dropped", "actions", "context", "profile_problems", "shadow", "inputs"})
 _TYPES = (
@@ -85,6 +86,7 @@ _TYPES = (
     "text",
     "text",
     "float8",
+    "text",
     "text",
     "text",
     "text",
@@ -238,6 +240,7 @@ def _row(record: DecisionRecord) -> tuple[Any, ...]:
         record.caller or None,  # SQL NULL: no caller recorded
         record.trace_id or None,  # SQL NULL: not traced
         None if record.direction is None else record.direction.value,  # SQL NULL: a record from before directions
+        record.journey_stage,
     )
 
 
@@ -433,6 +436,7 @@ def decision_json(row: asyncpg.Record) -> dict[str, Any]:
         "caller": row["caller"] or "",
         "trace_id": row["trace_id"] or "",
         "direction": row["direction"],
+        "journey_stage": row["journey_stage"],
     }
     # Through the record type, so the export can never drift from the one format.
     return DecisionRecord.from_json(data).to_json()

@@ -1,0 +1,223 @@
+"""The report's counts, aggregated in PostgreSQL over the `exposures` table (migration 0011).
+
+The definitions are `domain.measurement`'s, written as SQL; a test runs both over the same rows. Conversion events
+are read once and matched in Python by the reference evaluator, so no condition is ever translated into SQL and
+read differently; only the matches (customer, action, time) go back into the aggregation, which does the heavy
+part (every exposure of the window) where the data is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from nba_service.domain.measurement import (
+    Cell,
+    CellKey,
+    CycleTimes,
+    Measurements,
+    MeasureQuery,
+    conversion_event_types,
+    longest_window,
+    matching_actions,
+)
+from nba_service.domain.model import EventSpec
+
+# Exposures of delivered decisions of the ruleset in the window; the first per customer and action is the unit.
+_WINDOW = """
+CREATE TEMPORARY TABLE report_exposures ON COMMIT DROP AS
+SELECT e.decision_id, e.action_id, e.held_out, e.customer_id, e.decided_at, e.rule_id, e.channel,
+       e.ruleset_version, e.journey_stage
+  FROM exposures e
+ WHERE e.decided_at >= $1 AND e.decided_at < $2 AND e.ruleset_name = $3
+   AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.decision_id = e.decision_id AND d.delivery <> 'sent')
+"""
+_MATCHES = """
+CREATE TEMPORARY TABLE report_conversions ON COMMIT DROP AS
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS c(customer_id, action_id, time)
+"""
+_UNITS = """
+WITH windows AS (
+    SELECT * FROM unnest($2::text[], $3::interval[]) AS w(action_id, within)
+), units AS (
+    SELECT DISTINCT ON (customer_id, action_id) *
+      FROM report_exposures
+     ORDER BY customer_id, action_id, decided_at, decision_id, held_out
+), scored AS (
+    SELECT u.*, u.decided_at + coalesce(w.within, $4::interval) AS window_end
+      FROM units u LEFT JOIN windows w USING (action_id)
+), by_event AS (
+    SELECT DISTINCT s.customer_id, s.action_id
+      FROM scored s JOIN report_conversions c USING (customer_id, action_id)
+     WHERE c.time > s.decided_at AND c.time <= s.window_end
+), by_agent AS (
+    SELECT DISTINCT s.customer_id, s.action_id
+      FROM scored s JOIN outcomes o USING (customer_id, action_id)
+     WHERE o.outcome = 'converted' AND o.time >= s.decided_at AND o.time <= s.window_end
+), flagged AS (
+    SELECT s.action_id, s.rule_id, s.channel, s.ruleset_version, s.journey_stage, s.held_out,
+           s.window_end <= $1 AS mature, ev.customer_id IS NOT NULL AS ev, ag.customer_id IS NOT NULL AS ag
+      FROM scored s
+      LEFT JOIN by_event ev USING (customer_id, action_id)
+      LEFT JOIN by_agent ag USING (customer_id, action_id)
+)
+SELECT action_id, rule_id, channel, ruleset_version, journey_stage, held_out,
+       count(*) AS units,
+       count(*) FILTER (WHERE mature) AS mature,
+       count(*) FILTER (WHERE mature AND (ev OR ag)) AS converted,
+       count(*) FILTER (WHERE mature AND ev AND NOT ag) AS converted_event,
+       count(*) FILTER (WHERE mature AND ag AND NOT ev) AS converted_agent,
+       count(*) FILTER (WHERE mature AND ev AND ag) AS converted_both
+  FROM flagged
+ GROUP BY action_id, rule_id, channel, ruleset_version, journey_stage, held_out
+"""
+_OFFERS = """
+WITH kinds AS (
+    SELECT o.decision_id, o.action_id,
+           bool_or(o.outcome = 'accepted') AS accepted, bool_or(o.outcome = 'declined') AS declined,
+           bool_or(o.outcome = 'converted') AS converted, bool_or(o.outcome = 'not_now') AS not_now
+      FROM outcomes o
+     WHERE o.time >= $1
+     GROUP BY o.decision_id, o.action_id
+)
+SELECT e.action_id, e.rule_id, e.channel, e.ruleset_version, e.journey_stage, e.held_out,
+       count(*) AS offers,
+       count(*) FILTER (WHERE k.accepted) AS accepted,
+       count(*) FILTER (WHERE k.declined) AS declined,
+       count(*) FILTER (WHERE k.converted) AS recorded_converted,
+       count(*) FILTER (WHERE k.not_now) AS not_now
+  FROM report_exposures e LEFT JOIN kinds k USING (decision_id, action_id)
+ WHERE NOT e.held_out
+ GROUP BY e.action_id, e.rule_id, e.channel, e.ruleset_version, e.journey_stage, e.held_out
+"""
+_CYCLES = """
+WITH lifetimes AS (
+    SELECT * FROM unnest($3::text[], $4::interval[]) AS l(type, lifetime)
+), triggered AS (
+    SELECT * FROM unnest($5::text[], $6::text[]) AS t(type, action_id)
+), triggers AS (
+    SELECT t.event_id, t.customer_id, t.type, t.time, t.time + l.lifetime AS ends
+      FROM events t JOIN lifetimes l USING (type)
+     WHERE t.time >= $1 AND t.time < $2
+), firsts AS (
+    SELECT t.event_id, t.type, t.time, t.ends, min(e.decided_at) AS first
+      FROM triggers t
+      LEFT JOIN (triggered a JOIN report_exposures e ON e.action_id = a.action_id AND NOT e.held_out)
+        ON a.type = t.type AND e.customer_id = t.customer_id AND e.decided_at >= t.time AND e.decided_at < t.ends
+     GROUP BY t.event_id, t.type, t.time, t.ends
+)
+SELECT type,
+       count(*) AS triggers,
+       count(first) AS offered,
+       count(*) FILTER (WHERE first IS NULL AND ends <= $2) AS expired,
+       count(*) FILTER (WHERE first IS NULL AND ends > $2) AS open,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM first - time)) AS median_s,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM first - time)) AS p90_s
+  FROM firsts
+ GROUP BY type
+"""
+
+
+async def read_measurements(
+    conn: asyncpg.Connection,
+    query: MeasureQuery,
+    events: Mapping[str, EventSpec],
+    lifetimes: Mapping[str, tuple[timedelta, tuple[str, ...]]],
+) -> Measurements:
+    """One repeatable-read snapshot, so every count is of the same rows."""
+    horizon = query.until + longest_window(query.conversions, query.default_within)
+    async with conn.transaction(isolation="repeatable_read", readonly=False):
+        # Sorting the window's exposures into units needs memory; on disk it takes several times as long.
+        await conn.execute("SET LOCAL work_mem = '256MB'")
+        customers, actions, times = await _conversions(conn, query, events, horizon)
+        await conn.execute(_MATCHES, customers, actions, times)
+        await conn.execute(_WINDOW, query.since, query.until, query.ruleset_name)
+        exposures = int(await conn.fetchval("SELECT count(*) FROM report_exposures"))
+        await conn.execute("ANALYZE report_exposures")
+        await conn.execute("ANALYZE report_conversions")
+        windows = [(a, d.within) for a, d in query.conversions.items()]
+        cells: dict[CellKey, Cell] = {}
+        for row in await conn.fetch(
+            _UNITS,
+            query.until,
+            [a for a, _ in windows],
+            [w for _, w in windows],
+            query.default_within,
+        ):
+            cell = cells.setdefault(_key(row), Cell())
+            for name in ("units", "mature", "converted", "converted_event", "converted_agent", "converted_both"):
+                setattr(cell, name, int(row[name]))
+        for row in await conn.fetch(_OFFERS, query.since):
+            cell = cells.setdefault(_key(row), Cell())
+            for name in ("offers", "accepted", "declined", "recorded_converted", "not_now"):
+                setattr(cell, name, int(row[name]))
+        pairs = [(t, a) for t, (_, acts) in lifetimes.items() for a in acts]
+        found = {
+            row["type"]: row
+            for row in await conn.fetch(
+                _CYCLES,
+                query.since,
+                query.until,
+                list(lifetimes),
+                [lifetime for lifetime, _ in lifetimes.values()],
+                [t for t, _ in pairs],
+                [a for _, a in pairs],
+            )
+        }
+    cycles = tuple(_cycle(t, found.get(t)) for t in sorted(lifetimes))
+    return Measurements(cells, cycles, exposures)
+
+
+async def _conversions(
+    conn: asyncpg.Connection, query: MeasureQuery, events: Mapping[str, EventSpec], horizon: datetime
+) -> tuple[list[str], list[str], list[datetime]]:
+    customers: list[str] = []
+    actions: list[str] = []
+    times: list[datetime] = []
+    types = conversion_event_types(query.conversions)
+    if not types:
+        return customers, actions, times
+    async for row in conn.cursor(
+        "SELECT customer_id, type, time, attributes FROM events WHERE type = ANY($1::text[])"
+        " AND time > $2 AND time <= $3",
+        types,
+        query.since,
+        horizon,
+        prefetch=5000,
+    ):
+        attributes = row["attributes"]
+        if isinstance(attributes, str):
+            attributes = json.loads(attributes)
+        for action_id in matching_actions(query.conversions, events, row["type"], attributes):
+            customers.append(row["customer_id"])
+            actions.append(action_id)
+            times.append(row["time"])
+    return customers, actions, times
+
+
+def _key(row: asyncpg.Record) -> CellKey:
+    return (
+        row["action_id"],
+        row["rule_id"],
+        row["channel"],
+        row["ruleset_version"],
+        row["journey_stage"],
+        bool(row["held_out"]),
+    )
+
+
+def _cycle(event_type: str, row: asyncpg.Record | None) -> CycleTimes:
+    if row is None:
+        return CycleTimes(event_type, 0, 0, 0, 0, None, None)
+    return CycleTimes(
+        event_type,
+        int(row["triggers"]),
+        int(row["offered"]),
+        int(row["expired"]),
+        int(row["open"]),
+        None if row["median_s"] is None else float(row["median_s"]),
+        None if row["p90_s"] is None else float(row["p90_s"]),
+    )
