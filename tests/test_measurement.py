@@ -7,6 +7,7 @@ definitions count in memory.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +33,7 @@ from nba_service.domain.measurement import (
 )
 from nba_service.domain.model import Ruleset
 from nba_service.stores.sqlite import SqliteStore
+from nba_service.stores.sqlite_time import stamp
 from nba_service.synthetic import generate_profiles
 from tests.e2e._support import RULESET_PATH
 from tests.measurement_data import SINCE, UNTIL, make_history
@@ -236,3 +238,50 @@ async def test_the_embedded_store_counts_what_the_definitions_count(
         assert found.cycles == expected.cycles
         assert sum(c.converted for c in found.cells.values()) > 0
         assert sum(c.units for k, c in found.cells.items() if k[5]) > 0, "some units are held out"
+
+
+async def test_a_version_7_database_derives_the_exposures_of_its_stored_records(
+    tmp_path: Path, ruleset: Ruleset
+) -> None:
+    """Opening a file made before exposures were kept fills them from its decision records, as new records fill
+    them (without a journey stage, which was not recorded then); a record SQLite cannot read as JSON has none."""
+    at = SINCE - timedelta(days=30)
+    path = tmp_path / "old.db"
+    store = SqliteStore(path, event_types=tuple(ruleset.events), history=timedelta(days=90), clock=lambda: at)
+    await store.open(seed=lambda: generate_profiles(10, now=at))
+    history = make_history(ruleset, [f"CUST-{i:06d}" for i in range(1, 11)], 4, decisions=80)
+    try:
+        await store.write(history.records, [])
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE exposures")
+        conn.execute(
+            "INSERT INTO decisions VALUES ('not-json', ?, 'CUST-000001', 'sent', '{\"actions\": [NaN', ?)",
+            (SINCE.isoformat(), SINCE.isoformat()),
+        )
+        conn.execute("PRAGMA user_version = 7")
+    reopened = SqliteStore(path, event_types=tuple(ruleset.events), history=timedelta(days=90), clock=lambda: at)
+    await reopened.open()
+    await reopened.close()
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT * FROM exposures").fetchall()
+    expected = [
+        (
+            e.decision_id,
+            e.action_id,
+            int(e.held_out),
+            e.customer_id,
+            stamp(e.decided_at),
+            e.rule_id,
+            e.channel,
+            e.direction,
+            e.ruleset_name,
+            e.ruleset_version,
+            None,
+        )
+        for r in history.records
+        for e in exposures_of(r)
+    ]
+    assert sorted(rows) == sorted(expected)
+    assert len(rows) > 60
