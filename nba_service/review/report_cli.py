@@ -68,7 +68,7 @@ def register(
         show_default=True,
         help="The action categories that are referral asks (repeat for several).",
     )
-    @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+    @click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True)
     @click.option(
         "-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write here [stdout]."
     )
@@ -124,6 +124,10 @@ def register(
         built = build_report(ruleset, query, measurements, datetime.now(UTC), referral_categories)
         if fmt == "json":
             text = json.dumps(built.to_json(), indent=2, ensure_ascii=False)
+        elif fmt == "html":
+            from nba_service.review.report_html import render_html  # noqa: PLC0415
+
+            text = render_html(built)
         else:
             text = render_text(built)
         if out is None:

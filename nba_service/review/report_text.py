@@ -26,7 +26,7 @@ def points(value: float | None) -> str:
 def interval(line: Line) -> str:
     up = line.uplift
     if up.low is None or up.high is None:
-        return "no held-out customers" if up.shown else "no shown customers"
+        return "no held-out customers measured" if up.shown else "no shown customers measured"
     return f"[{up.low * 100:+.1f}, {up.high * 100:+.1f}]"
 
 
@@ -71,7 +71,7 @@ def render_text(report: Report) -> str:
         "",
         "By action",
         *_table(report.by_action),
-        *_table([report.totals])[1:],
+        _totals(report.totals),
     ]
     worth = [line for line in report.by_action if line.worth is not None]
     if worth:
@@ -111,6 +111,15 @@ def render_text(report: Report) -> str:
     if no_holdout:
         out += ["", f"No holdout, so no uplift can be measured: {', '.join(no_holdout)}."]
     return "\n".join(out)
+
+
+def _totals(line: Line, label_width: int = 34) -> str:
+    """Offers add up across actions; an uplift does not (actions without a holdout have no one to compare)."""
+    up = line.uplift
+    return (
+        f"  {'all actions':<{label_width}} {line.offers.delivered:>7,} {line.offers.accepted:>7,} "
+        f"{line.offers.declined:>7,} {up.shown:>7,} {'':>6} {up.held_out:>6,} {'':>6} {'':>9}  not pooled"
+    )
 
 
 def _prefixed(line: Line) -> Line:

@@ -5,6 +5,8 @@ Without Chromium, its driver or selenium the tests skip locally and fail under C
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +18,8 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
+AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
+AXE_SHA256 = "29348999450cdf2849a8e70b7912fc2da85a849da39c0d0d5394f51d4a9ed95c"
 INSTALL = "install them with: sudo apt-get install -y chromium chromium-driver (make test does this when it can)"
 T = TypeVar("T")
 
@@ -72,3 +76,22 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float 
         if time.monotonic() > deadline:
             pytest.fail(f"not within {timeout:g} s: {what}")
         time.sleep(interval)
+
+
+def axe_clean(driver: Any) -> None:
+    """Runs the vendored axe-core on the open page (WCAG 2.1 A and AA, and best practice); fails on any
+    violation, listing them."""
+    source = AXE.read_bytes()
+    assert hashlib.sha256(source).hexdigest() == AXE_SHA256, "tests/e2e/vendor/axe-core/axe.min.js was changed"
+    driver.execute_script(source.decode("utf-8"))
+    result = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "const tags = ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice'];"
+        "axe.run(document, {runOnly: {type: 'tag', values: tags}})"
+        ".then(r => done({violations: r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,"
+        " nodes: v.nodes.map(n => n.html)})), passes: r.passes.length}))"
+        ".catch(e => done({error: String(e)}));"
+    )
+    assert "error" not in result, result
+    assert result["violations"] == [], json.dumps(result["violations"], indent=2)
+    assert result["passes"] > 10

@@ -9,7 +9,6 @@ configured host origins. With NBA_DOCS_SCREENSHOT=1 it also refreshes docs/image
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import json
 import os
@@ -25,6 +24,7 @@ import httpx
 import pytest
 
 from nba_service.domain.model import Channel
+from tests.e2e._browser import axe_clean as _axe_clean
 from tests.e2e._browser import chromium, wait_for
 from tests.e2e._direction_support import NOTICE, mandatory_ruleset
 from tests.e2e._support import REPO_ROOT, Oracle, ServerHandle, ids, start_server, with_event
@@ -33,8 +33,6 @@ from tests.security_pki import AUDIENCE, ISSUER, Pki, make_pki
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 WIDTH, HEIGHT = 320, 760
-AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
-AXE_SHA256 = "29348999450cdf2849a8e70b7912fc2da85a849da39c0d0d5394f51d4a9ed95c"
 SCREENSHOT = REPO_ROOT / "docs" / "images" / "panel.png"
 DEPOSIT = {"amount": 48250.75, "account_last4": "7781"}
 RAW = ("48250", "48,250", "7781")
@@ -307,23 +305,6 @@ def test_not_now_sets_aside_and_axe_finds_nothing(browser: Any, server: ServerHa
     browser.refresh()
     _wait_loaded(browser)
     wait_for(lambda: first["id"] not in [c["id"] for c in _cards(browser)], 10, "still set aside after a reload")
-
-
-def _axe_clean(driver: Any) -> None:
-    source = AXE.read_bytes()
-    assert hashlib.sha256(source).hexdigest() == AXE_SHA256, "tests/e2e/vendor/axe-core/axe.min.js was changed"
-    driver.execute_script(source.decode("utf-8"))
-    result = driver.execute_async_script(
-        "const done = arguments[arguments.length - 1];"
-        "const tags = ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice'];"
-        "axe.run(document, {runOnly: {type: 'tag', values: tags}})"
-        ".then(r => done({violations: r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,"
-        " nodes: v.nodes.map(n => n.html)})), passes: r.passes.length}))"
-        ".catch(e => done({error: String(e)}));"
-    )
-    assert "error" not in result, result
-    assert result["violations"] == [], json.dumps(result["violations"], indent=2)
-    assert result["passes"] > 10
 
 
 def test_bad_link_is_explained(browser: Any, server: ServerHandle) -> None:

@@ -43,9 +43,9 @@ _UNITS = """
 WITH windows AS (
     SELECT * FROM unnest($2::text[], $3::interval[]) AS w(action_id, within)
 ), units AS (
-    SELECT DISTINCT ON (customer_id, action_id) *
+    SELECT DISTINCT ON (customer_id COLLATE "C", action_id COLLATE "C") *
       FROM report_exposures
-     ORDER BY customer_id, action_id, decided_at, decision_id, held_out
+     ORDER BY customer_id COLLATE "C", action_id COLLATE "C", decided_at, decision_id, held_out
 ), scored AS (
     SELECT u.*, u.decided_at + coalesce(w.within, $4::interval) AS window_end
       FROM units u LEFT JOIN windows w USING (action_id)
