@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -105,16 +106,21 @@ def contact_history_window(ruleset: Ruleset) -> timedelta:
     return max([timedelta(days=1), *windows])
 
 
-async def open_sqlite(settings: Settings, ruleset: Ruleset) -> SqliteStore:
+def _real_time() -> datetime:
+    return datetime.now(UTC)
+
+
+async def open_sqlite(settings: Settings, ruleset: Ruleset, clock: Callable[[], datetime] = _real_time) -> SqliteStore:
     store = SqliteStore(
         settings.db_path,
         event_types=tuple(ruleset.events),
         history=contact_history_window(ruleset),
         timeout=settings.db_timeout,
+        clock=clock,
     )
     sample = settings.sample or SAMPLE_PATH
     try:
-        await store.open(lambda: read_sample(sample, datetime.now(UTC)))
+        await store.open(lambda: read_sample(sample, clock()))
     except sqlite3.Error as exc:
         await store.close()
         raise Unavailable(f"cannot open the embedded database {settings.db_path}: {exc}") from exc
@@ -125,16 +131,19 @@ def configured_ruleset(settings: Settings) -> Ruleset:
     return choose_ruleset(load_ruleset_dir(settings.rulesets), settings.ruleset, str(settings.rulesets))
 
 
-async def build_application(settings: Settings, metrics: ServiceMetrics | None = None) -> Application:
+async def build_application(
+    settings: Settings, metrics: ServiceMetrics | None = None, clock: Callable[[], datetime] = _real_time
+) -> Application:
     """`metrics` (nba_service.telemetry.metrics): what the service, the decision log, the stores and the deploys
-    record into; None records nothing."""
+    record into; None records nothing. `clock` is the time the service and the stores take for now: the real
+    time, except in `nba simulate`, which runs the same application through simulated days."""
     outcome = None if metrics is None else metrics.deploys.outcome
     state = None if settings.deploy_dir is None else DeployState(settings.deploy_dir, outcome)
     # The gate runs before anything opens: a version whose scenarios fail never serves, and fails fast.
     prepared, version = start_version(configured_ruleset(settings), state, activate)
     ruleset, active = prepared.ruleset, prepared.active
     try:
-        return await _build(settings, state, ruleset, active, version, metrics)
+        return await _build(settings, state, ruleset, active, version, metrics, clock)
     except BaseException:
         active.engine.close()
         raise
@@ -147,6 +156,7 @@ async def _build(
     active: ActiveRuleset,
     version: VersionInfo,
     metrics: ServiceMetrics | None,
+    clock: Callable[[], datetime],
 ) -> Application:
     candidate = choose_shadow(settings, ruleset)
     store: ProfileStore
@@ -157,7 +167,7 @@ async def _build(
     if settings.store == "postgres":
         from nba_service.stores.postgres import open_postgres, ruleset_archive  # noqa: PLC0415 - asyncpg only when asked for
 
-        store, pg_sink, export = await open_postgres(settings, ruleset)
+        store, pg_sink, export = await open_postgres(settings, ruleset, clock)
         sink = records = pg_sink
         if metrics is not None:
             pool = pg_sink.pool
@@ -165,7 +175,7 @@ async def _build(
         archive = ruleset_archive(pg_sink, settings)
         where = "postgres"
     else:
-        sqlite_store = await open_sqlite(settings, ruleset)
+        sqlite_store = await open_sqlite(settings, ruleset, clock)
         store = sink = export = archive = records = sqlite_store
         where = str(settings.db_path)
     commits = None if metrics is None else functools.partial(metrics.store_call, "commit_records")
@@ -178,7 +188,7 @@ async def _build(
     )
     if metrics is not None:
         metrics.sample_queue(lambda: writer.queued)
-    service = DecisionService(store, writer, active, archive=archive, metrics=metrics)
+    service = DecisionService(store, writer, active, clock=clock, archive=archive, metrics=metrics)
     service.activate(active, version.activated_at)
     try:
         await service.archive(ruleset, version.activated_at)

@@ -734,6 +734,9 @@ def _register_commands() -> None:
     from nba_service.review.report_cli import register as register_report  # noqa: PLC0415
 
     register_report(main, _moment)
+    from nba_service.simulator.cli import register as register_simulate  # noqa: PLC0415
+
+    register_simulate(main)
     # REVIEW-COMMANDS
 
 

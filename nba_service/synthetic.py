@@ -678,6 +678,15 @@ def _draw_events(rng: random.Random, person: _Person, now: datetime) -> tuple[Ev
     return tuple(sorted(events, key=lambda event: event.time))
 
 
+def live_event(rng: random.Random, attributes: Mapping[str, AttributeValue], at: datetime) -> Event:
+    """A background event happening at `at` to the customer `generate_profile` made with these attributes: the
+    kinds are weighted by who they are, as in their generated history, so a simulated day's events (`nba
+    simulate`) look like the ones the sample already holds."""
+    person = _Person(**{f.name: attributes[f.name] for f in fields(_Person)})  # type: ignore[arg-type]
+    kind = _pick(rng, _event_weights(person))
+    return _draw_event(rng, person, at, kind, age_minutes=0)
+
+
 def _event_age_minutes(rng: random.Random) -> int:
     """Skewed to the recent past, as live event feeds are: most events are hours or a few days old."""
     band = rng.random()
@@ -690,8 +699,8 @@ def _event_age_minutes(rng: random.Random) -> int:
     return rng.randint(7 * _MINUTES_PER_DAY, int(EVENT_WINDOW / _MINUTE))
 
 
-def _draw_event(rng: random.Random, person: _Person, now: datetime, kind: str) -> Event:
-    time = now - _event_age_minutes(rng) * _MINUTE
+def _draw_event(rng: random.Random, person: _Person, now: datetime, kind: str, age_minutes: int | None = None) -> Event:
+    time = now - (_event_age_minutes(rng) if age_minutes is None else age_minutes) * _MINUTE
     attributes = _event_attributes(rng, person, kind)
     lifetime = _EVENT_LIFETIME[kind]
     if kind == "mortgage_rate_expiring":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from nba_service.domain.archive import ArchivedSource, ArchivedVersion
 from nba_service.domain.do_not_contact import Listing, Selection
@@ -56,6 +56,16 @@ class ProfileStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class CustomerLoader(Protocol):
+    """Adds whole customers (attributes, consents, do-not-call, phones, events, contact history) in one
+    transaction: how `nba simulate` creates its population in whichever store is configured."""
+
+    async def add_customers(self, profiles: Sequence[Profile]) -> int:
+        """Returns how many were added; an id the store already holds fails the whole call."""
+        ...
 
 
 class DoNotContactRegistry(Protocol):

@@ -579,6 +579,13 @@ class SqliteStore:
         )
         return [row[0] for row in rows]
 
+    async def add_customers(self, profiles: Sequence[Profile]) -> int:
+        """CustomerLoader: the rows a new file's seed writes, for these profiles, in one transaction."""
+        chosen = list(profiles)
+        created = self._clock()
+        await self._in_writer(lambda conn: _load(conn, chosen, created))
+        return len(chosen)
+
     async def add_event(self, customer_id: str, event: Event, recorded_by: str = "") -> str:
         event_id = str(uuid.uuid4())
         row = (

@@ -6,6 +6,9 @@ the pool, the schema check and the wiring of the decision records live beside th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
+
 import asyncpg
 import structlog
 
@@ -22,7 +25,7 @@ log = structlog.get_logger(__name__)
 
 
 async def open_postgres(
-    settings: Settings, ruleset: Ruleset
+    settings: Settings, ruleset: Ruleset, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 ) -> tuple[PostgresProfileStore, PostgresRecordSink, PostgresRecordExport]:
     """The profile store, the sink a `GroupCommitWriter` commits decision records through (which also reads
     whole records back: `RecordReader`), and the export. `ruleset_archive(sink, settings)` gives the archive.
@@ -65,6 +68,7 @@ async def open_postgres(
         history=contact_history_window(ruleset),
         event_types=tuple(ruleset.events),
         timeout=settings.db_timeout,
+        clock=clock,
     )
     sink = PostgresRecordSink(pool, timeout=settings.db_timeout)
     return store, sink, PostgresRecordExport(pool)

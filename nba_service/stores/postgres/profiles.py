@@ -326,6 +326,26 @@ class PostgresProfileStore:
         except CONNECTION_ERRORS as exc:
             raise Unavailable(f"the profile database is unavailable ({what}): {type(exc).__name__}") from exc
 
+    async def add_customers(self, profiles: Sequence[Profile]) -> int:
+        """CustomerLoader: the rows `nba db seed` writes for these profiles, with COPY, in one transaction."""
+        from nba_service.stores.postgres.seed import copy_rows, profile_rows  # noqa: PLC0415 - seed imports the generator
+
+        batch = profile_rows(list(profiles))
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                # COPY is binary, and the pool's JSON codecs are text: the seed's own JSON text goes in as it does
+                # on the seed's plain connection, and the pool's codecs come back before the connection does.
+                for name in ("json", "jsonb"):
+                    await conn.reset_type_codec(name, schema="pg_catalog")
+                try:
+                    async with conn.transaction():
+                        await copy_rows(conn, batch)
+                finally:
+                    await _init_connection(conn)
+        except CONNECTION_ERRORS as exc:
+            raise Unavailable(f"the profile database is unavailable (adding customers): {type(exc).__name__}") from exc
+        return len(batch.customers)
+
     async def get_profile(self, customer_id: str) -> Profile:
         now = self._clock()
 

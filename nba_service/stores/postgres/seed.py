@@ -235,12 +235,7 @@ async def seed(
                         "DELETE FROM customers WHERE customer_id = ANY($1::text[])", batch.customer_ids
                     )
                     totals["replaced"] += int(deleted.split()[-1])
-                await _copy(conn, "customers", _CUSTOMER_COLUMNS, batch.customers)
-                await _copy(conn, "consents", _CONSENT_COLUMNS, batch.consents)
-                await _copy(conn, "do_not_call", _DO_NOT_CALL_COLUMNS, batch.do_not_call)
-                await _copy(conn, "events", _EVENT_COLUMNS, batch.events)
-                await _copy(conn, "contacts", _CONTACT_COLUMNS, batch.contacts)
-                await _copy(conn, "phones", _PHONE_COLUMNS, batch.phones)
+                await copy_rows(conn, batch)
                 totals["phones"] += len(batch.phones)
                 totals["customers"] += len(batch.customers)
                 totals["consents"] += len(batch.consents)
@@ -254,6 +249,16 @@ async def seed(
             if pending_batch is not None:  # failed part-way: nobody will collect the batch being generated
                 pending_batch.cancel()
     return SeedReport(**totals, seconds=time.perf_counter() - started)
+
+
+async def copy_rows(conn: asyncpg.Connection, batch: Batch) -> None:
+    """Loads a batch's rows, table by table in the order the foreign keys need."""
+    await _copy(conn, "customers", _CUSTOMER_COLUMNS, batch.customers)
+    await _copy(conn, "consents", _CONSENT_COLUMNS, batch.consents)
+    await _copy(conn, "do_not_call", _DO_NOT_CALL_COLUMNS, batch.do_not_call)
+    await _copy(conn, "events", _EVENT_COLUMNS, batch.events)
+    await _copy(conn, "contacts", _CONTACT_COLUMNS, batch.contacts)
+    await _copy(conn, "phones", _PHONE_COLUMNS, batch.phones)
 
 
 async def _check_schema(conn: asyncpg.Connection) -> None:
@@ -293,6 +298,7 @@ __all__ = [
     "SeedError",
     "SeedRefused",
     "SeedReport",
+    "copy_rows",
     "event_id",
     "profile_rows",
     "seed",
