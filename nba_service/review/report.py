@@ -35,6 +35,8 @@ class Uplift:
     difference: float | None
     low: float | None
     high: float | None
+    # False when the action declares no conversion: agents' records alone, only of shown customers, prove nothing.
+    measured: bool = True
 
     @property
     def shown_rate(self) -> float | None:
@@ -55,6 +57,7 @@ class Uplift:
             "uplift": self.difference,
             "uplift_low": self.low,
             "uplift_high": self.high,
+            "conversion_declared": self.measured,
         }
 
 
@@ -228,10 +231,12 @@ def build_report(
     action_ids = sorted({key[0] for key in cells} | {a.id for a in ruleset.actions.values() if a.conversion})
     infos = tuple(_info(ruleset, a) for a in action_ids)
     values = {info.action_id: info.value for info in infos}
-    by_action = tuple(_lines(cells, lambda key: key[0], values, lambda key: key[0]))
+    # Without a declared conversion only agents record one, and only for customers shown the action: no uplift.
+    measurable = frozenset(a.id for a in ruleset.actions.values() if a.conversion is not None)
+    by_action = tuple(_lines(cells, lambda key: key[0], values, lambda key: key[0], measurable))
     breakdowns: dict[str, tuple[Line, ...]] = {}
     for index, name in enumerate(DIMENSIONS, start=1):
-        breakdowns[name] = tuple(_lines(cells, _by(index), values, _labelled(index)))
+        breakdowns[name] = tuple(_lines(cells, _by(index), values, _labelled(index), measurable))
     referral = set(referral_categories)
     referral_cells = {
         key: cell
@@ -239,9 +244,17 @@ def build_report(
         if (action := ruleset.actions.get(key[0])) is not None and action.category in referral
     }
     moments = _moments(ruleset)
-    by_stage = tuple(_lines(referral_cells, lambda key: _label(key[4]), {}, lambda key: _label(key[4]), action=""))
+    by_stage = tuple(
+        _lines(referral_cells, lambda key: _label(key[4]), {}, lambda key: _label(key[4]), measurable, action="")
+    )
     by_trigger = tuple(
-        _lines(referral_cells, lambda key: moments.get(key[1], key[1]), {}, lambda key: moments.get(key[1], key[1]))
+        _lines(
+            referral_cells,
+            lambda key: moments.get(key[1], key[1]),
+            {},
+            lambda key: moments.get(key[1], key[1]),
+            measurable,
+        )
     )
     return Report(
         ruleset.meta.name,
@@ -256,7 +269,7 @@ def build_report(
         by_stage,
         by_trigger,
         measurements.cycles,
-        _lines(cells, lambda key: "", {}, lambda key: "all actions", action="")[0]
+        _lines(cells, lambda key: "", {}, lambda key: "all actions", frozenset(), action="")[0]
         if cells
         else _line("", "all actions", [], None),
     )
@@ -300,31 +313,54 @@ def _lines(
     group: Callable[[CellKey], Any],
     values: Mapping[str, float | None],
     label: Callable[[CellKey], str],
+    measurable: frozenset[str],
     action: str | None = None,
 ) -> list[Line]:
-    """One line per group of cells, shown and held-out kept apart; `action` "" for lines across actions."""
+    """One line per group of cells, shown and held-out kept apart; `action` "" for lines across actions. A line
+    gets an uplift only when every action in it is `measurable` (declares a conversion)."""
     shown: dict[Any, list[Cell]] = {}
     held: dict[Any, list[Cell]] = {}
     names: dict[Any, tuple[str, str]] = {}
+    actions: dict[Any, set[str]] = {}
     for key, cell in sorted(cells.items(), key=lambda item: tuple("" if v is None else str(v) for v in item[0])):
         where = group(key)
         (held if key[5] else shown).setdefault(where, []).append(cell)
         held.setdefault(where, [])
         shown.setdefault(where, [])
         names.setdefault(where, (key[0] if action is None else action, label(key)))
+        actions.setdefault(where, set()).add(key[0])
     return [
-        _line(names[where][0], names[where][1], shown[where], values.get(names[where][0]), held[where])
+        _line(
+            names[where][0],
+            names[where][1],
+            shown[where],
+            values.get(names[where][0]),
+            held[where],
+            measured=actions[where] <= measurable,
+        )
         for where in sorted(names, key=lambda w: tuple(w) if isinstance(w, tuple) else (w,))
     ]
 
 
-def _line(action_id: str, label: str, shown: list[Cell], value: float | None, held: list[Cell] | None = None) -> Line:
+def _line(
+    action_id: str,
+    label: str,
+    shown: list[Cell],
+    value: float | None,
+    held: list[Cell] | None = None,
+    *,
+    measured: bool = True,
+) -> Line:
     s, h = Cell(), Cell()
     for cell in shown:
         s.add(cell)
     for cell in held or []:
         h.add(cell)
-    up = uplift(s.mature, s.converted, h.mature, h.converted)
+    up = (
+        uplift(s.mature, s.converted, h.mature, h.converted)
+        if measured
+        else Uplift(s.mature, s.converted, h.mature, h.converted, None, None, None, measured=False)
+    )
     worth = None
     if value is not None and up.difference is not None and up.low is not None and up.high is not None:
         worth = Worth(value, up.difference * s.mature * value, up.low * s.mature * value, up.high * s.mature * value)

@@ -93,6 +93,8 @@ def verdicts(report: Report) -> Verdicts:
         up = line.uplift
         if up.low is not None and up.high is not None:
             group = found.gain if up.low > 0 else found.loss if up.high < 0 else found.unclear
+        elif not up.measured:
+            continue  # nothing declared counts as its conversion: no gap in the measurement either
         elif holdouts.get(line.action_id, 0.0) > 0:
             group = found.not_yet
         elif line.action_id in converting or up.shown_converted:

@@ -25,6 +25,8 @@ def points(value: float | None) -> str:
 
 def interval(line: Line) -> str:
     up = line.uplift
+    if not up.measured:
+        return "no conversion declared"
     if up.low is None or up.high is None:
         return "no held-out customers measured" if up.shown else "no shown customers measured"
     return f"[{up.low * 100:+.1f}, {up.high * 100:+.1f}]"

@@ -80,7 +80,9 @@ def test_the_json_report_counts_the_stored_records(stored: tuple[Path, History])
         assert (line["shown"], line["shown_converted"]) == (shown.mature, shown.converted)
         assert (line["held_out"], line["held_out_converted"]) == (held.mature, held.converted)
         assert line["open_units"] == shown.units - shown.mature + held.units - held.mature
-        if shown.mature and held.mature:
+        declared = history.ruleset.actions[action].conversion is not None
+        assert line["conversion_declared"] is declared
+        if shown.mature and held.mature and declared:
             assert line["uplift_low"] <= line["uplift"] <= line["uplift_high"]
             value = history.ruleset.actions[action].value
             if value is not None:
