@@ -26,28 +26,32 @@ from nba_service.domain.measurement import (
 )
 from nba_service.domain.model import EventSpec
 
-# Exposures of delivered decisions of the ruleset in the window; the first per customer and action is the unit.
+# Exposures of delivered decisions of the ruleset in the window ($1, $2, $3 in every query that uses it). Each query
+# reads `exposures` itself rather than a temporary copy: writing twenty million rows out again cost more than the
+# three scans, and a temporary table is never scanned by parallel workers.
 _WINDOW = """
-CREATE TEMPORARY TABLE report_exposures ON COMMIT DROP AS
-SELECT e.decision_id, e.action_id, e.held_out, e.customer_id, e.decided_at, e.rule_id, e.channel,
-       e.ruleset_version, e.journey_stage
-  FROM exposures e
- WHERE e.decided_at >= $1 AND e.decided_at < $2 AND e.ruleset_name = $3
-   AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.decision_id = e.decision_id AND d.delivery <> 'sent')
-"""
+window_exposures AS (
+    SELECT e.decision_id, e.action_id, e.held_out, e.customer_id, e.decided_at, e.rule_id, e.channel,
+           e.ruleset_version, e.journey_stage
+      FROM exposures e
+     WHERE e.decided_at >= $1 AND e.decided_at < $2 AND e.ruleset_name = $3
+       AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.decision_id = e.decision_id AND d.delivery <> 'sent')
+)"""
 _MATCHES = """
 CREATE TEMPORARY TABLE report_conversions ON COMMIT DROP AS
 SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS c(customer_id, action_id, time)
 """
-_UNITS = """
-WITH windows AS (
-    SELECT * FROM unnest($2::text[], $3::interval[]) AS w(action_id, within)
+# A hash of the customer leads the sort: every id starts "CUST-000", so PostgreSQL's abbreviated text keys would
+# tell none apart and each comparison would fall back to comparing whole strings.
+_UNITS = f"""
+WITH {_WINDOW}, windows AS (
+    SELECT * FROM unnest($5::text[], $6::interval[]) AS w(action_id, within)
 ), units AS (
-    SELECT DISTINCT ON (customer_id COLLATE "C", action_id COLLATE "C") *
-      FROM report_exposures
-     ORDER BY customer_id COLLATE "C", action_id COLLATE "C", decided_at, decision_id, held_out
+    SELECT DISTINCT ON (hashtextextended(customer_id, 0), customer_id, action_id) *
+      FROM window_exposures
+     ORDER BY hashtextextended(customer_id, 0), customer_id, action_id, decided_at, decision_id, held_out
 ), scored AS (
-    SELECT u.*, u.decided_at + coalesce(w.within, $4::interval) AS window_end
+    SELECT u.*, u.decided_at + coalesce(w.within, $7::interval) AS window_end
       FROM units u LEFT JOIN windows w USING (action_id)
 ), by_event AS (
     SELECT DISTINCT s.customer_id, s.action_id
@@ -59,7 +63,7 @@ WITH windows AS (
      WHERE o.outcome = 'converted' AND o.time >= s.decided_at AND o.time <= s.window_end
 ), flagged AS (
     SELECT s.action_id, s.rule_id, s.channel, s.ruleset_version, s.journey_stage, s.held_out,
-           s.window_end <= $1 AS mature, ev.customer_id IS NOT NULL AS ev, ag.customer_id IS NOT NULL AS ag
+           s.window_end <= $4 AS mature, ev.customer_id IS NOT NULL AS ev, ag.customer_id IS NOT NULL AS ag
       FROM scored s
       LEFT JOIN by_event ev USING (customer_id, action_id)
       LEFT JOIN by_agent ag USING (customer_id, action_id)
@@ -73,9 +77,9 @@ SELECT action_id, rule_id, channel, ruleset_version, journey_stage, held_out,
        count(*) FILTER (WHERE mature AND ev AND ag) AS converted_both
   FROM flagged
  GROUP BY action_id, rule_id, channel, ruleset_version, journey_stage, held_out
-"""
-_OFFERS = """
-WITH kinds AS (
+"""  # noqa: S608 - constant text only
+_OFFERS = f"""
+WITH {_WINDOW}, kinds AS (
     SELECT o.decision_id, o.action_id,
            bool_or(o.outcome = 'accepted') AS accepted, bool_or(o.outcome = 'declined') AS declined,
            bool_or(o.outcome = 'converted') AS converted, bool_or(o.outcome = 'not_now') AS not_now
@@ -84,20 +88,20 @@ WITH kinds AS (
      GROUP BY o.decision_id, o.action_id
 )
 SELECT e.action_id, e.rule_id, e.channel, e.ruleset_version, e.journey_stage, e.held_out,
-       count(*) AS offers,
-       count(*) FILTER (WHERE k.accepted) AS accepted,
-       count(*) FILTER (WHERE k.declined) AS declined,
-       count(*) FILTER (WHERE k.converted) AS recorded_converted,
-       count(*) FILTER (WHERE k.not_now) AS not_now
-  FROM report_exposures e LEFT JOIN kinds k USING (decision_id, action_id)
- WHERE NOT e.held_out
+       count(*) AS exposures,
+       count(*) FILTER (WHERE NOT e.held_out) AS offers,
+       count(*) FILTER (WHERE NOT e.held_out AND k.accepted) AS accepted,
+       count(*) FILTER (WHERE NOT e.held_out AND k.declined) AS declined,
+       count(*) FILTER (WHERE NOT e.held_out AND k.converted) AS recorded_converted,
+       count(*) FILTER (WHERE NOT e.held_out AND k.not_now) AS not_now
+  FROM window_exposures e LEFT JOIN kinds k USING (decision_id, action_id)
  GROUP BY e.action_id, e.rule_id, e.channel, e.ruleset_version, e.journey_stage, e.held_out
-"""
-_CYCLES = """
-WITH lifetimes AS (
-    SELECT * FROM unnest($3::text[], $4::interval[]) AS l(type, lifetime)
+"""  # noqa: S608 - constant text only
+_CYCLES = f"""
+WITH {_WINDOW}, lifetimes AS (
+    SELECT * FROM unnest($4::text[], $5::interval[]) AS l(type, lifetime)
 ), triggered AS (
-    SELECT * FROM unnest($5::text[], $6::text[]) AS t(type, action_id)
+    SELECT * FROM unnest($6::text[], $7::text[]) AS t(type, action_id)
 ), triggers AS (
     SELECT t.event_id, t.customer_id, t.type, t.time, t.time + l.lifetime AS ends
       FROM events t JOIN lifetimes l USING (type)
@@ -105,7 +109,7 @@ WITH lifetimes AS (
 ), firsts AS (
     SELECT t.event_id, t.type, t.time, t.ends, min(e.decided_at) AS first
       FROM triggers t
-      LEFT JOIN (triggered a JOIN report_exposures e ON e.action_id = a.action_id AND NOT e.held_out)
+      LEFT JOIN (triggered a JOIN window_exposures e ON e.action_id = a.action_id AND NOT e.held_out)
         ON a.type = t.type AND e.customer_id = t.customer_id AND e.decided_at >= t.time AND e.decided_at < t.ends
      GROUP BY t.event_id, t.type, t.time, t.ends
 )
@@ -118,7 +122,7 @@ SELECT type,
        percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM first - time)) AS p90_s
   FROM firsts
  GROUP BY type
-"""
+"""  # noqa: S608 - constant text only
 
 
 async def read_measurements(
@@ -129,38 +133,35 @@ async def read_measurements(
 ) -> Measurements:
     """One repeatable-read snapshot, so every count is of the same rows."""
     horizon = query.until + longest_window(query.conversions, query.default_within)
+    window = (query.since, query.until, query.ruleset_name)
     async with conn.transaction(isolation="repeatable_read", readonly=False):
-        # Sorting the window's exposures into units needs memory; on disk it takes several times as long.
-        await conn.execute("SET LOCAL work_mem = '256MB'")
+        # Sorting the window's exposures into units, and the hash joins, need memory: on disk they take many
+        # times as long. A report is one query at a time, so the budget is the report's alone.
+        await conn.execute("SET LOCAL work_mem = '512MB'")
         customers, actions, times = await _conversions(conn, query, events, horizon)
         await conn.execute(_MATCHES, customers, actions, times)
-        await conn.execute(_WINDOW, query.since, query.until, query.ruleset_name)
-        exposures = int(await conn.fetchval("SELECT count(*) FROM report_exposures"))
-        await conn.execute("ANALYZE report_exposures")
         await conn.execute("ANALYZE report_conversions")
         windows = [(a, d.within) for a, d in query.conversions.items()]
         cells: dict[CellKey, Cell] = {}
+        exposures = 0
         for row in await conn.fetch(
-            _UNITS,
-            query.until,
-            [a for a, _ in windows],
-            [w for _, w in windows],
-            query.default_within,
+            _UNITS, *window, query.until, [a for a, _ in windows], [w for _, w in windows], query.default_within
         ):
             cell = cells.setdefault(_key(row), Cell())
             for name in ("units", "mature", "converted", "converted_event", "converted_agent", "converted_both"):
                 setattr(cell, name, int(row[name]))
-        for row in await conn.fetch(_OFFERS, query.since):
-            cell = cells.setdefault(_key(row), Cell())
-            for name in ("offers", "accepted", "declined", "recorded_converted", "not_now"):
-                setattr(cell, name, int(row[name]))
+        for row in await conn.fetch(_OFFERS, *window):
+            exposures += int(row["exposures"])
+            if row["offers"]:
+                cell = cells.setdefault(_key(row), Cell())
+                for name in ("offers", "accepted", "declined", "recorded_converted", "not_now"):
+                    setattr(cell, name, int(row[name]))
         pairs = [(t, a) for t, (_, acts) in lifetimes.items() for a in acts]
         found = {
             row["type"]: row
             for row in await conn.fetch(
                 _CYCLES,
-                query.since,
-                query.until,
+                *window,
                 list(lifetimes),
                 [lifetime for lifetime, _ in lifetimes.values()],
                 [t for t, _ in pairs],
