@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint chromium bench bench-engine-peers bench-pg bench-embedded bench-workers bench-shadow bench-reload bench-diff bench-dialer bench-published bench-cpu bench-metrics bench-tracing proto clean
+.PHONY: serve test lint chromium bench bench-engine-peers bench-pg bench-embedded bench-workers bench-shadow bench-reload bench-diff bench-dialer bench-report bench-published bench-cpu bench-metrics bench-tracing proto clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'" >&2; exit 1; }
@@ -62,6 +62,9 @@ bench-diff: $(STAMP)
 
 bench-dialer: $(STAMP)
 	$(BIN)/python loadtests/bench_dialer.py
+
+bench-report: $(STAMP)
+	$(BIN)/python loadtests/bench_report.py $(ARGS)
 
 # Echo baseline, then the service on the embedded store and on PostgreSQL; writes docs/benchmarks/ and docs/images/.
 bench-published: $(STAMP)
