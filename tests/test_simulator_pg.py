@@ -69,3 +69,14 @@ def test_a_run_into_postgres_is_stored_as_summarised_and_matches_the_embedded_st
     assert embedded.exit_code == 0, embedded.output
     assert json.loads(embedded.stdout) == summary
     assert len(records(tmp_path / "sim.db")) == counts["decisions"]
+    # And `nba report` reads the same world the same way from both stores, end to end.
+    window = ("--since", summary["start"], "--until", summary["end"], "--rulesets", str(ruleset), "--format", "json")
+    from_postgres = runner.invoke(main, ["report", "--store", "postgres", *window])
+    assert from_postgres.exit_code == 0, from_postgres.output
+    from_sqlite = runner.invoke(main, ["report", "--db-path", str(tmp_path / "sim.db"), *window])
+    assert from_sqlite.exit_code == 0, from_sqlite.output
+    postgres_report, sqlite_report = json.loads(from_postgres.stdout), json.loads(from_sqlite.stdout)
+    for report in (postgres_report, sqlite_report):
+        report.pop("generated_at")
+    assert postgres_report == sqlite_report
+    assert postgres_report["exposures_read"] == summary["offers_shown"] + summary["held_out"]
