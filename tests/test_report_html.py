@@ -72,8 +72,9 @@ def _ruleset() -> Ruleset:
         ("mortgage-consultation", 0.05),
     ):
         actions[action_id] = dataclasses.replace(actions[action_id], holdout=holdout)
+    # Whatever the bundled ruleset holds out, this one is the action with no holdout.
     actions["savings-account-offer"] = dataclasses.replace(
-        actions["savings-account-offer"], description=HOSTILE_DESCRIPTION
+        actions["savings-account-offer"], description=HOSTILE_DESCRIPTION, holdout=0.0
     )
     return dataclasses.replace(ruleset, actions=actions)
 
@@ -143,11 +144,11 @@ def page(report: Report) -> Page:
 
 
 class TestHeadline:
-    def test_period_ruleset_and_total_worth(self, page: Page) -> None:
+    def test_period_ruleset_and_total_worth(self, report: Report, page: Page) -> None:
         """The period and ruleset come first, then the sum of the per-action worth estimates."""
         text = page.visible()
         assert "Decisions from 2026-09-01 00:00 UTC until 2026-12-01 00:00 UTC, ruleset retail-banking" in text
-        assert "What each action adds: retail-banking 1.3.0" in text
+        assert f"What each action adds: retail-banking {report.ruleset_version}" in text
         assert "7,600 incremental worth: the sum of 3 actions' estimates" in text  # 14,400 + 400 - 7,200
         assert "3,260 offers delivered, 567 accepted (17%)" in text
 

@@ -201,7 +201,7 @@ class TestRulesetPatterns:
     @pytest.mark.parametrize(
         ("original", "changed"),
         [
-            ("version: 1.3.0", 'version: "1.3.0\\n"'),
+            ("version: {version}", 'version: "{version}\\n"'),
             ("id: large-deposit-term-deposit", 'id: "large-deposit-term-deposit\\n"'),
         ],
     )
@@ -209,6 +209,8 @@ class TestRulesetPatterns:
         """The schema's patterns end in `$`, which in JSON Schema (ECMA-262) is the end of the text; Python's `$`
         also matches before a final newline, so "1.0.0\\n" used to pass as a version."""
         text = RULESET.read_text(encoding="utf-8")
+        version = load_ruleset_text(text.encode(), "x.yaml").meta.version
+        original, changed = original.format(version=version), changed.format(version=version)
         assert original in text
         with pytest.raises(errors.RulesetInvalid, match="is not"):
             load_ruleset_text(text.replace(original, changed, 1).encode(), "x.yaml")

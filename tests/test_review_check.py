@@ -38,6 +38,7 @@ SEEDED = ROOT / "tests" / "review" / "seeded-mistakes.yaml"
 SEEDED_INVALID = ROOT / "tests" / "review" / "seeded-invalid.yaml"
 SEEDED_NO_OWNER = ROOT / "tests" / "review" / "seeded-no-owner.yaml"
 SEEDED_POLICY = ROOT / "tests" / "review" / "seeded-contact-policy.yaml"
+SEEDED_MEASUREMENT = ROOT / "tests" / "review" / "seeded-measurement.yaml"
 EXAMPLE = ROOT / "docs" / "reviewers" / "examples" / "contact-policy.yaml"
 NBA = str(Path(sys.executable).parent / "nba")
 MARKER = re.compile(r"# seeded: (.*)$")
@@ -103,7 +104,9 @@ class TestSeededMistakes:
             "never-offered",
         }
 
-    @pytest.mark.parametrize("path", [SEEDED, SEEDED_INVALID, SEEDED_NO_OWNER, SEEDED_POLICY], ids=lambda p: p.name)
+    @pytest.mark.parametrize(
+        "path", [SEEDED, SEEDED_INVALID, SEEDED_NO_OWNER, SEEDED_POLICY, SEEDED_MEASUREMENT], ids=lambda p: p.name
+    )
     def test_each_seeded_mistake_is_found_at_its_line_with_its_id_and_nothing_else(self, path: Path) -> None:
         assert found(check_file(path)) == seeded(path)
 
@@ -543,7 +546,11 @@ class TestCommand:
         not_bumped = nba("rulesets", "check", "--against", str(old), str(changed))
         assert not_bumped.returncode == 1
         assert "error version-not-bumped: ruleset 'retail-banking'" in not_bumped.stdout
-        bumped = changed.read_text(encoding="utf-8").replace("  version: 1.3.0", "  version: 1.3.1", 1)
+        version = load_ruleset_file(BUNDLED).meta.version
+        major_minor, _, patch = version.rpartition(".")
+        before = changed.read_text(encoding="utf-8")
+        bumped = before.replace(f"  version: {version}", f"  version: {major_minor}.{int(patch) + 1}", 1)
+        assert bumped != before, f"version {version} not found in the bundled ruleset"
         changed.write_text(bumped, "utf-8")
         assert nba("rulesets", "check", "--strict", "--against", str(old.parent), str(changed)).returncode == 0
         back = nba("rulesets", "check", "--json", "--against", str(changed), str(old))
@@ -555,3 +562,59 @@ class TestCommand:
         result = nba("rulesets", "check", "--plan", str(BUNDLED))
         assert result.returncode == 0
         assert "partition 0 cost" in result.stdout
+
+
+class TestMeasurement:
+    """Findings about conversions, values and holdouts."""
+
+    def test_the_seeded_file_marks_every_kind(self) -> None:
+        assert {code for code, _, _ in seeded(SEEDED_MEASUREMENT)} == {
+            "value-without-conversion",
+            "holdout-without-conversion",
+            "conversion-outlasts-period",
+            "contradiction",
+            "any-never-holds",
+        }
+
+    def test_only_a_conversion_that_never_counts_is_an_error(self) -> None:
+        by_code = {str(f.code): str(f.severity) for f in check_file(SEEDED_MEASUREMENT)}
+        assert {c for c, s in by_code.items() if s == "error"} == {"contradiction"}
+
+    def test_a_conversion_that_can_never_hold_says_so(self) -> None:
+        finding = next(f for f in check_file(SEEDED_MEASUREMENT) if f.code is Code.CONTRADICTION)
+        assert (finding.kind, finding.id) == ("action", "loan-offer")
+        assert finding.message == (
+            "`amount < 0` and `amount > 100` can never hold together: no event ever counts as a conversion of this "
+            "action"
+        )
+
+    def test_a_share_from_a_category_is_found_at_that_entry(self) -> None:
+        """The finding points at the entry that gives the action its share, not at the action."""
+        text = SEEDED_MEASUREMENT.read_text(encoding="utf-8").replace(
+            "    - {action: card-offer, share: 0.1}  # seeded: holdout-without-conversion card-offer\n", ""
+        )
+        text = text.replace("    value: 90  # seeded: value-without-conversion card-offer\n", "")
+        text = text.replace(
+            "category: cross_sell\n    scripts: {agent_desktop: Suggest a card.}",
+            "category: upsell\n    scripts: {agent_desktop: Suggest a card.}",
+        )
+        ruleset = load_ruleset_text(text, "measured.yaml")
+        [finding] = [f for f in check_ruleset(ruleset, text) if f.code is Code.HOLDOUT_WITHOUT_CONVERSION]
+        lines = text.splitlines()
+        assert finding.id == "card-offer"
+        assert finding.line is not None
+        assert lines[finding.line - 1] == "    - {category: upsell, share: 0.05}"
+        assert finding.message.startswith("5% of its customers are held out, but it declares no conversion")
+
+    def test_the_bundled_ruleset_measures_what_it_holds_out(self) -> None:
+        ruleset = load_ruleset_file(BUNDLED)
+        held = [a for a in ruleset.actions.values() if a.holdout > 0]
+        assert held, "the bundled ruleset holds out some offers"
+        assert all(a.conversion is not None for a in held)
+        measurement = {
+            Code.HOLDOUT_WITHOUT_CONVERSION,
+            Code.VALUE_WITHOUT_CONVERSION,
+            Code.CONVERSION_OUTLASTS_PERIOD,
+        }
+        text = BUNDLED.read_text(encoding="utf-8")
+        assert [f for f in check_ruleset(ruleset, text) if f.code in measurement] == []

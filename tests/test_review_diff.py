@@ -467,3 +467,149 @@ def test_engine_versions_and_reports_on_a_few_sample_customers(bundled: Ruleset)
     document = report.to_json()
     assert json.loads(json.dumps(document)) == document
     assert document["impact"]["channels"][0]["customers"] == 10
+
+
+MEASURED = """\
+ruleset: {name: measured, version: 1.0.0, owner: Conduct, description: Measurement}
+fields:
+  - {name: balance, type: number}
+events:
+  - type: product_opened
+    attributes: [{name: product, type: string}]
+actions:
+  - id: savings-offer
+    category: cross_sell
+    scripts: {agent_desktop: Savings.}
+    conversion: {event: product_opened, within: 30d, when: {all: [{field: product, op: eq, value: savings}]}}
+    value: 40
+  - id: card-offer
+    category: cross_sell
+    scripts: {agent_desktop: Card.}
+    conversion: {event: product_opened, within: 30d, when: {all: [{field: product, op: eq, value: card}]}}
+    value: 90
+holdouts:
+  period: 90d
+  seed: first
+  shares:
+    - {action: savings-offer, share: 0.1}
+rules:
+  - {id: savings, description: d, reason: Save, priority: 50, action: savings-offer,
+     when: {all: [{field: balance, op: gte, value: 1000}]}}
+  - {id: card, description: d, reason: Card, priority: 40, action: card-offer,
+     when: {all: [{field: balance, op: gte, value: 100}]}}
+"""
+
+
+def measured(*edits: tuple[str, str]) -> Ruleset:
+    text = MEASURED
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    return load_ruleset_text(text)
+
+
+class TestMeasurement:
+    """Conversions, values and holdouts in the structural diff; changes that break comparisons with past
+    measurement are flagged as big changes."""
+
+    def test_a_value_change_is_a_change_and_not_a_big_one(self) -> None:
+        [card] = structural_diff(measured(), measured(("value: 90", "value: 95"))).actions
+        assert [(p.part, p.old, p.new) for p in card.parts] == [("value", "90", "95")]
+        assert card.notes == ()
+
+    def test_a_redefined_conversion_is_a_big_change(self) -> None:
+        new = measured(
+            (
+                "within: 30d, when: {all: [{field: product, op: eq, value: card}]}}",
+                "within: 60d, when: {all: [{field: product, op: eq, value: credit_card}]}}",
+            )
+        )
+        [card] = structural_diff(measured(), new).actions
+        assert [(p.part, p.old, p.new) for p in card.parts] == [
+            (
+                "conversion",
+                "a product opened event whose product is “card”, within 30 days of the decision",
+                "a product opened event whose product is “credit card”, within 60 days of the decision",
+            )
+        ]
+        assert card.notes == (
+            "BIG CHANGE: what counts as converted changes: conversions counted from now on cannot be compared with "
+            "those measured before",
+        )
+
+    def test_declaring_a_conversion_is_not_a_big_change_and_dropping_one_is(self) -> None:
+        without = measured(
+            (
+                "    conversion: {event: product_opened, within: 30d, "
+                "when: {all: [{field: product, op: eq, value: card}]}}\n",
+                "",
+            )
+        )
+        [added] = structural_diff(without, measured()).actions
+        assert [(p.part, p.old) for p in added.parts] == [("conversion", None)]
+        assert added.notes == ()
+        [dropped] = structural_diff(measured(), without).actions
+        assert dropped.notes == ("BIG CHANGE: no longer declares a conversion: what it adds is no longer measured",)
+
+    def test_a_holdout_share_change_is_a_big_change(self) -> None:
+        new = measured(
+            (
+                "{action: savings-offer, share: 0.1}",
+                "{action: savings-offer, share: 0.2}\n    - {action: card-offer, share: 0.05}",
+            )
+        )
+        actions = {item.id: item for item in structural_diff(measured(), new).actions}
+        assert [(p.part, p.old, p.new) for p in actions["savings-offer"].parts] == [("holdout share", "10%", "20%")]
+        assert [(p.part, p.old, p.new) for p in actions["card-offer"].parts] == [("holdout share", None, "5%")]
+        assert actions["savings-offer"].notes == (
+            "BIG CHANGE: the holdout share changes (10% -> 20%): customers move between the groups, so measurement "
+            "before and after cannot be compared",
+        )
+        assert actions["card-offer"].notes[0].startswith("BIG CHANGE: the holdout share changes (0% -> 5%)")
+
+    @pytest.mark.parametrize(
+        ("edit", "parts", "note"),
+        [
+            (("seed: first", "seed: second"), [("seed", "first", "second")], "the holdout seed changes:"),
+            (
+                ("period: 90d", "period: 30d"),
+                [("period", "90 days", "30 days")],
+                "the holdout period changes (a new period starts at once):",
+            ),
+        ],
+    )
+    def test_a_new_seed_or_period_draws_everyone_again(
+        self, edit: tuple[str, str], parts: list[tuple[str, str, str]], note: str
+    ) -> None:
+        diff = structural_diff(measured(), measured(edit))
+        assert diff.actions == ()
+        [holdouts] = diff.holdouts
+        assert [(p.part, p.old, p.new) for p in holdouts.parts] == parts
+        assert holdouts.notes == (
+            f"BIG CHANGE: {note} every customer is drawn again, so measurement before and after cannot be compared",
+        )
+
+    def test_holdouts_appear_and_disappear_as_a_whole(self) -> None:
+        without = measured(("{action: savings-offer, share: 0.1}", "{action: savings-offer, share: 0}"))
+        [added] = structural_diff(without, measured()).holdouts
+        assert (added.id, added.status) == ("holdouts", "added")
+        assert added.new_text == (
+            "Held out at random, per customer and action, again every 90 days (seed “first”): Savings offer 10%."
+        )
+        [removed] = structural_diff(measured(), without).holdouts
+        assert removed.status == "removed"
+
+    def test_text_html_and_json_show_the_flags(self) -> None:
+        old, new = measured(), measured(("seed: first", "seed: second"), ("share: 0.1", "share: 0.15"))
+        report = DiffReport(old, new, structural_diff(old, new), "nobody", 0, AT, 3, (), 0.1, 1)
+        text = render_text(report)
+        assert (
+            "  Holdouts: 1 changed\n    ~ holdouts (changed)\n        seed: first -> second\n        !! BIG CHANGE"
+            in text
+        )
+        assert "        holdout share: 10% -> 15%\n        !! BIG CHANGE: the holdout share changes" in text
+        page = render_html(report)
+        assert "<h3>Holdouts</h3>" in page
+        assert '<p class="note-flag"><strong>BIG CHANGE: the holdout seed changes' in page
+        structure = report.to_json()["structure"]
+        assert structure["holdouts"][0]["notes"][0].startswith("BIG CHANGE: the holdout seed changes")

@@ -384,3 +384,119 @@ class TestContactPolicyModel:
         assert "Purposes and the consent they need" not in render(ruleset, "markdown")
         assert 'id="purposes"' not in render(ruleset, "html")
         assert "MANDATORY" not in render(ruleset, "markdown")
+
+
+MEASURED = """\
+ruleset: {name: measured, version: 1.0.0, owner: Conduct, description: "Conversions, values and holdouts"}
+fields:
+  - {name: balance, type: number}
+events:
+  - type: product_opened
+    attributes: [{name: product, type: string}, {name: amount, type: number}]
+  - type: referral_made
+    attributes: [{name: product, type: string}]
+actions:
+  - id: savings-offer
+    category: cross_sell
+    scripts: {agent_desktop: Savings.}
+    conversion: {event: product_opened, within: 30d, when: {all: [{field: product, op: eq, value: savings},
+                                                               {field: amount, op: gte, value: 100}]}}
+    value: 40
+  - id: referral-ask
+    category: referral
+    scripts: {agent_desktop: Ask.}
+    conversion: {event: referral_made, within: 14d}
+  - id: card-offer
+    category: cross_sell
+    scripts: {agent_desktop: Card.}
+    value: 90
+  - id: card-help
+    category: service
+    scripts: {agent_desktop: Help.}
+holdouts:
+  period: 30d
+  seed: spring-2026
+  shares:
+    - {action: savings-offer, share: 0.125}
+    - {action: card-offer, share: 0.05}
+rules:
+  - {id: savings, description: d, reason: Save, priority: 50, action: savings-offer,
+     when: {all: [{field: balance, op: gte, value: 1000}]}}
+  - {id: referral, description: d, reason: Ask, priority: 40, action: referral-ask,
+     when: {all: [{field: balance, op: exists}]}}
+  - {id: card, description: d, reason: Card, priority: 30, action: card-offer,
+     when: {all: [{field: balance, op: exists}]}}
+  - {id: help, description: d, reason: Help, priority: 30, action: card-help,
+     when: {all: [{field: balance, op: exists}]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def measured() -> Ruleset:
+    return load_ruleset_text(MEASURED, "measured.yaml")
+
+
+class TestMeasurement:
+    """Each action shows its conversion, value and holdout share in words; a holdouts section lists the programme."""
+
+    def test_markdown_actions(self, measured: Ruleset) -> None:
+        md = render(measured, "markdown")
+        assert (
+            "Measurement: Counts as converted: a product opened event whose product is “savings” and amount is at "
+            "least 100, within 30 days of the decision. One conversion is worth 40 in the ruleset's currency. 12.5% "
+            "of the customers it would be shown to are held out of it, drawn at random again every 30 days: the "
+            "decision is recorded, the action is not shown and the next best takes its place.\n" in md
+        )
+        assert (
+            "Measurement: Counts as converted: a referral made event, within 14 days of the decision. "
+            "No customer is held out of this action.\n" in md
+        )
+        assert (
+            "Measurement: No conversion is declared, so nothing is measured. One conversion is worth 90 in the "
+            "ruleset's currency. 5% of the customers" in md
+        )
+        help_section = md.split("(`card-help`)")[1].split("### ")[0]
+        assert "Measurement" not in help_section
+
+    def test_markdown_holdouts_section(self, measured: Ruleset) -> None:
+        md = render(measured, "markdown")
+        section = md.split("## Holdouts\n")[1].split("## Contact policies")[0]
+        assert section.startswith(
+            "\nHeld out at random, per customer and action, again every 30 days (seed “spring-2026”): Savings offer "
+            "12.5% and Card offer 5%.\n"
+        )
+        assert "| Period | 30 days, counted from 1970-01-01 UTC; each period draws again |" in section
+        assert "| Seed | `spring-2026` |" in section
+        assert (
+            "| Savings offer (`savings-offer`) | 12.5% | a product opened event whose product is “savings” and "
+            "amount is at least 100, within 30 days of the decision |" in section
+        )
+        assert "| Card offer (`card-offer`) | 5% | **no conversion: nothing is measured** |" in section
+        assert "referral-ask" not in section
+        assert "card-help" not in section
+        assert "Service, compliance and mandatory actions are never held out." in section
+
+    def test_html(self, measured: Ruleset) -> None:
+        html = render(measured, "html")
+        visible = parsed(html).visible
+        assert 'href="#holdouts"' in html
+        assert '<section id="holdouts">' in html
+        assert '<tr id="holdout-savings-offer">' in html
+        assert "Measurement: Counts as converted: a product opened event whose product is “savings”" in visible
+        assert "Card offer ( card-offer ) 5% no conversion: nothing is measured" in visible
+        assert "Seed spring-2026" in visible
+
+    def test_no_holdouts_no_section(self, ruleset: Ruleset) -> None:
+        assert "## Holdouts" not in render(ruleset, "markdown")
+        assert 'id="holdouts"' not in render(ruleset, "html")
+        assert "Measurement" not in render(ruleset, "markdown")
+
+    def test_the_bundled_ruleset(self) -> None:
+        bundled = load_ruleset_file(BUNDLED)
+        card = bundled.actions["credit-card-offer"]
+        assert card.holdout > 0, "the bundled ruleset holds out the credit card offer"
+        md = render(bundled, "markdown")
+        assert (
+            f"| Credit card offer (`credit-card-offer`) | {wording.share_text(card.holdout)} | a product opened event "
+            "whose product is “credit card”, within 30 days of the decision |" in md
+        )

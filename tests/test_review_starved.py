@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from nba_service.domain.holdout import is_held_out
 from nba_service.domain.loader import load_ruleset_text
 from nba_service.domain.model import Channel, Direction, Ruleset
 from nba_service.domain.pipeline import evaluate, reference_active
@@ -98,4 +99,19 @@ def test_long_ids_keep_the_columns_aligned(ruleset: Ruleset) -> None:
     # The id is longer than the usual column: the numbers move right together rather than run into it.
     assert line.startswith(
         "    consent:marketing+retention:agent_desktop:inbound       1  alone       1  consent_marketing is not true"
+    )
+
+
+def test_a_customer_held_out_of_their_only_offer_is_starved_by_the_holdout() -> None:
+    held = load_ruleset_text(RULESET + "holdouts:\n  shares: [{action: savings-offer, share: 0.5}]\n")
+    action = held.actions["savings-offer"]
+    customer = next(
+        f"C{n}" for n in range(100) if is_held_out(held.holdouts, f"C{n}", action, NOW)
+    )  # the draw decides who, so the test asks it rather than naming a customer
+    desk = starvation(held, Channel.AGENT_DESKTOP, Direction.INBOUND, Profile(customer, {"consent_marketing": True}))
+    assert desk.starved == 1
+    [blocker] = desk.ranked()
+    assert (blocker.id, describe(blocker, held)) == (
+        "held_out",
+        "in the action's holdout (drawn at random, to measure what the action adds)",
     )

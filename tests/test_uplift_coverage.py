@@ -58,7 +58,7 @@ actions:
 
 def with_holdouts(text: str) -> str:
     """The ruleset text with its `holdouts:` section (if any) replaced by this test's."""
-    kept = re.sub(r"(?ms)^holdouts:\n(?:[ #].*\n|\n)*", "", text)
+    kept = re.sub(r"(?m)^holdouts:\n(?:[ #].*\n|\n)*", "", text)
     return kept.rstrip("\n") + "\n\n" + HOLDOUTS
 
 

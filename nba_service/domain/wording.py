@@ -19,9 +19,11 @@ from nba_service.domain.model import (
     Condition,
     Consent,
     Constraint,
+    Conversion,
     Direction,
     FieldSpec,
     FrequencyCap,
+    Holdouts,
     Op,
     QuietHours,
     Rule,
@@ -355,6 +357,55 @@ def _action_title(action_id: str, ruleset: Ruleset) -> str:
 def rule_text(rule: Rule, ruleset: Ruleset) -> str:
     """The whole rule as one sentence: when it fires, what it offers, at which priority."""
     return f"{_when_clause(rule.when, ruleset)} offer {_action_title(rule.action, ruleset)}, priority {rule.priority}."
+
+
+# --- measurement: conversions, values and holdouts ------------------------------------------------------------
+
+
+def conversion_text(conversion: Conversion) -> str:
+    """What counts as converted, as a clause: "a product opened event whose product is “term deposit”, within
+    30 days of the decision". Conditions read the event's own attributes, so they are named as the event's."""
+    event = _indefinite(event_text(conversion.event))
+    conditions = [_comparison_text(c, _words(c.field)) for c in conversion.when.all]
+    alternatives = [_comparison_text(c, _words(c.field)) for c in conversion.when.any]
+    if len(alternatives) == 1:
+        conditions.append(alternatives[0])
+    elif alternatives:
+        conditions.append(f"at least one of: {'; or '.join(alternatives)}")
+    where = f" whose {_listing(conditions, 'and')}" if conditions else ""
+    return f"{event}{where}, within {duration_text(conversion.within)} of the decision"
+
+
+def value_worth_text(value: float) -> str:
+    return f"One conversion is worth {value_text(value)} in the ruleset's currency."
+
+
+def share_text(share: float) -> str:
+    """A holdout share as a percentage: 0.1 -> "10%", 0.125 -> "12.5%"."""
+    return f"{format(share * 100, '.4g')}%"
+
+
+def holdout_text(action: Action, holdouts: Holdouts) -> str:
+    """Why and how long a share of the action's customers do not hear it, or that none are held out."""
+    if action.holdout <= 0:
+        return "No customer is held out of this action."
+    return (
+        f"{share_text(action.holdout)} of the customers it would be shown to are held out of it, drawn at random "
+        f"again every {duration_text(holdouts.period)}: the decision is recorded, the action is not shown and "
+        "the next best takes its place."
+    )
+
+
+def holdouts_text(ruleset: Ruleset) -> str:
+    """The programme in one sentence: which actions hold out what share, how long a draw lasts, its seed."""
+    held = [a for a in ruleset.actions.values() if a.holdout > 0]
+    if not held:
+        return "No action has a holdout: every customer an action is chosen for hears it."
+    shares = _listing([f"{action_title(a)} {share_text(a.holdout)}" for a in held], "and")
+    return (
+        f"Held out at random, per customer and action, again every {duration_text(ruleset.holdouts.period)} "
+        f"(seed {value_text(ruleset.holdouts.seed)}): {shares}."
+    )
 
 
 # --- policies ------------------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ The loader already refuses what is malformed (unknown fields, values outside a f
 script placeholders outside the allow-list, a missing owner or version); `invalid_findings` gives those
 problems the same shape and codes as the findings here. What is left is meaning: conditions that can never
 hold together, rules that can never produce an offer, rules that can never change an answer, actions no rule
-uses, and a version that does not move with the content. Each finding names its file, line and the rule,
-action or policy it is about, in plain words; `docs/reviewers/check.md` explains each code and its severity.
+uses, a holdout or value with no conversion to measure it by, and a version that does not move with the
+content. Each finding names its file, line and the rule, action or policy it is about, in plain words;
+`docs/reviewers/check.md` explains each code and its severity.
 
 Pure: a ruleset (and its text, for line numbers) in, findings out. The meaning of a condition comes from the
 reference evaluator (see `conditions`), and "never changes an answer" follows the arbitration's order.
@@ -42,6 +43,7 @@ from nba_service.domain.model import (
 from nba_service.domain.policy import _binds, _cap_applies
 from nba_service.domain.profile import OutcomeKind
 from nba_service.domain.scripts import SCRIPT_FIELDS, placeholders
+from nba_service.domain.wording import duration_text, share_text
 from nba_service.errors import RulesetProblem
 from nba_service.review.conditions import branches, conflict, equivalent, implies, satisfiable
 
@@ -75,6 +77,9 @@ class Code(enum.StrEnum):
     OUTCOME_NEVER_RECORDED = "outcome-never-recorded"
     REDUNDANT_POLICY = "redundant-policy"
     MANDATORY_NOT_EXCEPTED = "mandatory-not-excepted"
+    HOLDOUT_WITHOUT_CONVERSION = "holdout-without-conversion"
+    VALUE_WITHOUT_CONVERSION = "value-without-conversion"
+    CONVERSION_OUTLASTS_PERIOD = "conversion-outlasts-period"
 
 
 SEVERITY: Mapping[Code, Severity] = {
@@ -99,6 +104,9 @@ SEVERITY: Mapping[Code, Severity] = {
     Code.OUTCOME_NEVER_RECORDED: Severity.WARNING,
     Code.REDUNDANT_POLICY: Severity.WARNING,
     Code.MANDATORY_NOT_EXCEPTED: Severity.WARNING,
+    Code.HOLDOUT_WITHOUT_CONVERSION: Severity.WARNING,
+    Code.VALUE_WITHOUT_CONVERSION: Severity.WARNING,
+    Code.CONVERSION_OUTLASTS_PERIOD: Severity.WARNING,
 }
 
 
@@ -295,6 +303,7 @@ class _Checker:
         self._suppressions_reach()
         self._scoped()
         self._mandatory_under_suppressions()
+        self._measurement()
         return sorted(self.findings, key=lambda f: (f.line or 0, f.code))
 
     def _metadata(self) -> None:
@@ -305,10 +314,22 @@ class _Checker:
             self.add(Code.MISSING_VERSION, ["ruleset", "version"], "ruleset", meta.name, "no version")
 
     def _when(
-        self, when: When, path: list[str | int], kind: str, ident: str, consequence: str, rule: int | None
+        self,
+        when: When,
+        path: list[str | int],
+        kind: str,
+        ident: str,
+        consequence: str,
+        rule: int | None,
+        fields: Mapping[str, FieldSpec] | None = None,
+        lets: str = "",
     ) -> None:
-        if not satisfiable(when.all, self.fields):
-            positions = conflict(when.all, self.fields)
+        """`fields` are what the conditions read: the rules' facts unless given (a conversion reads its event's
+        attributes); `lets` what a live `any` condition would let happen, "this <kind> apply" unless given."""
+        if fields is None:
+            fields = self.fields
+        if not satisfiable(when.all, fields):
+            positions = conflict(when.all, fields)
             conflicting = [when.all[i] for i in positions]
             position = positions[-1]
             words = (
@@ -322,7 +343,7 @@ class _Checker:
             return
         if not when.any:
             return
-        dead = [i for i, option in enumerate(when.any) if not satisfiable((*when.all, option), self.fields)]
+        dead = [i for i, option in enumerate(when.any) if not satisfiable((*when.all, option), fields)]
         if len(dead) == len(when.any):
             self.add(
                 Code.CONTRADICTION,
@@ -341,8 +362,8 @@ class _Checker:
                 [*path, "any", position],
                 kind,
                 ident,
-                f"{shown(option)} can never hold together with the `all` conditions, so it never lets this "
-                f"{kind} apply: remove it or fix it",
+                f"{shown(option)} can never hold together with the `all` conditions, so it never lets "
+                f"{lets or f'this {kind} apply'}: remove it or fix it",
             )
 
     def _always(self, rule: Rule, *alternatives: Condition) -> bool:
@@ -689,6 +710,67 @@ class _Checker:
                 f"{'it' if len(overridden) == 1 else 'them'} to except_categories (or the purpose to except_purposes) "
                 "so the file says what happens",
             )
+
+    # --- measurement: conversions, values and holdouts
+
+    def _measurement(self) -> None:
+        holdouts = self.ruleset.holdouts
+        for index, action in enumerate(self.ruleset.actions.values()):
+            path: list[str | int] = ["actions", index]
+            conversion = action.conversion
+            if conversion is not None:
+                attributes = {a.name: a for a in self.ruleset.events[conversion.event].attributes}
+                self._when(
+                    conversion.when,
+                    [*path, "conversion", "when"],
+                    "action",
+                    action.id,
+                    "no event ever counts as a conversion of this action",
+                    None,
+                    attributes,
+                    "an event count as a conversion",
+                )
+            if action.holdout > 0 and conversion is None:
+                self.add(
+                    Code.HOLDOUT_WITHOUT_CONVERSION,
+                    self._share_path(action, index),
+                    "action",
+                    action.id,
+                    f"{share_text(action.holdout)} of its customers are held out, but it declares no conversion, so "
+                    "nothing is measured against them: declare its conversion or remove the share",
+                )
+            if action.value is not None and conversion is None:
+                self.add(
+                    Code.VALUE_WITHOUT_CONVERSION,
+                    [*path, "value"],
+                    "action",
+                    action.id,
+                    "it has a value but no conversion, so the value is never counted: declare what counts as "
+                    "converted or remove the value",
+                )
+            if action.holdout > 0 and conversion is not None and conversion.within > holdouts.period:
+                self.add(
+                    Code.CONVERSION_OUTLASTS_PERIOD,
+                    [*path, "conversion", "within"],
+                    "action",
+                    action.id,
+                    f"its conversion window ({duration_text(conversion.within)}) is longer than the holdout period "
+                    f"({duration_text(holdouts.period)}): a customer held out is drawn again before their window "
+                    "closes and may be shown the action, so the groups mix: shorten the window or lengthen the period",
+                )
+
+    def _share_path(self, action: Action, index: int) -> list[str | int]:
+        """The `holdouts.shares` entry that gives the action its share (its own, else its category's, else its
+        purpose's, as the loader resolves them), or the action when the file cannot be read."""
+        document = self.document
+        section = document.get("holdouts") if isinstance(document, Mapping) else None
+        shares = section.get("shares") if isinstance(section, Mapping) else None
+        if isinstance(shares, Sequence):
+            for key, value in (("action", action.id), ("category", action.category), ("purpose", action.purpose)):
+                for position, item in enumerate(shares):
+                    if isinstance(item, Mapping) and item.get(key) == value:
+                        return ["holdouts", "shares", position]
+        return ["actions", index]
 
 
 _OUTBOUND_ONLY_OUTCOMES = frozenset({OutcomeKind.NO_ANSWER.value})

@@ -30,7 +30,17 @@ from nba_service.domain.model import (
 )
 from nba_service.domain.policy import policy_ids
 from nba_service.domain.records import RulesetRef
-from nba_service.domain.wording import action_title, duration_text, policy_text, rule_text, when_text
+from nba_service.domain.wording import (
+    action_title,
+    conversion_text,
+    duration_text,
+    holdouts_text,
+    policy_text,
+    rule_text,
+    share_text,
+    value_text,
+    when_text,
+)
 
 DIFF_FORMAT = "nba.rulesets-diff/1"
 EXAMPLES = 5
@@ -90,6 +100,7 @@ class StructuralDiff:
     fields: tuple[ItemChange, ...]
     events: tuple[ItemChange, ...]
     purposes: tuple[ItemChange, ...] = ()
+    holdouts: tuple[ItemChange, ...] = ()
 
     @property
     def sections(self) -> tuple[tuple[str, tuple[ItemChange, ...]], ...]:
@@ -97,6 +108,7 @@ class StructuralDiff:
             ("rules", self.rules),
             ("actions", self.actions),
             ("purposes", self.purposes),
+            ("holdouts", self.holdouts),
             ("policies", self.policies),
             ("fields", self.fields),
             ("events", self.events),
@@ -128,6 +140,7 @@ def structural_diff(old: Ruleset, new: Ruleset) -> StructuralDiff:
         _compare("field", _fields(old), _fields(new)),
         _compare("event", _events(old), _events(new)),
         _compare("purpose", _purposes(old), _purposes(new)),
+        _holdout_notes(_compare("holdouts", _holdouts(old), _holdouts(new))),
     )
 
 
@@ -234,6 +247,12 @@ def _actions(ruleset: Ruleset) -> dict[str, _Item]:
         if action.trigger is not None:
             parts["trigger event"] = action.trigger.event
             parts["trigger lifetime"] = duration_text(action.trigger.lifetime)
+        if action.conversion is not None:
+            parts["conversion"] = _Worded(action.conversion, conversion_text(action.conversion))
+        if action.value is not None:
+            parts["value"] = value_text(action.value)
+        if action.holdout > 0:
+            parts["holdout share"] = share_text(action.holdout)
         # Derived from the consent policies, so a reviewer sees which actions a consent change reaches.
         for (channel, direction), needed in consent_needed(ruleset, action).items():
             parts[f"consent needed ({channel.value}, {direction.value})"] = " and ".join(needed) or "no consent"
@@ -266,6 +285,54 @@ _NO_LONGER_MANDATORY = (
 )
 
 
+_CONVERSION_REDEFINED = (
+    "BIG CHANGE: what counts as converted changes: conversions counted from now on cannot be compared with "
+    "those measured before"
+)
+_CONVERSION_DROPPED = "BIG CHANGE: no longer declares a conversion: what it adds is no longer measured"
+_HOLDOUT_SHARE = (
+    "BIG CHANGE: the holdout share changes ({old} -> {new}): customers move between the groups, so measurement "
+    "before and after cannot be compared"
+)
+_HOLDOUT_DRAW = (
+    "BIG CHANGE: the holdout {parts} changes{what}: every customer is drawn again, so measurement before and after "
+    "cannot be compared"
+)
+
+
+def _measurement_notes(parts: Mapping[str, PartChange]) -> list[str]:
+    """Changes that break comparisons with what was measured before, flagged as the mandatory flag is."""
+    notes = []
+    conversion = parts.get("conversion")
+    if conversion is not None and conversion.old is not None:
+        notes.append(_CONVERSION_REDEFINED if conversion.new is not None else _CONVERSION_DROPPED)
+    share = parts.get("holdout share")
+    if share is not None:
+        notes.append(_HOLDOUT_SHARE.format(old=share.old or "0%", new=share.new or "0%"))
+    return notes
+
+
+def _holdout_notes(changes: tuple[ItemChange, ...]) -> tuple[ItemChange, ...]:
+    noted = []
+    for change in changes:
+        drawn = [p.part for p in change.parts if p.part in ("period", "seed")]
+        if change.status != "changed" or not drawn:
+            noted.append(change)
+            continue
+        what = " (a new period starts at once)" if "period" in drawn else ""
+        noted.append(dataclasses.replace(change, notes=(_HOLDOUT_DRAW.format(parts=" and ".join(drawn), what=what),)))
+    return tuple(noted)
+
+
+def _holdouts(ruleset: Ruleset) -> dict[str, _Item]:
+    """The programme as one item, present when some action holds out: its shares are parts of the actions."""
+    if not any(a.holdout > 0 for a in ruleset.actions.values()):
+        return {}
+    holdouts = ruleset.holdouts
+    parts: dict[str, _Part] = {"period": duration_text(holdouts.period), "seed": holdouts.seed}
+    return {"holdouts": _Item(parts, holdouts_text(ruleset))}
+
+
 def _action_notes(changes: tuple[ItemChange, ...], old: Ruleset, new: Ruleset) -> tuple[ItemChange, ...]:
     noted = []
     for change in changes:
@@ -285,6 +352,7 @@ def _action_notes(changes: tuple[ItemChange, ...], old: Ruleset, new: Ruleset) -
             else:
                 notes.append(f"{moved}; the consent it needs is the same")
             notes.append("caps, constraints and suppressions that name a purpose now count it under its new one")
+        notes.extend(_measurement_notes(parts))
         noted.append(dataclasses.replace(change, notes=tuple(notes)) if notes else change)
     return tuple(noted)
 

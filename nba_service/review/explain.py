@@ -333,6 +333,8 @@ def _held_back(dropped: tuple[DroppedCandidate, ...]) -> str:
             groups["already offered through another rule"] += 1
         elif drop.reason == "channel_fit":
             groups["not scripted for this channel"] += 1
+        elif drop.reason == "held_out":
+            groups["held out at random, to measure what the action adds"] += 1
         elif drop.policy:
             groups[f"held back by policy {drop.policy}"] += 1
         else:

@@ -70,6 +70,14 @@ class ActionItem:
     rules: tuple[str, ...]
     purpose: str = ""  # the purpose's id; "" when the ruleset declares none
     mandatory: bool = False
+    # Measurement, in words; None when the action declares no conversion, no value or no holdout share.
+    conversion: str | None = None
+    value: str | None = None
+    holdout: str | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.conversion is not None or self.value is not None or self.holdout is not None
 
 
 MANDATORY_NOTE = (
@@ -136,6 +144,24 @@ class ScenarioSection:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldoutRow:
+    action_id: str
+    title: str
+    share: str
+    conversion: str | None  # None: nothing is measured against this holdout
+
+
+@dataclass(frozen=True, slots=True)
+class HoldoutSection:
+    """The holdout programme: empty `rows` when no action holds out."""
+
+    period: str
+    seed: str
+    sentence: str
+    rows: tuple[HoldoutRow, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ReviewDocument:
     name: str
     version: str
@@ -150,6 +176,7 @@ class ReviewDocument:
     scenarios: ScenarioSection
     purposes: tuple[PurposeItem, ...] = ()
     do_not_contact: str = ""  # the service-wide listing policy in words: it applies to every ruleset
+    holdouts: HoldoutSection | None = None
 
 
 def build_document(
@@ -183,7 +210,32 @@ def build_document(
         scenarios=_scenarios(ruleset, evidence),
         purposes=tuple(_purpose(ruleset, purpose_id) for purpose_id in ruleset.purposes),
         do_not_contact=wording.policy_text(ruleset, DO_NOT_CONTACT),
+        holdouts=_holdouts(ruleset),
     )
+
+
+HOLDOUT_NOTE = (
+    "Who is held out is a hash of the seed, the customer, the action and the period, and of nothing the rules "
+    "read: random with respect to every fact about the customer, the same for a customer and action for the whole "
+    "period, on every process and every replay. A held-out customer's decision is recorded with the action dropped "
+    "as held_out, and the next best action is shown instead. Service, compliance and mandatory actions are never "
+    "held out."
+)
+
+
+def _holdouts(ruleset: Ruleset) -> HoldoutSection:
+    holdouts = ruleset.holdouts
+    rows = tuple(
+        HoldoutRow(
+            a.id,
+            wording.action_title(a),
+            wording.share_text(a.holdout),
+            wording.conversion_text(a.conversion) if a.conversion is not None else None,
+        )
+        for a in ruleset.actions.values()
+        if a.holdout > 0
+    )
+    return HoldoutSection(wording.duration_text(holdouts.period), holdouts.seed, wording.holdouts_text(ruleset), rows)
 
 
 _DIRECTION_LABELS = {Direction.INBOUND: "The customer contacts us", Direction.OUTBOUND: "We contact the customer"}
@@ -222,6 +274,12 @@ def _action(ruleset: Ruleset, action_id: str) -> ActionItem:
             f"{wording.duration_text(action.trigger.lifetime)} after it arrived."
         )
     scripts = tuple(Script(_channel_label(c), action.scripts.get(c)) for c in Channel)
+    conversion = None
+    if action.conversion is not None:
+        conversion = f"Counts as converted: {wording.conversion_text(action.conversion)}."
+    holdout = None
+    if action.holdout > 0 or action.conversion is not None:
+        holdout = wording.holdout_text(action, ruleset.holdouts)
     return ActionItem(
         action.id,
         wording.action_title(action),
@@ -232,6 +290,9 @@ def _action(ruleset: Ruleset, action_id: str) -> ActionItem:
         tuple(r.id for r in ruleset.rules if r.action == action.id),
         action.purpose,
         action.mandatory,
+        conversion,
+        wording.value_worth_text(action.value) if action.value is not None else None,
+        holdout,
     )
 
 
@@ -318,6 +379,7 @@ def render_document(document: ReviewDocument, fmt: Format) -> str:
         css=_stylesheet() if fmt == "html" else "",
         mandatory_note=MANDATORY_NOTE,
         policy_order=POLICY_ORDER,
+        holdout_note=HOLDOUT_NOTE,
     )
 
 

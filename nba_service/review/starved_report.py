@@ -20,6 +20,8 @@ _REASONS = {
     "channel_fit": "the action has no script for this channel",
     "missing_trigger": "the action's trigger event is not live",
     "expired_trigger": "the action's trigger event is older than its lifetime",
+    "held_out": "in the action's holdout (drawn at random, to measure what the action adds)",
+    "duplicate_action": "the same action through another rule, which was held back too",
 }
 _BAR = 18
 _ROW = 24

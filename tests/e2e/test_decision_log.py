@@ -12,6 +12,7 @@ import pytest
 
 from nba_service._proto.nba.v1 import nba_pb2
 from nba_service.domain.model import Channel
+from nba_service.domain.scenarios import DROP_REASONS
 from tests.e2e._support import Oracle, ServerHandle, ids, response_ids, ruleset_sha256, utcnow, with_event
 from tests.e2e.test_events import ingest
 
@@ -19,18 +20,6 @@ pytestmark = pytest.mark.e2e
 
 AMOUNT = 48250.75
 ACCOUNT = "Acct-Zq-5521-Unique"
-DROP_REASONS = {
-    "no_consent",
-    "do_not_call",
-    "quiet_hours",
-    "suppression",
-    "channel_fit",
-    "missing_trigger",
-    "expired_trigger",
-    "frequency_cap",
-    "duplicate_action",
-    "ranked_out",
-}
 
 
 def _customer_for_deposit(server: ServerHandle, oracle: Oracle) -> str:

@@ -205,3 +205,26 @@ def test_purposes_and_mandatory_notices_are_on_screen(browser: Any, tmp_path: Pa
     assert notice.value_of_css_property("border-left-style") == "double"
     assert offer.value_of_css_property("border-left-style") == "solid"
     assert browser.find_element(By.ID, "policy-two-declines").text.startswith("two-declines")
+
+
+def test_holdouts_and_measurement_are_on_screen(browser: Any, bundled: Ruleset, document: Path) -> None:
+    """The bundled document's holdouts section is reachable from the contents and lists every action held out,
+    with its share and conversion; each such action says so where its scripts are."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(document.as_uri())
+    link = browser.find_element(By.CSS_SELECTOR, 'nav a[href="#holdouts"]')
+    assert link.is_displayed()
+    section = " ".join(browser.find_element(By.ID, "holdouts").text.split())
+    assert section.startswith("Holdouts " + wording.holdouts_text(bundled))
+    held = [a for a in bundled.actions.values() if a.holdout > 0]
+    assert held, "the bundled ruleset holds out some offers"
+    for action in held:
+        row = browser.find_element(By.ID, f"holdout-{action.id}")
+        assert row.is_displayed()
+        assert action.conversion is not None
+        assert wording.share_text(action.holdout) in row.text
+        assert wording.conversion_text(action.conversion) in row.text
+        card = " ".join(browser.find_element(By.ID, f"action-{action.id}").text.split())
+        assert f"Measurement: Counts as converted: {wording.conversion_text(action.conversion)}." in card
+        assert wording.holdout_text(action, bundled.holdouts) in card

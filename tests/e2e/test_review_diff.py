@@ -401,7 +401,11 @@ def test_the_desk_direction_decides_which_policies_a_change_reaches(tmp_path: Pa
     kept = [line for line in text.splitlines(keepends=True) if not line.startswith(entry)]
     assert len(kept) == len(text.splitlines()) - 1, "the bundled ruleset no longer has the outbound consent entry"
     dropped = tmp_path / "no-outbound-consent.yaml"
-    dropped.write_text("".join(kept).replace("  version: 1.3.0", "  version: 1.3.1", 1), encoding="utf-8")
+    version = load_ruleset_file(RULESET_PATH).meta.version
+    major_minor, _, patch = version.rpartition(".")
+    bumped = "".join(kept).replace(f"  version: {version}", f"  version: {major_minor}.{int(patch) + 1}", 1)
+    assert bumped != "".join(kept), f"version {version} not found in the bundled ruleset"
+    dropped.write_text(bumped, encoding="utf-8")
     at = "2026-12-01T10:00:00+00:00"
     runs = {}
     for desk in ("inbound", "outbound"):
