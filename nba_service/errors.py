@@ -192,6 +192,17 @@ class AccessPolicyInvalid(NbaError):
         super().__init__("the access policy is invalid:\n" + "\n".join(str(p) for p in problems))
 
 
+class TruthInvalid(NbaError):
+    """`nba simulate`'s truth file cannot be used; each problem is located like a ruleset's
+    (`file:line: where: problem`)."""
+
+    code = ErrorCode.INVALID_ARGUMENT
+
+    def __init__(self, problems: list[RulesetProblem]) -> None:
+        self.truth_problems = tuple(problems)
+        super().__init__("the simulation truth is invalid:\n" + "\n".join(str(p) for p in problems))
+
+
 class PlainTextRefused(NbaError):
     """`nba serve` was asked to listen in plain text off loopback without `--insecure`."""
 

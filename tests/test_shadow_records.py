@@ -272,9 +272,13 @@ class TestDecisionService:
     async def parts(self, tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, GroupCommitWriter, ActiveRuleset]]:
         ruleset = load_ruleset_file(RULESET)
         store = SqliteStore(
-            tmp_path / "nba.db", event_types=tuple(ruleset.events), history=timedelta(days=180), timeout=2
+            tmp_path / "nba.db",
+            event_types=tuple(ruleset.events),
+            history=timedelta(days=180),
+            timeout=2,
+            clock=_midday,
         )
-        await store.open(lambda: read_sample(SAMPLE_PATH, datetime.now(UTC)))
+        await store.open(lambda: read_sample(SAMPLE_PATH, _midday()))
         writer = GroupCommitWriter(store, timeout=5, spill_dir=tmp_path)
         await writer.start()
         active = activate(ruleset)
@@ -290,8 +294,8 @@ class TestDecisionService:
         shadow, and its record says the candidate failed, with text every store can hold."""
         store, writer, active = parts
         candidate = activate(load_ruleset_text(RULESET.read_bytes() + b"\n# candidate\n", "candidate.yaml"))
-        service = DecisionService(store, writer, active, shadow=replace(candidate, engine=_Exploding()))
-        plain = DecisionService(store, writer, active)
+        service = DecisionService(store, writer, active, shadow=replace(candidate, engine=_Exploding()), clock=_midday)
+        plain = DecisionService(store, writer, active, clock=_midday)
         decisions = []
         for number in range(1, 21):
             customer = f"CUST-{number:06d}"
@@ -314,7 +318,7 @@ class TestDecisionService:
         candidate back for unloading, and later decisions record no shadow."""
         store, writer, active = parts
         candidate = activate(load_ruleset_text(RULESET.read_bytes() + b"\n# candidate\n", "candidate.yaml"))
-        service = DecisionService(store, writer, active, shadow=candidate)
+        service = DecisionService(store, writer, active, shadow=candidate, clock=_midday)
         decisions = [
             (await service.decide(f"CUST-{n:06d}", channel)).decision_id
             for n in range(1, 11)
@@ -336,7 +340,7 @@ class TestDecisionService:
         own direction (the desktop's usual inbound would have disagreed with both)."""
         store, writer, active = parts
         candidate = activate(_silent_inbound())
-        service = DecisionService(store, writer, active, shadow=candidate)
+        service = DecisionService(store, writer, active, shadow=candidate, clock=_midday)
         offered: dict[Direction, list[str]] = {Direction.INBOUND: [], Direction.OUTBOUND: []}
         for number in range(1, 21):
             for direction, ids in offered.items():
@@ -358,8 +362,8 @@ class TestDecisionService:
         offers what the plain version offers outbound; each says its direction, in the answer and its explanation."""
         store, writer, active = parts
         silent = activate(_silent_inbound())
-        dry_runs = DecisionService(store, writer, silent)
-        plain = DecisionService(store, writer, active)
+        dry_runs = DecisionService(store, writer, silent, clock=_midday)
+        plain = DecisionService(store, writer, active, clock=_midday)
         offered = 0
         for number in range(1, 21):
             customer = f"CUST-{number:06d}"
@@ -377,6 +381,12 @@ class TestDecisionService:
             offered += bool(outbound.actions)
         silent.engine.close()
         assert offered, "some sample customer should be offered something outbound"
+
+
+def _midday() -> datetime:
+    """Today at 11:00 UTC, a time when outbound calls are allowed in London: every sample customer's local quiet
+    hours cover the real evening (20:00 to 22:00 UTC no one may be called), and these tests call out."""
+    return datetime.now(UTC).replace(hour=11, minute=0, second=0, microsecond=0)
 
 
 def _silent_inbound() -> Ruleset:

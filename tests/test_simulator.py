@@ -18,8 +18,9 @@ from scipy import stats
 from nba_service.cli import main
 from nba_service.domain.holdout import period_index
 from nba_service.domain.loader import load_ruleset_file
+from nba_service.errors import TruthInvalid
 from nba_service.settings import BUNDLED_RULESETS
-from nba_service.simulator.truth import DEFAULT_TRUTH, TruthInvalid, load_truth_text
+from nba_service.simulator.truth import DEFAULT_TRUTH, load_truth_text
 
 BUNDLED = BUNDLED_RULESETS / "retail-banking.yaml"
 HOLDOUTS = "holdouts:\n  seed: simulation-test\n  period: 30d\n  shares:\n    - {purpose: marketing, share: 0.5}\n"

@@ -22,19 +22,9 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from nba_service.domain.loader import _located, _schema_message, _SchemaValidator, unknown_keys
 from nba_service.domain.model import Action, Condition, Conversion, EventSpec, Op, Ruleset
 from nba_service.domain.profile import AttributeValue
-from nba_service.errors import ErrorCode, NbaError, RulesetProblem
+from nba_service.errors import RulesetProblem, TruthInvalid
 
 DEFAULT_TRUTH: Final = Path(str(resources.files("nba_service.data").joinpath("simulation-truth.yaml")))
-
-
-class TruthInvalid(NbaError):
-    """The truth file cannot be used; each problem is located like a ruleset's (`file:line: where: problem`)."""
-
-    code = ErrorCode.INVALID_ARGUMENT
-
-    def __init__(self, problems: list[RulesetProblem]) -> None:
-        self.truth_problems = tuple(problems)
-        super().__init__("the simulation truth is invalid:\n" + "\n".join(str(p) for p in problems))
 
 
 @dataclass(frozen=True, slots=True)
