@@ -17,11 +17,10 @@ from nba_service.cli_options import store_options
 from nba_service.domain.measurement import Measurements, MeasureQuery, conversion_defs, trigger_lifetimes
 from nba_service.domain.model import Ruleset
 from nba_service.errors import ErrorCode, NbaError
+from nba_service.review.diff_cli import EXIT_INVALID, EXIT_UNAVAILABLE
 from nba_service.settings import Settings
 
 DEFAULT_PERIOD = timedelta(days=90)
-EXIT_INVALID = 2
-EXIT_UNAVAILABLE = 3
 
 
 async def read_measurements(settings: Settings, ruleset: Ruleset, query: MeasureQuery) -> Measurements:
