@@ -52,6 +52,7 @@ CONCURRENCY: Final = 100
 CUSTOMER_BATCH: Final = 1000
 INBOUND_HOURS: Final = range(8, 20)
 HOUR: Final = timedelta(hours=1)
+CAMPAIGN_DELAY: Final = timedelta(seconds=1)
 DAY: Final = timedelta(days=1)
 HELD_OUT: Final = "held_out"
 
@@ -261,7 +262,10 @@ class World:
             if hour in inbound:
                 await self._inbound(inbound[hour])
             if listed.get(hour):
-                await self._campaign(now, listed[hour])
+                # A second after the hour's inbound calls: one customer's two decisions never share an instant,
+                # which would leave their order (and so the report's first exposure) to their random ids.
+                self.clock.advance(now + CAMPAIGN_DELAY)
+                await self._campaign(now + CAMPAIGN_DELAY, listed[hour])
 
     async def _inbound(self, customers: Sequence[str]) -> None:
         decisions = await _bounded(
