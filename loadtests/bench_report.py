@@ -5,6 +5,7 @@ aggregated in under a minute) for a human or a CI log.
 
     python loadtests/bench_report.py [--dsn SERVER_DSN] [--decisions 10000000] [--customers 500000] [--keep]
                                      [--reuse NAME] [--json]
+    python loadtests/bench_report.py --write-cost [--dsn SERVER_DSN]
 
 What it does, in order:
 1. creates a fresh database `nba_report_bench_<pid>` on the server named by `--dsn` (env NBA_BENCH_DSN) and
@@ -18,6 +19,11 @@ What it does, in order:
    the whole year, and prints how long it took and how many rows it read.
 
 The database is dropped at the end unless `--keep`.
+
+`--write-cost` measures instead what keeping the report's tables costs every decision's commit: it writes the same
+decision records, one commit each as the group-commit writer does when traffic is light, into a database migrated
+up to 0011 (exposures only) and one migrated fully (0012: each exposure linked to the one before it, under a row
+lock per customer), 20,000 records first and then 2,000 timed ones, and prints the median and p99 per commit.
 """
 
 from __future__ import annotations
@@ -26,9 +32,13 @@ import argparse
 import asyncio
 import json
 import os
+import random
+import statistics
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,7 +51,12 @@ from bench_common import load_average, machine_info
 from bench_postgres import DEFAULT_DSN, create_database, drop_database, note, with_database
 
 from nba_service.domain.loader import load_ruleset_file
-from nba_service.stores.postgres.migrate import migrate
+from nba_service.domain.model import Channel, Direction
+from nba_service.domain.records import DecidedAction, DecisionRecord, DroppedCandidate, RulesetRef
+from nba_service.stores.postgres import migrate as migrate_module
+from nba_service.stores.postgres.decision_log import PostgresRecordSink
+from nba_service.stores.postgres.migrate import Migration, migrate, migrations
+from nba_service.stores.postgres.profiles import create_pool
 
 TARGET_SECONDS = 60.0
 CHUNK = 1_000_000
@@ -169,6 +184,84 @@ def run_report(dsn: str, since: datetime, until: datetime) -> tuple[float, dict[
     return seconds, json.loads(result.stdout)
 
 
+def _records(count: int, start: datetime) -> list[DecisionRecord]:
+    ruleset = load_ruleset_file(RULESET)
+    actions = [a.id for a in ruleset.actions.values() if a.category not in ("service", "compliance")]
+    ref = RulesetRef(ruleset.meta.name, ruleset.meta.version, "a" * 64)
+    rng = random.Random(7)
+    found = []
+    for n in range(count):
+        at = start + timedelta(seconds=n)
+        shown = rng.sample(actions, rng.randint(1, 3))
+        found.append(
+            DecisionRecord(
+                decision_id=str(uuid.UUID(int=rng.getrandbits(128))),
+                decided_at=at,
+                customer_id=f"CUST-{rng.randrange(1, 5000):07d}",
+                channel=Channel.AGENT_DESKTOP,
+                ruleset=ref,
+                engine="durable_rules",
+                rules_fired=(),
+                dropped=(
+                    (DroppedCandidate(f"{shown[0]}-rule", shown[0], "held_out", "in the holdout", "arbitration"),)
+                    if rng.random() < 0.1
+                    else ()
+                ),
+                actions=tuple(
+                    DecidedAction(a, "Tell the client about it.", 10 - i, "offer", "why", f"{a}-rule", at)
+                    for i, a in enumerate(shown)
+                ),
+                latency_ms=1.0,
+                direction=Direction.INBOUND,
+            )
+        )
+    return found
+
+
+def _up_to(version: int) -> Callable[[], list[Migration]]:
+    chosen = [m for m in migrations() if m.version <= version]
+    return lambda: chosen
+
+
+async def write_cost(admin_dsn: str) -> dict[str, dict[str, float]]:
+    records = _records(22_000, datetime.now(UTC) - timedelta(days=1))
+    figures: dict[str, dict[str, float]] = {}
+    for label, upto in (("0011 (exposures)", 11), ("0012 (linked exposures)", None)):
+        name = f"nba_write_cost_{os.getpid()}_{upto or 'all'}"
+        await create_database(admin_dsn, name)
+        dsn = with_database(admin_dsn, name)
+        try:
+            conn = await asyncpg.connect(dsn, timeout=10)
+            try:
+                if upto is not None:
+                    migrate_module.migrations = _up_to(upto)
+                await migrate(conn)
+            finally:
+                migrate_module.migrations = migrations
+                await conn.close()
+            pool = await create_pool(dsn)
+            try:
+                sink = PostgresRecordSink(pool)
+                for start in range(0, 20_000, 500):
+                    await sink.write(records[start : start + 500], [])
+                timings = []
+                for record in records[20_000:]:
+                    started = time.perf_counter()
+                    await sink.write([record], [])
+                    timings.append((time.perf_counter() - started) * 1e6)
+            finally:
+                await pool.close()
+        finally:
+            await drop_database(admin_dsn, name)
+        timings.sort()
+        figures[label] = {
+            "median_us": round(statistics.median(timings)),
+            "p99_us": round(timings[int(len(timings) * 0.99)]),
+        }
+        note(f"  {label}: median {figures[label]['median_us']} us, p99 {figures[label]['p99_us']} us per commit")
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dsn", default=os.environ.get("NBA_BENCH_DSN", DEFAULT_DSN))
@@ -177,7 +270,14 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="Keep the database (its name is printed).")
     parser.add_argument("--reuse", help="Report on a database an earlier --keep run filled, instead of a new one.")
     parser.add_argument("--json", action="store_true", help="Print the figures as one JSON object.")
+    parser.add_argument(
+        "--write-cost", action="store_true", help="Measure what the report's tables add to each decision's commit."
+    )
     args = parser.parse_args()
+    if args.write_cost:
+        cost = asyncio.run(write_cost(args.dsn))
+        print(json.dumps({"machine": machine_info(["asyncpg"]), "load_average": load_average(), "commit": cost}))
+        return
     until = datetime.now(UTC).replace(microsecond=0)
     since = until - timedelta(days=365)
     name = args.reuse or f"nba_report_bench_{os.getpid()}"

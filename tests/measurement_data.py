@@ -7,6 +7,7 @@ definitions (`domain.measurement.measure` and `cycle_times`) make of the same hi
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import uuid
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from nba_service.domain.records import (
     DecidedAction,
     DecisionRecord,
     Delivery,
+    DeliveryUpdate,
     DroppedCandidate,
     RulesetRef,
 )
@@ -96,9 +98,21 @@ class History:
             len(window),
         )
 
-    async def load(self, sink: Sink, profiles: Profiles) -> None:
+    async def load(self, sink: Sink, profiles: Profiles, *, late_deliveries: bool = False) -> None:
+        """Records in batches of 50, in random order of time. `late_deliveries`: each undelivered record is first
+        stored as sent and corrected in a later batch, as the server does when a call ends before its answer."""
+        corrections: list[object] = []
         for start in range(0, len(self.records), 50):
-            await sink.write(self.records[start : start + 50], [])
+            batch = self.records[start : start + 50]
+            if late_deliveries:
+                corrections += [
+                    DeliveryUpdate(r.decision_id, r.delivery) for r in batch if r.delivery is not Delivery.SENT
+                ]
+                batch = [dataclasses.replace(r, delivery=Delivery.SENT) for r in batch]
+            await sink.write(batch, corrections[:-3] if late_deliveries else [])
+            corrections = corrections[-3:]
+        if corrections:
+            await sink.write([], corrections)
         for customer, event in self.events:
             await profiles.add_event(customer, event)
         for outcome in self.outcomes:
@@ -153,6 +167,11 @@ def make_history(ruleset: Ruleset, customers: list[str], seed: int, decisions: i
             journey_stage=rng.choice(STAGES),
         )
         records.append(record)
+        if rng.random() < 0.05:  # another decision for the customer at the very same moment
+            twin = dataclasses.replace(
+                record, decision_id=str(uuid.UUID(int=rng.getrandbits(128))), delivery=rng.choice(list(Delivery))
+            )
+            records.insert(rng.randrange(len(records)), twin)
         for action in shown:
             for _ in range(rng.choice([0, 0, 1, 1, 2])):
                 kind = rng.choice(

@@ -28,45 +28,45 @@ from nba_service.domain.model import EventSpec
 
 # Exposures of delivered decisions of the ruleset in the window ($1, $2, $3 in every query that uses it). Each query
 # reads `exposures` itself rather than a temporary copy: writing twenty million rows out again cost more than the
-# three scans, and a temporary table is never scanned by parallel workers.
+# scans, and a temporary table is never scanned by parallel workers.
 _WINDOW = """
 window_exposures AS (
     SELECT e.decision_id, e.action_id, e.held_out, e.customer_id, e.decided_at, e.rule_id, e.channel,
            e.ruleset_version, e.journey_stage
       FROM exposures e
-     WHERE e.decided_at >= $1 AND e.decided_at < $2 AND e.ruleset_name = $3
-       AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.decision_id = e.decision_id AND d.delivery <> 'sent')
+     WHERE e.decided_at >= $1 AND e.decided_at < $2 AND e.ruleset_name = $3 AND e.delivered
 )"""
-_MATCHES = """
-CREATE TEMPORARY TABLE report_conversions ON COMMIT DROP AS
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS c(customer_id, action_id, time)
-"""
-# A hash of the customer leads the sort: every id starts "CUST-000", so PostgreSQL's abbreviated text keys would
-# tell none apart and each comparison would fall back to comparing whole strings.
-_UNITS = f"""
-WITH {_WINDOW}, windows AS (
+# A unit is the first delivered exposure of a customer and an action in the window. Each exposure links to the one
+# before it (`prev_at`, migration 0012), so the first exposure in the window is one whose predecessor is older: a
+# filter, not a sort. The delivered ones are units themselves (nearly all); for the few never delivered, the unit
+# is the first delivered exposure after it, looked up through the chain's index. The two are separate queries, so
+# that the large one runs in parallel workers.
+# Conversions join the units as one array of times per customer and action (by hash: the units are never sorted).
+_UNITS_OF = """
+WITH windows AS (
     SELECT * FROM unnest($5::text[], $6::interval[]) AS w(action_id, within)
-), units AS (
-    SELECT DISTINCT ON (hashtextextended(customer_id, 0), customer_id, action_id) *
-      FROM window_exposures
-     ORDER BY hashtextextended(customer_id, 0), customer_id, action_id, decided_at, decision_id, held_out
-), scored AS (
-    SELECT u.*, u.decided_at + coalesce(w.within, $7::interval) AS window_end
-      FROM units u LEFT JOIN windows w USING (action_id)
 ), by_event AS (
-    SELECT DISTINCT s.customer_id, s.action_id
-      FROM scored s JOIN report_conversions c USING (customer_id, action_id)
-     WHERE c.time > s.decided_at AND c.time <= s.window_end
+    SELECT customer_id, action_id, array_agg(time) AS times
+      FROM unnest($8::text[], $9::text[], $10::timestamptz[]) AS c(customer_id, action_id, time)
+     GROUP BY customer_id, action_id
 ), by_agent AS (
-    SELECT DISTINCT s.customer_id, s.action_id
-      FROM scored s JOIN outcomes o USING (customer_id, action_id)
-     WHERE o.outcome = 'converted' AND o.time >= s.decided_at AND o.time <= s.window_end
-), flagged AS (
-    SELECT s.action_id, s.rule_id, s.channel, s.ruleset_version, s.journey_stage, s.held_out,
-           s.window_end <= $4 AS mature, ev.customer_id IS NOT NULL AS ev, ag.customer_id IS NOT NULL AS ag
-      FROM scored s
+    SELECT customer_id, action_id, array_agg(time) AS times
+      FROM outcomes
+     WHERE outcome = 'converted' AND time >= $1
+     GROUP BY customer_id, action_id
+), units AS ({units}), scored AS (
+    SELECT u.*, u.decided_at + coalesce(w.within, $7::interval) AS window_end, ev.times AS event_times,
+           ag.times AS agent_times
+      FROM units u
+      LEFT JOIN windows w USING (action_id)
       LEFT JOIN by_event ev USING (customer_id, action_id)
       LEFT JOIN by_agent ag USING (customer_id, action_id)
+), flagged AS (
+    SELECT s.action_id, s.rule_id, s.channel, s.ruleset_version, s.journey_stage, s.held_out,
+           s.window_end <= $4 AS mature,
+           coalesce(report_any_within(s.event_times, s.decided_at, s.window_end, false), false) AS ev,
+           coalesce(report_any_within(s.agent_times, s.decided_at, s.window_end, true), false) AS ag
+      FROM scored s
 )
 SELECT action_id, rule_id, channel, ruleset_version, journey_stage, held_out,
        count(*) AS units,
@@ -77,24 +77,40 @@ SELECT action_id, rule_id, channel, ruleset_version, journey_stage, held_out,
        count(*) FILTER (WHERE mature AND ev AND ag) AS converted_both
   FROM flagged
  GROUP BY action_id, rule_id, channel, ruleset_version, journey_stage, held_out
-"""  # noqa: S608 - constant text only
+"""
+_FIRST_DELIVERED = """
+    SELECT f.customer_id, f.action_id, f.decided_at, f.rule_id, f.channel, f.ruleset_version, f.journey_stage,
+           f.held_out
+      FROM exposures f
+     WHERE f.decided_at >= $1 AND f.decided_at < $2 AND f.ruleset_name = $3 AND f.delivered
+       AND (f.prev_at IS NULL OR f.prev_at < $1)
+"""
+_FIRST_UNDELIVERED = """
+    SELECT d.*
+      FROM exposures f
+     CROSS JOIN LATERAL (
+           SELECT e.customer_id, e.action_id, e.decided_at, e.rule_id, e.channel, e.ruleset_version, e.journey_stage,
+                  e.held_out
+             FROM exposures e
+            WHERE e.ruleset_name = f.ruleset_name AND e.customer_id = f.customer_id AND e.action_id = f.action_id
+              AND e.decided_at >= f.decided_at AND e.decided_at < $2 AND e.delivered
+            ORDER BY e.decided_at, e.decision_id, e.held_out
+            LIMIT 1) d
+     WHERE f.decided_at >= $1 AND f.decided_at < $2 AND f.ruleset_name = $3 AND NOT f.delivered
+       AND (f.prev_at IS NULL OR f.prev_at < $1)
+"""
+_UNITS = tuple(_UNITS_OF.format(units=units) for units in (_FIRST_DELIVERED, _FIRST_UNDELIVERED))
+# Outcomes per offer come kept (`offer_outcomes`, migration 0012): the latest time of each kind.
 _OFFERS = f"""
-WITH {_WINDOW}, kinds AS (
-    SELECT o.decision_id, o.action_id,
-           bool_or(o.outcome = 'accepted') AS accepted, bool_or(o.outcome = 'declined') AS declined,
-           bool_or(o.outcome = 'converted') AS converted, bool_or(o.outcome = 'not_now') AS not_now
-      FROM outcomes o
-     WHERE o.time >= $1
-     GROUP BY o.decision_id, o.action_id
-)
+WITH {_WINDOW}
 SELECT e.action_id, e.rule_id, e.channel, e.ruleset_version, e.journey_stage, e.held_out,
        count(*) AS exposures,
        count(*) FILTER (WHERE NOT e.held_out) AS offers,
-       count(*) FILTER (WHERE NOT e.held_out AND k.accepted) AS accepted,
-       count(*) FILTER (WHERE NOT e.held_out AND k.declined) AS declined,
-       count(*) FILTER (WHERE NOT e.held_out AND k.converted) AS recorded_converted,
-       count(*) FILTER (WHERE NOT e.held_out AND k.not_now) AS not_now
-  FROM window_exposures e LEFT JOIN kinds k USING (decision_id, action_id)
+       count(*) FILTER (WHERE NOT e.held_out AND k.accepted_at >= $1) AS accepted,
+       count(*) FILTER (WHERE NOT e.held_out AND k.declined_at >= $1) AS declined,
+       count(*) FILTER (WHERE NOT e.held_out AND k.converted_at >= $1) AS recorded_converted,
+       count(*) FILTER (WHERE NOT e.held_out AND k.not_now_at >= $1) AS not_now
+  FROM window_exposures e LEFT JOIN offer_outcomes k USING (decision_id, action_id)
  GROUP BY e.action_id, e.rule_id, e.channel, e.ruleset_version, e.journey_stage, e.held_out
 """  # noqa: S608 - constant text only
 _CYCLES = f"""
@@ -131,25 +147,30 @@ async def read_measurements(
     events: Mapping[str, EventSpec],
     lifetimes: Mapping[str, tuple[timedelta, tuple[str, ...]]],
 ) -> Measurements:
-    """One repeatable-read snapshot, so every count is of the same rows."""
+    """One read-only, repeatable-read snapshot, so every count is of the same rows (and a replica can serve it)."""
     horizon = query.until + longest_window(query.conversions, query.default_within)
     window = (query.since, query.until, query.ruleset_name)
-    async with conn.transaction(isolation="repeatable_read", readonly=False):
-        # Sorting the window's exposures into units, and the hash joins, need memory: on disk they take many
-        # times as long. A report is one query at a time, so the budget is the report's alone.
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        # The hash joins and aggregations need memory: on disk they take many times as long. A report is one
+        # query at a time, so the budget is the report's alone.
         await conn.execute("SET LOCAL work_mem = '512MB'")
-        customers, actions, times = await _conversions(conn, query, events, horizon)
-        await conn.execute(_MATCHES, customers, actions, times)
-        await conn.execute("ANALYZE report_conversions")
+        matches = await _conversions(conn, query, events, horizon)
         windows = [(a, d.within) for a, d in query.conversions.items()]
         cells: dict[CellKey, Cell] = {}
         exposures = 0
-        for row in await conn.fetch(
-            _UNITS, *window, query.until, [a for a, _ in windows], [w for _, w in windows], query.default_within
-        ):
-            cell = cells.setdefault(_key(row), Cell())
-            for name in ("units", "mature", "converted", "converted_event", "converted_agent", "converted_both"):
-                setattr(cell, name, int(row[name]))
+        for units in _UNITS:
+            for row in await conn.fetch(
+                units,
+                *window,
+                query.until,
+                [a for a, _ in windows],
+                [w for _, w in windows],
+                query.default_within,
+                *matches,
+            ):
+                cell = cells.setdefault(_key(row), Cell())
+                for name in ("units", "mature", "converted", "converted_event", "converted_agent", "converted_both"):
+                    setattr(cell, name, getattr(cell, name) + int(row[name]))
         for row in await conn.fetch(_OFFERS, *window):
             exposures += int(row["exposures"])
             if row["offers"]:
