@@ -74,7 +74,10 @@ def test_decide_ingest_outcome_and_one_audit_row_per_decision(pg_dsn: str, start
             assert [a.rule_id for a in response.actions] == want.rules
             compared[channel] += 1
             nonempty[channel] += bool(want.actions)
-    assert min(compared.values()) >= 50, compared
+    # A dialer answer is unsure for every customer whose quiet hours begin or end within the test's horizon: run a
+    # minute before 20:00 UTC, the London customers (about half the sample) are, and 33 dialer answers compared.
+    assert compared[Channel.AGENT_DESKTOP] >= 50, compared
+    assert compared[Channel.OUTBOUND_DIALER] >= 25, compared
     # The dialer's answers depend on the time of day (quiet hours), so only the agent desktop must offer much.
     assert nonempty[Channel.AGENT_DESKTOP] >= 10, nonempty
 
