@@ -20,10 +20,9 @@ What it does, in order:
 
 The database is dropped at the end unless `--keep`.
 
-`--write-cost` measures instead what keeping the report's tables costs every decision's commit: it writes the same
-decision records, one commit each as the group-commit writer does when traffic is light, into a database migrated
-up to 0011 (exposures only) and one migrated fully (0012: each exposure linked to the one before it, under a row
-lock per customer), 20,000 records first and then 2,000 timed ones, and prints the median and p99 per commit.
+`--write-cost` measures instead what the report's tables cost every decision's commit: it writes the same decision
+records, one commit each as the group-commit writer does when traffic is light, into a database migrated up to 0011
+and one migrated fully, 20,000 records first and then 2,000 timed ones, and prints the median and p99 per commit.
 """
 
 from __future__ import annotations
@@ -226,7 +225,7 @@ def _up_to(version: int) -> Callable[[], list[Migration]]:
 async def write_cost(admin_dsn: str) -> dict[str, dict[str, float]]:
     records = _records(22_000, datetime.now(UTC) - timedelta(days=1))
     figures: dict[str, dict[str, float]] = {}
-    for label, upto in (("0011 (exposures)", 11), ("0012 (linked exposures)", None)):
+    for label, upto in (("up to 0011", 11), ("all migrations", None)):
         name = f"nba_write_cost_{os.getpid()}_{upto or 'all'}"
         await create_database(admin_dsn, name)
         dsn = with_database(admin_dsn, name)

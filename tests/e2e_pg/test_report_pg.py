@@ -5,7 +5,7 @@ the decision log (whose trigger fills `exposures`), events and outcomes through 
 stores/postgres/measurement.py must then give the same cells and cycle times as domain.measurement does in memory,
 over the whole window and a narrower one, with records arriving out of order of time, with deliveries corrected
 after the record was stored, and from two writers at once. Migrations 0011 and 0012 must also derive, from records
-stored before them, the same exposures and links as the trigger gives new ones.
+stored before them, what the triggers give new ones.
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ async def test_postgres_counts_what_the_definitions_count(
 
 
 async def test_writers_storing_one_customers_decisions_at_once_keep_the_units_exact(pg_dsn: str) -> None:
-    """Each exposure links to the one before it; several workers' writers storing decisions of the same customers
-    at the same moment must not each miss the other's rows (which would count a customer twice as a unit)."""
+    """Several workers' writers storing decisions of the same customers at the same moment (the dialer and the desk
+    deciding for one customer) leave the units as defined."""
     await _seeded(pg_dsn)
     ruleset = load_ruleset_file(RULESET_PATH)
     history = make_history(ruleset, ["CUST-000001", "CUST-000002"], 9, decisions=400)
@@ -107,11 +107,11 @@ async def test_writers_storing_one_customers_decisions_at_once_keep_the_units_ex
             await pool.close()
 
 
-async def test_migration_0012_links_the_exposures_stored_before_it(
+async def test_migration_0012_marks_and_counts_the_exposures_stored_before_it(
     pg_empty_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Exposures written under 0011 (out of order, some deliveries corrected later) get their links and delivery
-    from the migration, and the report then counts them as defined."""
+    """Exposures and outcomes written under 0011 (out of order, some deliveries corrected later) get their delivery
+    and their offers' outcomes from the migration, and the report then counts them as defined."""
     ruleset = load_ruleset_file(RULESET_PATH)
     history = make_history(ruleset, [f"CUST-{i:06d}" for i in range(1, CUSTOMERS + 1)], 6)
     with monkeypatch.context() as patch:

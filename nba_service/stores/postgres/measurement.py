@@ -36,14 +36,13 @@ window_exposures AS (
       FROM exposures e
      WHERE e.decided_at >= $1 AND e.decided_at < $2 AND e.ruleset_name = $3 AND e.delivered
 )"""
-# A unit is the first delivered exposure of a customer and an action in the window. Each exposure links to the one
-# before it (`prev_at`, migration 0012), so the first exposure in the window is one whose predecessor is older: a
-# filter, not a sort. The delivered ones are units themselves (nearly all); for the few never delivered, the unit
-# is the first delivered exposure after it, looked up through the chain's index. The two are separate queries, so
-# that the large one runs in parallel workers.
-# Conversions join the units as one array of times per customer and action (by hash: the units are never sorted).
-_UNITS_OF = """
-WITH windows AS (
+# A unit is the first delivered exposure of a customer and an action in the window: DISTINCT ON over the window's
+# exposures. A hash of the customer leads the sort: every id starts "CUST-000", so PostgreSQL's abbreviated text
+# keys would tell none apart and each comparison would fall back to comparing whole strings. Conversions join the
+# units as one array of times per customer and action, tested in place when it holds one time (most do) and by a
+# PARALLEL SAFE function (migration 0012) otherwise: no correlated subquery keeps the plan out of parallel workers.
+_UNITS = f"""
+WITH {_WINDOW}, windows AS (
     SELECT * FROM unnest($5::text[], $6::interval[]) AS w(action_id, within)
 ), by_event AS (
     SELECT customer_id, action_id, array_agg(time) AS times
@@ -54,7 +53,11 @@ WITH windows AS (
       FROM outcomes
      WHERE outcome = 'converted' AND time >= $1
      GROUP BY customer_id, action_id
-), units AS ({units}), scored AS (
+), units AS (
+    SELECT DISTINCT ON (hashtextextended(customer_id, 0), customer_id, action_id) *
+      FROM window_exposures
+     ORDER BY hashtextextended(customer_id, 0), customer_id, action_id, decided_at, decision_id, held_out
+), scored AS (
     SELECT u.*, u.decided_at + coalesce(w.within, $7::interval) AS window_end, ev.times AS event_times,
            ag.times AS agent_times
       FROM units u
@@ -64,8 +67,14 @@ WITH windows AS (
 ), flagged AS (
     SELECT s.action_id, s.rule_id, s.channel, s.ruleset_version, s.journey_stage, s.held_out,
            s.window_end <= $4 AS mature,
-           coalesce(report_any_within(s.event_times, s.decided_at, s.window_end, false), false) AS ev,
-           coalesce(report_any_within(s.agent_times, s.decided_at, s.window_end, true), false) AS ag
+           CASE WHEN s.event_times IS NULL THEN false
+                WHEN cardinality(s.event_times) = 1
+                THEN s.event_times[1] > s.decided_at AND s.event_times[1] <= s.window_end
+                ELSE report_any_within(s.event_times, s.decided_at, s.window_end, false) END AS ev,
+           CASE WHEN s.agent_times IS NULL THEN false
+                WHEN cardinality(s.agent_times) = 1
+                THEN s.agent_times[1] >= s.decided_at AND s.agent_times[1] <= s.window_end
+                ELSE report_any_within(s.agent_times, s.decided_at, s.window_end, true) END AS ag
       FROM scored s
 )
 SELECT action_id, rule_id, channel, ruleset_version, journey_stage, held_out,
@@ -77,29 +86,7 @@ SELECT action_id, rule_id, channel, ruleset_version, journey_stage, held_out,
        count(*) FILTER (WHERE mature AND ev AND ag) AS converted_both
   FROM flagged
  GROUP BY action_id, rule_id, channel, ruleset_version, journey_stage, held_out
-"""
-_FIRST_DELIVERED = """
-    SELECT f.customer_id, f.action_id, f.decided_at, f.rule_id, f.channel, f.ruleset_version, f.journey_stage,
-           f.held_out
-      FROM exposures f
-     WHERE f.decided_at >= $1 AND f.decided_at < $2 AND f.ruleset_name = $3 AND f.delivered
-       AND (f.prev_at IS NULL OR f.prev_at < $1)
-"""
-_FIRST_UNDELIVERED = """
-    SELECT d.*
-      FROM exposures f
-     CROSS JOIN LATERAL (
-           SELECT e.customer_id, e.action_id, e.decided_at, e.rule_id, e.channel, e.ruleset_version, e.journey_stage,
-                  e.held_out
-             FROM exposures e
-            WHERE e.ruleset_name = f.ruleset_name AND e.customer_id = f.customer_id AND e.action_id = f.action_id
-              AND e.decided_at >= f.decided_at AND e.decided_at < $2 AND e.delivered
-            ORDER BY e.decided_at, e.decision_id, e.held_out
-            LIMIT 1) d
-     WHERE f.decided_at >= $1 AND f.decided_at < $2 AND f.ruleset_name = $3 AND NOT f.delivered
-       AND (f.prev_at IS NULL OR f.prev_at < $1)
-"""
-_UNITS = tuple(_UNITS_OF.format(units=units) for units in (_FIRST_DELIVERED, _FIRST_UNDELIVERED))
+"""  # noqa: S608 - constant text only
 # Outcomes per offer come kept (`offer_outcomes`, migration 0012): the latest time of each kind.
 _OFFERS = f"""
 WITH {_WINDOW}
@@ -158,19 +145,18 @@ async def read_measurements(
         windows = [(a, d.within) for a, d in query.conversions.items()]
         cells: dict[CellKey, Cell] = {}
         exposures = 0
-        for units in _UNITS:
-            for row in await conn.fetch(
-                units,
-                *window,
-                query.until,
-                [a for a, _ in windows],
-                [w for _, w in windows],
-                query.default_within,
-                *matches,
-            ):
-                cell = cells.setdefault(_key(row), Cell())
-                for name in ("units", "mature", "converted", "converted_event", "converted_agent", "converted_both"):
-                    setattr(cell, name, getattr(cell, name) + int(row[name]))
+        for row in await conn.fetch(
+            _UNITS,
+            *window,
+            query.until,
+            [a for a, _ in windows],
+            [w for _, w in windows],
+            query.default_within,
+            *matches,
+        ):
+            cell = cells.setdefault(_key(row), Cell())
+            for name in ("units", "mature", "converted", "converted_event", "converted_agent", "converted_both"):
+                setattr(cell, name, int(row[name]))
         for row in await conn.fetch(_OFFERS, *window):
             exposures += int(row["exposures"])
             if row["offers"]:
