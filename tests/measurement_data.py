@@ -198,8 +198,20 @@ def make_history(ruleset: Ruleset, customers: list[str], seed: int, decisions: i
         else:
             event = Event(rng.choice(TRIGGERS), at, {"amount": float(rng.randrange(1000, 90000))})
         events.append((customer, event))
-    # Conversions right at the edges of a unit's window: at the first exposure (does not count), at its end (counts).
+    # Conversions right at the edges of a unit's window: at the first exposure (does not count), at its end (counts);
+    # an agent's `converted` at the very moment of the offer counts.
     for record in records[:40]:
+        for action in record.actions[:1]:
+            outcomes.append(
+                Outcome(
+                    record.decision_id,
+                    record.customer_id,
+                    action.action_id,
+                    record.channel,
+                    OutcomeKind.CONVERTED,
+                    record.decided_at + rng.choice([timedelta(0), timedelta(days=30)]),
+                )
+            )
         for action in record.actions:
             definition = ruleset.actions[action.action_id].conversion
             if definition is not None and definition.event == "product_opened":
