@@ -17,9 +17,10 @@ import asyncpg
 import pytest
 
 from nba_service.domain.model import Channel
-from nba_service.domain.profile import Outcome, OutcomeKind
+from nba_service.domain.profile import Event, Outcome, OutcomeKind, Profile
 from nba_service.domain.records import (
     DecidedAction,
+    DecisionInputs,
     DecisionRecord,
     Delivery,
     DeliveryUpdate,
@@ -104,6 +105,16 @@ POISONS: dict[str, dict[str, Any]] = {
     "NUL in a value a rule read": {"rules_fired": (FiredRule("r", "a", 1, {"name": "Zo\x00ë"}),)},
     "an infinite number jsonb cannot hold": {"rules_fired": (FiredRule("r", "a", 1, {"amount": float("inf")}),)},
     "a decision id that is not a UUID": {"decision_id": "not-a-uuid"},
+    # Inputs tag a float they hold, not one inside an object value: these go as they are (and jsonb has no NaN).
+    "NaN inside an object attribute of the profile": {
+        "inputs": DecisionInputs(Profile("CUST-000001", {"limits": {"daily": [1.5, float("nan")]}}), 3)  # type: ignore[dict-item]
+    },
+    "an infinity inside an event's object attribute": {
+        "inputs": DecisionInputs(
+            Profile("CUST-000001", {}, (Event("card", NOW, {"where": {"lat": float("-inf")}}),)),  # type: ignore[dict-item]
+            3,
+        )
+    },
 }
 
 

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nba_service import json_text
 from nba_service.app import activate
 from nba_service.domain.loader import load_ruleset_text
 from nba_service.domain.model import Channel, Direction, Ruleset
@@ -488,6 +489,9 @@ def test_inputs_survive_the_json_round_trip_exactly(made: DecisionInputs) -> Non
     ints, tiny and huge floats, -0.0, NaN and infinities (tagged, as no JSON number holds them), Unicode."""
     text = json.dumps(made.to_json(), ensure_ascii=False)
     assert_same_inputs(DecisionInputs.from_json(json.loads(text)), made)
+    # The stores' fast JSON (nba_service.json_text), both ways.
+    text = json_text.dumps(made.to_json(), finite=made.finite)
+    assert_same_inputs(DecisionInputs.from_json(json_text.loads(text)), made)
 
 
 def test_a_float_jsonb_would_turn_into_an_int_is_tagged() -> None:

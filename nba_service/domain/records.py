@@ -148,6 +148,11 @@ class DecisionInputs:
     profile: Profile
     limit: int
 
+    @property
+    def finite(self) -> bool:
+        profile = self.profile
+        return _objects_finite(profile.attributes) and all(_objects_finite(e.attributes) for e in profile.events)
+
     def to_json(self) -> dict[str, Any]:
         profile = self.profile
         data: dict[str, Any] = {
@@ -280,6 +285,22 @@ def _value_json(value: Any) -> Any:
     return value
 
 
+def _finite(value: Any) -> bool:
+    kind = type(value)
+    if kind is float:
+        return math.isfinite(value)
+    if kind is dict:
+        return all(_finite(v) for v in value.values())
+    if kind is list or kind is tuple:
+        return all(_finite(v) for v in value)
+    return True
+
+
+def _objects_finite(values: Mapping[str, Any]) -> bool:
+    """Top-level floats are tagged by `_value_json`; what is inside an object value is written as it is."""
+    return all(_finite(v) for v in values.values() if isinstance(v, dict))
+
+
 def _values_json(values: Mapping[str, AttributeValue]) -> dict[str, Any]:
     return {key: _value_json(value) for key, value in values.items()}
 
@@ -335,6 +356,16 @@ class DecisionRecord:
     @property
     def contact_direction(self) -> Direction:
         return self.direction if self.direction is not None else default_direction(self.channel)
+
+    @property
+    def finite(self) -> bool:
+        """Whether every number of the JSON form is finite (the fast encoder writes NaN as null: json_text).
+        Values rules read are as the profile gave them; the inputs tag their floats, not a JSON object's."""
+        return (
+            math.isfinite(self.latency_ms)
+            and all(_finite(f.values) for f in self.rules_fired)
+            and (self.inputs is None or self.inputs.finite)
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The record in the versioned export format (built field by field: `asdict` cost 3x as much)."""

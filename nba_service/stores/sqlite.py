@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from nba_service import json_text
 from nba_service.domain.archive import ArchivedSource, ArchivedVersion, ambiguous, archivable_text, hash_prefix
 from nba_service.domain.contact_points import PhoneNumber, PhoneType, phone_problems
 from nba_service.domain.dialer import pending_call
@@ -355,7 +356,9 @@ def _time(text: str) -> datetime:
 
 
 def _record_text(record: DecisionRecord, *, ascii_only: bool = False) -> str:
-    return json.dumps(record.to_json(), ensure_ascii=ascii_only, separators=(",", ":"), default=str)
+    if ascii_only:
+        return json.dumps(record.to_json(), ensure_ascii=True, separators=(",", ":"), default=str)
+    return json_text.dumps(record.to_json(), finite=record.finite)
 
 
 class SqliteStore:
@@ -469,14 +472,14 @@ class SqliteStore:
         contacts = conn.execute(_CONTACTS_SQL, (customer_id, stamp(now - self._history))).fetchall()
         phones = conn.execute(_PHONES_SQL, (customer_id,)).fetchall()
         listings = conn.execute(_LIVE_LISTINGS_SQL, (customer_id, stamp(now))).fetchall()
-        attributes = json.loads(row[0])
+        attributes = json_text.loads(row[0])
         attributes.update({CONSENT_PREFIX + purpose: bool(granted) for purpose, granted in consents})
         attributes[DO_NOT_CALL] = listed is not None
         return Profile(
             customer_id,
             attributes,
             tuple(
-                Event(kind, _time(at), json.loads(values), _time(until) if until else None)
+                Event(kind, _time(at), json_text.loads(values), _time(until) if until else None)
                 for kind, at, values, until in events
             ),
             tuple(

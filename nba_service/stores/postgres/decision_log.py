@@ -45,6 +45,7 @@ from nba_service.domain.records import (
     outcome_to_json,
 )
 from nba_service.errors import Unavailable
+from nba_service.json_text import dumps as _dumps
 from nba_service.stores.postgres.profiles import CONNECTION_ERRORS
 
 log = structlog.get_logger(__name__)
@@ -208,10 +209,6 @@ def is_refusal(error: BaseException) -> bool:
     return False
 
 
-# One encoder: `json.dumps` with options builds a new one per call, five times per record on the writer's path.
-_dumps = json.JSONEncoder(ensure_ascii=False, default=str).encode
-
-
 def _row(record: DecisionRecord) -> tuple[Any, ...]:
     """The columns of one `decisions` row: the record's own JSON form, split where the table splits it."""
     try:
@@ -219,6 +216,7 @@ def _row(record: DecisionRecord) -> tuple[Any, ...]:
     except (ValueError, TypeError, AttributeError) as exc:
         raise RecordUnstorable(f"decision id {record.decision_id!r} is not a UUID") from exc
     data = record.to_json()
+    finite = record.finite
     return (
         decision_id,
         record.decided_at,
@@ -228,7 +226,7 @@ def _row(record: DecisionRecord) -> tuple[Any, ...]:
         record.ruleset.version,
         record.ruleset.hash,
         record.engine,
-        _dumps(data["rules_fired"]),
+        _dumps(data["rules_fired"], finite=finite),
         _dumps(data["dropped"]),
         _dumps(data["actions"]),
         record.latency_ms,
@@ -236,7 +234,8 @@ def _row(record: DecisionRecord) -> tuple[Any, ...]:
         _dumps(data["profile_problems"]),
         record.delivery.value,
         None if data["shadow"] is None else _dumps(data["shadow"]),  # SQL NULL, not JSON null: no candidate ran
-        None if data["inputs"] is None else _dumps(data["inputs"]),  # SQL NULL: a record from before inputs were kept
+        # SQL NULL: a record from before inputs were kept
+        None if data["inputs"] is None else _dumps(data["inputs"], finite=finite),
         record.caller or None,  # SQL NULL: no caller recorded
         record.trace_id or None,  # SQL NULL: not traced
         None if record.direction is None else record.direction.value,  # SQL NULL: a record from before directions

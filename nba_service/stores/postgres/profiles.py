@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from nba_service import json_text
 from nba_service.domain.contact_points import PhoneNumber, PhoneType
 from nba_service.domain.do_not_contact import (
     Listing,
@@ -163,7 +164,7 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):
-        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(name, encoder=json.dumps, decoder=json_text.loads, schema="pg_catalog")
 
 
 async def _no_reset(conn: asyncpg.Connection) -> None:
