@@ -129,7 +129,7 @@ async def test_migration_0012_marks_and_counts_the_exposures_stored_before_it(
             await pool.close()
     conn = await asyncpg.connect(pg_empty_dsn)
     try:
-        assert [m.version for m in await migrate(conn)] == [12]
+        assert [m.version for m in await migrate(conn)] == [m.version for m in migrations() if m.version >= 12]
     finally:
         await conn.close()
     pool = await create_pool(pg_empty_dsn)
