@@ -139,9 +139,16 @@ WITH calls AS (
     SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])
         AS c(customer_id, decision_id, action_id, time, pending_until, campaign_id)
 ), superseded AS (
-    DELETE FROM contacts k USING calls c
-     WHERE k.customer_id = c.customer_id AND k.action_id = c.action_id AND k.campaign_id = c.campaign_id
-       AND k.pending_until IS NOT NULL AND k.decision_id <> c.decision_id
+    DELETE FROM contacts
+     WHERE contact_id IN (
+        SELECT p.contact_id
+          FROM calls c CROSS JOIN LATERAL (
+                SELECT k.contact_id FROM contacts k
+                 WHERE k.customer_id = c.customer_id AND k.action_id = c.action_id AND k.campaign_id = c.campaign_id
+                   AND k.pending_until IS NOT NULL AND k.decision_id <> c.decision_id
+                OFFSET 0  -- not flattened: one index lookup per call, whatever the statistics say
+               ) p
+     )
     RETURNING 1
 )
 INSERT INTO contacts (customer_id, decision_id, action_id, channel, time, outcome, note, reached, pending_until,
