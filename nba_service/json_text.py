@@ -1,6 +1,7 @@
 """JSON text on the hot paths: every decision record written, every profile read.
 
-The standard library's `json` was a fifth of the server's CPU per decision (records out, profiles in).
+The standard library's `json` was a fifth of a dialer campaign's server CPU in a profile (records out, profiles
+in); moving it to orjson took about a tenth off a Decide's.
 orjson does the same work several times faster, but where it would give anything other than what `json`
 gives, `json` does the work:
 
