@@ -324,3 +324,31 @@ class TestZeroCaps:
         by_cap = {d.action_id for d in result.dropped if d.reason == "frequency_cap"}
         assert by_cap == blocked
         assert all(d.policy == "off" for d in result.dropped if d.reason == "frequency_cap")
+
+
+@pytest.mark.parametrize("path", ["rulesets/retail-banking.yaml", "tests/scenarios/mini-bank.yaml"])
+def test_policy_scopes_agree_with_asking_each_cap(path: str) -> None:
+    """The per-ruleset index of which constraints and caps bind an action gives exactly what asking every cap
+    for every candidate gave, for every action, channel and direction, mandatory notices included."""
+    from pathlib import Path
+
+    from nba_service.domain.policy import PolicyScopes, _binds, _cap_applies
+
+    ruleset = load_ruleset_text(Path(path).read_text("utf-8"), path)
+    policies = ruleset.policies
+    scopes = PolicyScopes(policies)
+    checked = 0
+    for _ in range(2):  # the second round answers from what the first worked out
+        for action in ruleset.actions.values():
+            for channel in Channel:
+                for direction in Direction:
+                    constraints, caps = scopes.binding(action, channel, direction)
+                    assert constraints == tuple(
+                        c for c in policies.constraints if _binds(c, action, channel, direction)
+                    )
+                    assert caps == tuple(c for c in policies.frequency_caps if _binds(c, action, channel, direction))
+                    assert scopes.counted_by(action, channel, direction) == {
+                        c.id for c in policies.frequency_caps if _cap_applies(c, action, channel, direction)
+                    }
+                    checked += len(caps) + len(constraints)
+    assert checked > 0

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from nba_service.domain.model import Channel, Direction, FrequencyCap, Ruleset
-from nba_service.domain.policy import Candidate, _binds, _cap_applies, _cap_count
+from nba_service.domain.policy import Candidate, PolicyScopes, _cap_count
 from nba_service.domain.profile import Profile
 from nba_service.domain.records import DroppedCandidate
 
@@ -21,6 +21,7 @@ def rank(
     now: datetime,
     direction: Direction,
     held_out: Callable[[Candidate], bool] = lambda _candidate: False,
+    scopes: PolicyScopes | None = None,
 ) -> tuple[list[Candidate], list[DroppedCandidate]]:
     """Mandatory actions (regulatory notices) first, then highest priority, then file order of the rule, one entry
     per action, at most `max_actions`.
@@ -43,13 +44,12 @@ def rank(
     dropped: list[DroppedCandidate] = []
     seen: dict[str, str] = {}
     history: dict[str, int] = {}
+    scope = scopes or PolicyScopes(ruleset.policies)
 
     def breached_cap(candidate: Candidate) -> tuple[FrequencyCap, int, int] | None:
         """(cap, contacts in the history, actions chosen in this decision) of the first cap it would breach."""
-        for cap in ruleset.policies.frequency_caps:
-            if not _binds(cap, candidate.action, channel, direction):
-                continue
-            in_decision = sum(1 for c in chosen if _cap_applies(cap, c.action, channel, direction))
+        for cap in scope.binding(candidate.action, channel, direction)[1]:
+            in_decision = sum(1 for c in chosen if cap.id in scope.counted_by(c.action, channel, direction))
             if in_decision == 0:
                 continue  # nothing chosen yet counts for this cap: policy's check against the history stands
             if cap.id not in history:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from nba_service.domain.arbitration import rank
@@ -19,7 +19,7 @@ from nba_service.domain.compiler import CompiledRuleset, compile_ruleset
 from nba_service.domain.facts import FactValue, project
 from nba_service.domain.holdout import is_held_out
 from nba_service.domain.model import Channel, Direction, FieldSpec, Ruleset, default_direction
-from nba_service.domain.policy import Candidate, apply_policies, valid_until
+from nba_service.domain.policy import Candidate, PolicyScopes, apply_policies, valid_until
 from nba_service.domain.ports import Evaluator
 from nba_service.domain.profile import Profile
 from nba_service.domain.records import DecidedAction, DroppedCandidate, FiredRule, RulesetRef
@@ -49,6 +49,10 @@ class ActiveRuleset:
     reference: ReferenceEvaluator
     fact_fields: Mapping[str, FieldSpec]
     engine_name: str
+    scopes: PolicyScopes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scopes", PolicyScopes(self.ruleset.policies))
 
     @property
     def ref(self) -> RulesetRef:
@@ -110,7 +114,7 @@ def evaluate(
             engine_name = FALLBACK_ENGINE
     candidates = [Candidate(i, ruleset.rules[i], ruleset.actions[ruleset.rules[i].action]) for i in matched]
     with stages("policy"):
-        kept, dropped = apply_policies(ruleset, profile, projection, channel, now, candidates, direction)
+        kept, dropped = apply_policies(ruleset, profile, projection, channel, now, candidates, direction, active.scopes)
     with stages("arbitration"):
         if held_out is None:
             holdouts = ruleset.holdouts
@@ -124,7 +128,15 @@ def evaluate(
                 return candidate.action.holdout > 0 and candidate.action.id in forced
 
         chosen, ranked_out = rank(
-            kept, limit, ruleset=ruleset, profile=profile, channel=channel, now=now, direction=direction, held_out=out
+            kept,
+            limit,
+            ruleset=ruleset,
+            profile=profile,
+            channel=channel,
+            now=now,
+            direction=direction,
+            held_out=out,
+            scopes=active.scopes,
         )
     with stages("rendering"):
         actions = tuple(
