@@ -71,7 +71,7 @@ bench-published: $(STAMP)
 	$(BIN)/python loadtests/bench_published.py $(ARGS)
 
 bench-cpu: $(STAMP)
-	$(BIN)/python loadtests/bench_cpu.py
+	$(BIN)/python loadtests/bench_cpu.py $(ARGS)
 
 bench-metrics: $(STAMP)
 	$(BIN)/python loadtests/bench_metrics.py

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from nba_service.cli_options import connection_options, store_options
+from nba_service.cpu_pinning import pin_to_one_cpu
 from nba_service.errors import ErrorCode, NbaError
 
 if TYPE_CHECKING:  # grpc and pydantic are imported where used: `nba decide` starts fast, `serve` quiets grpc first
@@ -199,6 +200,8 @@ def _serve(**options: Any) -> None:
         if settings.workers > 1:
             supervise(settings)
         else:
+            if settings.pin_cpus:
+                pin_to_one_cpu(0)
             asyncio.run(run(settings))
     except WorkersFailing as exc:
         click.echo(redact(f"stopped: {exc}"), err=True)

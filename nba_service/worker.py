@@ -54,6 +54,7 @@ def main() -> None:
 
     import structlog  # noqa: PLC0415 - after the check above: a worker of a dead supervisor leaves at once
 
+    from nba_service.cpu_pinning import pin_to_one_cpu  # noqa: PLC0415
     from nba_service.deploy.remote import SupervisedRulesets  # noqa: PLC0415
     from nba_service.errors import NbaError  # noqa: PLC0415
     from nba_service.log_setup import configure_logging  # noqa: PLC0415
@@ -65,6 +66,8 @@ def main() -> None:
     panel_secret = os.environ.pop(PANEL_SECRET_ENV, None)
     structlog.contextvars.bind_contextvars(worker=index)
     configure_logging(settings.log_format, settings.log_level)
+    if settings.pin_cpus:
+        pin_to_one_cpu(index)
     with socket.socket(fileno=control_fd) as control:
         try:
             asyncio.run(

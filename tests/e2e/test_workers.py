@@ -310,3 +310,42 @@ def test_workers_that_keep_dying_stop_the_supervisor(start_fresh_server: Any) ->
     assert "stopped: workers keep exiting (5 exits within 30 s)" in server.log_text()
     assert worker_processes(server.process.pid) == []
     assert "Traceback" not in server.log_text()
+
+
+def _thread_cpus(pid: int) -> dict[int, set[int]]:
+    """The CPUs each thread of a process may run on, as the kernel says."""
+    found: dict[int, set[int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        listed = next(
+            line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list")
+        )
+        cpus: set[int] = set()
+        for part in listed.split(","):
+            low, _, high = part.partition("-")
+            cpus.update(range(int(low), int(high or low) + 1))
+        found[int(task.name)] = cpus
+    return found
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pin_cpus_pins_each_worker_and_all_its_threads_to_its_own_cpu(start_fresh_server: Any, workers: int) -> None:
+    """`--pin-cpus`: worker N runs on the Nth CPU it may use, with every thread it has (gRPC's, SQLite's, the
+    event loop's) on that CPU alone; the decision still answers. Without the flag nothing is pinned."""
+    allowed = sorted(psutil.Process().cpu_affinity() or [])
+    server = start_fresh_server("--workers", str(workers), "--pin-cpus")
+    pids = _pids(server) if workers > 1 else [server.process.pid]
+    with fresh_channel(server.address) as channel:
+        decide_with_actions(channel)
+    for index, pid in enumerate(pids):
+        threads = _thread_cpus(pid)
+        assert len(threads) > 3, threads  # the loop, gRPC's pollers and the store's threads
+        assert all(cpus == {allowed[index % len(allowed)]} for cpus in threads.values()), (index, threads)
+    pinned = [e for e in read_json_lines(server.server_log) if e.get("event") == "pinned_to_cpu"]
+    assert sorted(e["cpu"] for e in pinned) == sorted(allowed[i % len(allowed)] for i in range(workers))
+
+    plain = start_fresh_server("--workers", "1")
+    assert all(cpus == set(allowed) for cpus in _thread_cpus(plain.process.pid).values())
