@@ -16,9 +16,9 @@ def pin_to_one_cpu(index: int) -> int | None:
 
     Why: a call through this server hands the GIL between the event loop, gRPC's threads and the store's threads
     several times; on a virtual machine each hand-over to a thread on the other core costs a cross-CPU wake-up
-    and cold caches. Pinned, the same Decide took about a tenth less server CPU and a health check a quarter less
-    (README "Server CPU per Decide"). The price: the process's threads no longer spread over idle cores, so pin
-    only where every core has its own worker (`--workers` equal to the cores, the default).
+    and cold caches. Pinned, the same Decide took 4-8% less server CPU in the medians of alternating runs, a
+    health check 11-16% less (README "Server CPU per Decide"). The price: the process's threads no longer spread
+    over idle cores, so pin only where every core has its own worker (`--workers` equal to the cores, the default).
     """
     if not hasattr(os, "sched_setaffinity"):
         return None

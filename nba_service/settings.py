@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     pin_cpus: bool = Field(
         False,
         description="pin each worker process, threads and all, to one CPU of those allowed (worker N to the Nth); "
-        "about a tenth less CPU per call on a virtual machine, for servers with one worker per core",
+        "a few percent less CPU per call on a virtual machine, for servers with one worker per core",
     )
     access_policy: Path | None = Field(
         None,
