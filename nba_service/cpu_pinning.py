@@ -18,7 +18,9 @@ def pin_to_one_cpu(index: int) -> int | None:
     several times; on a virtual machine each hand-over to a thread on the other core costs a cross-CPU wake-up
     and cold caches. Pinned, the same Decide took 4-8% less server CPU in the medians of alternating runs, a
     health check 11-16% less (README "Server CPU per Decide"). The price: the process's threads no longer spread
-    over idle cores, so pin only where every core has its own worker (`--workers` equal to the cores, the default).
+    over idle cores, so pin only where every core has its own worker (`--workers` equal to the cores, the default)
+    and no other busy process shares them: beside PostgreSQL and a load generator on two cores, pinned was far
+    worse (the PostgreSQL benchmark's p99 1,486 ms against 119 ms unpinned).
     """
     if not hasattr(os, "sched_setaffinity"):
         return None

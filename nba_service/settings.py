@@ -88,7 +88,8 @@ class Settings(BaseSettings):
     pin_cpus: bool = Field(
         False,
         description="pin each worker process, threads and all, to one CPU of those allowed (worker N to the Nth); "
-        "a few percent less CPU per call on a virtual machine, for servers with one worker per core",
+        "a few percent less CPU per call on a virtual machine, for servers with one worker per core and no other busy "
+        "process on those cores",
     )
     access_policy: Path | None = Field(
         None,
