@@ -86,7 +86,8 @@ class World:
     mass_customer: str
     ingest_customer: str
     decision: nba_pb2.DecideResponse  # made by `desktop` for desk_customer
-    responses: dict[tuple[str, str], Any] = dataclasses.field(default_factory=dict)
+    responses: dict[tuple[str, str], Any] = dataclasses.field(default_factory=dict)  # (rpc, caller): answer or error
+    found: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # rpc: the status per caller
 
 
 def _segments() -> dict[str, str]:
@@ -115,7 +116,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     mass_customer = min(c for c, s in segments.items() if s == "mass")
     ingest_customer = max(c for c in segments if c not in (desk_customer, mass_customer))
     try:
-        yield World(pki, server, workdir, policy, callers, desk_customer, mass_customer, ingest_customer, decision)
+        made = World(pki, server, workdir, policy, callers, desk_customer, mass_customer, ingest_customer, decision)
+        # The table is called here, first, and not by a test: with the suite spread over processes, the tests
+        # reading its answers may run in another process than the one asserting it, each with a world of its own.
+        _call_the_table(made)
+        yield made
     finally:
         for caller in callers.values():
             caller.channel.close()
@@ -180,12 +185,9 @@ def refusal(call: Callable[[], Any]) -> grpc.RpcError:
     return info.value
 
 
-def test_every_rpc_with_every_role(world: World) -> None:
-    """The whole table at once: a mismatch lists every wrong cell, not only the first."""
-    calls = rpc_calls(world)
-    assert set(calls) == set(WHO_MAY)
-    found: dict[str, tuple[str, ...]] = {}
-    for rpc, call in calls.items():
+def _call_the_table(world: World) -> None:
+    """Every RPC by every caller, in the order of rpc_calls; answers and errors kept in world.responses."""
+    for rpc, call in rpc_calls(world).items():
         row = []
         for name in CALLERS:
             try:
@@ -194,7 +196,13 @@ def test_every_rpc_with_every_role(world: World) -> None:
             except grpc.RpcError as exc:
                 row.append(exc.code().name)
                 world.responses[(rpc, name)] = exc
-        found[rpc] = tuple(row)
+        world.found[rpc] = tuple(row)
+
+
+def test_every_rpc_with_every_role(world: World) -> None:
+    """The whole table at once: a mismatch lists every wrong cell, not only the first."""
+    assert set(rpc_calls(world)) == set(WHO_MAY) == set(world.found)
+    found = world.found
     wrong = [
         f"{rpc} by {name}: expected {want}, got {got} ({_details(world.responses[(rpc, name)])})"
         for rpc, row in WHO_MAY.items()
