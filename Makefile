@@ -21,8 +21,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The suite on every core (TEST_PROCESSES=0 runs it in this process), two tests handed out at a time so that the
+# slow ones, collected first, start at once (tests/conftest.py).
+TEST_PROCESSES ?= auto
 test: lint chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --numprocesses $(TEST_PROCESSES) --maxschedchunk 2
 
 # The browser test (tests/e2e/test_render_browser.py) opens the rendered ruleset in a real headless Chromium.
 chromium:

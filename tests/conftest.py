@@ -33,6 +33,13 @@ if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
     settings.load_profile("ci")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first (a stable sort: the rest keep their order). `make test` runs the suite on every core
+    (pytest-xdist), handing out two tests at a time; a test of tens of seconds started last would leave the other
+    processes idle while it runs."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _log_like_the_service() -> None:
     """In-process tests log the way `nba serve` does (to the stderr pytest captures for the test). Left to

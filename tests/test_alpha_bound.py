@@ -203,6 +203,7 @@ def dense_case(draw: st.DrawFn) -> tuple[Spec, list[Profile]]:
 
 
 class TestPackedPartitions:
+    @pytest.mark.slow
     @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(dense_case(), st.integers(0, 2**32))
     def test_engine_agrees_and_the_walk_stays_under_the_bound(

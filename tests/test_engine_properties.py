@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
@@ -67,6 +68,7 @@ def ruleset_with_profiles(draw: st.DrawFn, max_rules: int) -> tuple[Spec, list[P
 
 
 class TestEngineAgreesWithReference:
+    @pytest.mark.slow
     @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(ruleset_with_profiles(max_rules=40))
     def test_small_and_medium_rulesets(self, case: tuple[Spec, list[Profile]]) -> None:

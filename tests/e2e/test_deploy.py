@@ -124,6 +124,7 @@ def some_customers(server: ServerHandle, count: int = 20) -> list[str]:
     pytest.fail("too few sample customers get an action")
 
 
+@pytest.mark.slow
 @WORKERS
 def test_activate_serves_the_new_version_and_records_it(tmp_path: Path, workers: str) -> None:
     server = start(tmp_path, "--workers", workers)
@@ -200,6 +201,7 @@ def test_an_invalid_file_is_refused_with_its_line(tmp_path: Path) -> None:
         server.stop()
 
 
+@pytest.mark.slow
 @WORKERS
 def test_rollback_and_a_restart_keep_the_deployed_version(tmp_path: Path, workers: str) -> None:
     server = start(tmp_path, "--workers", workers)
@@ -225,6 +227,7 @@ def test_rollback_and_a_restart_keep_the_deployed_version(tmp_path: Path, worker
         restarted.stop()
 
 
+@pytest.mark.slow
 @WORKERS
 def test_sighup_and_a_changed_folder_deploy_the_configured_files(tmp_path: Path, workers: str) -> None:
     folder = tmp_path / "rulesets"
@@ -245,6 +248,7 @@ def test_sighup_and_a_changed_folder_deploy_the_configured_files(tmp_path: Path,
         server.stop()
 
 
+@pytest.mark.slow
 @WORKERS
 def test_twenty_reloads_under_load_fail_no_call_and_mix_no_versions(tmp_path: Path, workers: str) -> None:
     server = start(tmp_path, "--workers", workers)

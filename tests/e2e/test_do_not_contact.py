@@ -58,6 +58,7 @@ def callable_customer(server: ServerHandle, results: list[Any]) -> str:
     pytest.fail("no customer is both called by the campaign and offered something inbound")
 
 
+@pytest.mark.slow
 def test_a_listing_stops_the_dialer_but_not_an_inbound_caller(start_fresh_server: StartServer, tmp_path: Path) -> None:
     """A customer the first campaign called is listed with `nba dnc add`: a dialer Decide then offers nothing
     and records every candidate dropped as do_not_contact (with the listing in the recorded profile, and

@@ -44,6 +44,7 @@ def status(server: ServerHandle) -> admin_pb2.StatusResponse:
     return response
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"], ids=["single-process", "two-workers"])
 def test_activate_refuses_a_contradiction_and_the_old_version_keeps_serving(tmp_path: Path, workers: str) -> None:
     candidate = with_contradiction(tmp_path / "candidate")

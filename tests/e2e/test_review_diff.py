@@ -344,6 +344,7 @@ async def store_profiles(store: Any) -> list[Profile]:
     return [await store.get_profile(customer_id) for customer_id in ids]
 
 
+@pytest.mark.slow
 def test_diff_over_the_embedded_store_of_a_running_server(start_fresh_server: Any, tmp_path: Path) -> None:
     """`--population store` against a running `nba serve`'s embedded database, after a few customers were given
     a large deposit and one an accepted outcome through the gRPC API: the report counts what the reference

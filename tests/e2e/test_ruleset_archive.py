@@ -8,6 +8,8 @@ import asyncio
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from nba_service._proto.nba.v1 import admin_pb2
 from nba_service.domain.archive import ArchivedVersion
 from nba_service.domain.loader import load_ruleset_text
@@ -95,6 +97,7 @@ def test_start_up_activate_rollback_and_restart_archive_the_version_first(tmp_pa
         restarted.stop()
 
 
+@pytest.mark.slow
 def test_workers_archive_the_version_they_start_on(tmp_path: Path) -> None:
     """With workers, each generation keeps the version it starts on; two workers keeping it at once note one
     activation."""

@@ -194,6 +194,7 @@ def _reload_under_load(server: ServerHandle) -> tuple[_Load, dict[str, Any]]:
     return load, done
 
 
+@pytest.mark.slow
 def test_sighup_replaces_every_worker_while_calls_go_on(start_fresh_server: Any) -> None:
     """SIGHUP starts a new generation of workers, and only once all of them serve are the old ones stopped
     (each logs its own `stopped`). Six callers keep calling Decide on connections of their own throughout: no
@@ -218,6 +219,7 @@ def test_sighup_replaces_every_worker_while_calls_go_on(start_fresh_server: Any)
         channel.close()
 
 
+@pytest.mark.slow
 def test_sighup_under_load_fails_no_call(start_fresh_server: Any) -> None:
     """A rolling replacement under load without a single failed call. grpc.aio cancels calls that reach a server
     as it stops (grpc/grpc#41785); a retiring worker avoids that by leaving the port and waiting until its
@@ -227,6 +229,7 @@ def test_sighup_under_load_fails_no_call(start_fresh_server: Any) -> None:
     assert load.failures == []
 
 
+@pytest.mark.slow
 def test_sighup_with_an_invalid_ruleset_keeps_the_old_workers_serving(start_fresh_server: Any, tmp_path: Path) -> None:
     """A ruleset file broken before SIGHUP: the supervisor refuses it (`ruleset_refused`, every problem with its
     line) before starting any worker, and the old workers go on answering. Once the file is fixed, the next
@@ -256,6 +259,7 @@ def test_sighup_with_an_invalid_ruleset_keeps_the_old_workers_serving(start_fres
     wait_until_gone(old)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_every_worker_gracefully(start_fresh_server: Any) -> None:
     """SIGTERM to the supervisor: each worker finishes and logs its own `stopped`, the supervisor logs `stopped`
     last and exits 0, no worker process is left, and every decision answered is in the database. The log that
@@ -298,6 +302,7 @@ def test_invalid_ruleset_at_start_is_one_message_and_exit_2(tmp_path: Path) -> N
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_workers_that_keep_dying_stop_the_supervisor(start_fresh_server: Any) -> None:
     """A worker that dies again each time it is replaced (killed here five times in a row, within the 30 s
     window) makes the supervisor give up: it logs `workers_keep_exiting`, stops the other worker, and exits 2

@@ -138,6 +138,7 @@ def passes(layout: PodLayout, probe: str) -> subprocess.CompletedProcess[str] | 
     return None
 
 
+@pytest.mark.slow
 def test_default_values_migrate_serve_probe_and_stop(
     pg_empty_dsn: str, chart_pki: ChartPki, tmp_path: Path, pods: list[Pod]
 ) -> None:
