@@ -209,6 +209,14 @@ def test_workers_are_set_explicitly(rendered: dict[str, list[Doc]]) -> None:
     assert env_of(rendered["postgres-password-file-values.yaml"])["NBA_WORKERS"] == "4"
 
 
+def test_the_connection_migration_sysctl_reaches_the_pod(rendered: dict[str, list[Doc]]) -> None:
+    """Opt-in (the kubelet must allow it): a leaving worker's queued connections go to the other workers."""
+    spec = deployment(rendered["fixed-replicas-values.yaml"])["spec"]["template"]["spec"]
+    assert spec["securityContext"]["sysctls"] == [{"name": "net.ipv4.tcp_migrate_req", "value": "1"}]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert "sysctls" not in deployment(rendered["defaults"])["spec"]["template"]["spec"]["securityContext"]
+
+
 def test_service_ports_are_named_with_app_protocols(rendered: dict[str, list[Doc]]) -> None:
     service = one(rendered["defaults"], "Service")
     ports = {p["name"]: p for p in service["spec"]["ports"]}
