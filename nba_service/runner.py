@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -36,11 +37,10 @@ from nba_service.transport.grpc_admin import ADMIN_SERVICE_NAME, add_admin
 from nba_service.transport.grpc_review import REVIEW_SERVICE_NAME, ReviewServicer, add_review
 from nba_service.transport.grpc_server import GrpcServer
 from nba_service.transport.grpc_tracing import tracing_interceptors
-from nba_service.transport.http_api import create_app
-from nba_service.transport.http_server import HttpServer
-from nba_service.transport.http_tracing import TracingMiddleware
-from nba_service.transport.panel import PanelConfig
 from nba_service.worker import CONNECTION_AGE_S, RETIRE_DRAIN_S
+
+if TYPE_CHECKING:  # the HTTP side (FastAPI, a quarter of a second to import) is imported only with --http-port
+    from nba_service.transport.http_server import HttpServer
 
 log = structlog.get_logger(__name__)
 
@@ -207,6 +207,11 @@ def _http_server(
     and the agent side panel."""
     if settings.http_port is None:
         return None
+    from nba_service.transport.http_api import create_app  # noqa: PLC0415
+    from nba_service.transport.http_server import HttpServer  # noqa: PLC0415
+    from nba_service.transport.http_tracing import TracingMiddleware  # noqa: PLC0415
+    from nba_service.transport.panel import PanelConfig  # noqa: PLC0415
+
     if settings.panel_secret_file is not None:
         try:
             secret = read_secret_file(settings.panel_secret_file)
