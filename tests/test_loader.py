@@ -189,3 +189,21 @@ class TestCheckCommand:
         )
         assert result.returncode == 0
         assert "partition 0 cost" in result.stdout
+
+
+def test_a_text_read_again_is_not_parsed_again_and_a_changed_or_broken_one_is() -> None:
+    """The supervisor reads the configured files several times as it starts; the same text from the same source
+    is the same ruleset, a changed text is parsed anew, and a broken one fails every time."""
+    bundled = BUNDLED.read_text("utf-8")
+    first = load_ruleset_text(bundled, "a.yaml")
+    assert load_ruleset_text(bundled.encode("utf-8"), "a.yaml") is first
+    elsewhere = load_ruleset_text(bundled, "b.yaml")
+    assert elsewhere.source == "b.yaml"
+    assert elsewhere.content_hash == first.content_hash
+    changed = load_ruleset_text(bundled.replace("version: 1.4.0", "version: 1.4.1", 1), "a.yaml")
+    assert changed.meta.version == "1.4.1"
+    assert changed.content_hash != first.content_hash
+    broken = bundled.replace("version: 1.4.0", "version: [", 1)
+    for _ in range(2):
+        with pytest.raises(RulesetInvalid, match="YAML syntax"):
+            load_ruleset_text(broken, "a.yaml")

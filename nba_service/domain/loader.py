@@ -15,7 +15,7 @@ import re
 import zoneinfo
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
@@ -114,7 +114,14 @@ def load_ruleset_dir(path: Path) -> list[Ruleset]:
 
 
 def load_ruleset_text(data: bytes | str, source: str = "<ruleset>") -> Ruleset:
-    raw = data.encode("utf-8") if isinstance(data, str) else data
+    return _load_ruleset_bytes(data.encode("utf-8") if isinstance(data, str) else data, source)
+
+
+@lru_cache(maxsize=8)
+def _load_ruleset_bytes(raw: bytes, source: str) -> Ruleset:
+    """Remembered by text and source: a supervisor reads the configured files three times as it starts (the first
+    version, the store, the deploy state), and ruamel takes a quarter of a second for the bundled ruleset. A
+    Ruleset is never changed once built; a file that fails is read again each time (errors are not kept)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
