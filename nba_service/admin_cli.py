@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from nba_service.domain.loader import TESTS_SUFFIX
-
 if TYPE_CHECKING:
     from nba_service.security.tls import Endpoint
 
@@ -42,6 +40,7 @@ def register(group: click.Group, target: Decorator) -> None:
         The service loads it, checks it and runs its scenario tests first; a version that fails never
         replaces the running one, and the reason is printed (exit 1)."""
         from nba_service._proto.nba.v1 import admin_pb2  # noqa: PLC0415
+        from nba_service.domain.loader import TESTS_SUFFIX  # noqa: PLC0415 - ruamel, for this command only
 
         tests = path.with_name(path.name.removesuffix(".yaml") + TESTS_SUFFIX)
         source = admin_pb2.RulesetSource(

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from nba_service.cli_options import connection_options, store_options
-from nba_service.cpu_pinning import pin_to_one_cpu
 from nba_service.errors import ErrorCode, NbaError
 
 if TYPE_CHECKING:  # grpc and pydantic are imported where used: `nba decide` starts fast, `serve` quiets grpc first
@@ -201,6 +200,8 @@ def _serve(**options: Any) -> None:
             supervise(settings)
         else:
             if settings.pin_cpus:
+                from nba_service.cpu_pinning import pin_to_one_cpu  # noqa: PLC0415
+
                 pin_to_one_cpu(0)
             asyncio.run(run(settings))
     except WorkersFailing as exc:

@@ -16,7 +16,8 @@ from nba_service.domain.loader import load_ruleset_file, load_ruleset_text
 from nba_service.domain.model import Channel, Ruleset
 from nba_service.domain.pipeline import reference_active
 from nba_service.domain.scenarios import load_scenarios_text, run_case
-from nba_service.review.render import ScenarioEvidence, markdown_text, render
+from nba_service.review import render_cli
+from nba_service.review.render import FORMATS, ScenarioEvidence, markdown_text, render
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "rulesets" / "retail-banking.yaml"
@@ -500,3 +501,8 @@ class TestMeasurement:
             f"| Credit card offer (`credit-card-offer`) | {wording.share_text(card.holdout)} | a product opened event "
             "whose product is “credit card”, within 30 days of the decision |" in md
         )
+
+
+def test_the_command_offers_exactly_the_renderer_s_formats() -> None:
+    """render_cli spells the formats out so that `nba` does not import the renderer for every command."""
+    assert render_cli.FORMATS == FORMATS

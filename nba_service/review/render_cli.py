@@ -9,11 +9,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from nba_service.review.render import FORMATS, Format, ScenarioEvidence, render
+if TYPE_CHECKING:
+    from nba_service.review.render import Format
+
+# review.render.FORMATS (tests/test_review_render.py checks they agree): importing the renderer here would cost
+# every `nba` command jinja2 and the scenario loader.
+FORMATS = ("html", "markdown")
 
 EXIT_INVALID = 2  # as `nba rulesets test`: a file is invalid, or the -o file cannot be written
 
@@ -43,7 +48,7 @@ def register(group: click.Group) -> None:
 
         FILE may also be the ruleset's tests file (NAME.tests.yaml). Exit 0 when written, 2 when a file is
         invalid (every problem is printed with file:line) or the -o file cannot be written."""
-        sys.exit(run(file, cast(Format, fmt), output, echo=click.echo, fail=_fail))
+        sys.exit(run(file, cast("Format", fmt), output, echo=click.echo, fail=_fail))
 
 
 def _fail(message: str) -> None:
@@ -58,6 +63,7 @@ def run(
     echo: Callable[..., Any],
     fail: Callable[[str], None],
 ) -> int:
+    from nba_service.review.render import ScenarioEvidence, render  # noqa: PLC0415
     from nba_service.scenario_report import execute, find_targets, load_targets  # noqa: PLC0415
 
     if output is not None and not output.parent.is_dir():

@@ -9,21 +9,24 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from nba_service.cli_options import store_options
-from nba_service.domain.measurement import Measurements, MeasureQuery, conversion_defs, trigger_lifetimes
-from nba_service.domain.model import Ruleset
 from nba_service.errors import ErrorCode, NbaError
 from nba_service.review.diff_cli import EXIT_INVALID, EXIT_UNAVAILABLE
-from nba_service.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: every `nba` command registers this one, and pydantic is slow to import
+    from nba_service.domain.measurement import Measurements, MeasureQuery
+    from nba_service.domain.model import Ruleset
+    from nba_service.settings import Settings
 
 DEFAULT_PERIOD = timedelta(days=90)
 
 
 async def read_measurements(settings: Settings, ruleset: Ruleset, query: MeasureQuery) -> Measurements:
+    from nba_service.domain.measurement import trigger_lifetimes  # noqa: PLC0415
     from nba_service.export import opened_store  # noqa: PLC0415
     from nba_service.stores.sqlite import SqliteStore  # noqa: PLC0415
 
@@ -99,8 +102,10 @@ def register(
         from pydantic import ValidationError  # noqa: PLC0415
 
         from nba_service.app import configured_ruleset  # noqa: PLC0415
+        from nba_service.domain.measurement import MeasureQuery, conversion_defs  # noqa: PLC0415
         from nba_service.review.report import build_report  # noqa: PLC0415
         from nba_service.review.report_text import render_text  # noqa: PLC0415
+        from nba_service.settings import Settings  # noqa: PLC0415
 
         end = until or datetime.now(UTC)
         start = since or end - DEFAULT_PERIOD
