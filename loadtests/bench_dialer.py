@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,8 @@ import contextlib
 from bench_common import load_average, machine_info
 from bench_postgres import (
     DEFAULT_DSN,
+    busy_seconds,
+    cpu_seconds,
     create_database,
     drop_database,
     note,
@@ -68,7 +71,22 @@ def _rss(process: psutil.Process) -> int:
     return total
 
 
-def run_campaign(address: str, server_pid: int, workdir: Path, layout: str, timeout: float) -> dict[str, Any]:
+def _backends(database: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to the benchmark's database."""
+    found: dict[int, float] = {}
+    for process in psutil.process_iter(["cmdline"]):
+        words = " ".join(process.info["cmdline"] or ()).split()
+        # "postgres: 15/main: USER DATABASE HOST(PORT) STATE"
+        if words[:1] == ["postgres:"] and database in words[2:4]:
+            seconds = cpu_seconds(process.pid)
+            if seconds is not None:
+                found[process.pid] = seconds
+    return found
+
+
+def run_campaign(
+    address: str, server_pid: int, workdir: Path, layout: str, timeout: float, database: str
+) -> dict[str, Any]:
     script = Path(sys.executable).parent / "nba"
     command = [
         str(script), "dialer", "export", "--campaign", "bench", "--all-customers", "--format", layout,
@@ -79,16 +97,27 @@ def run_campaign(address: str, server_pid: int, workdir: Path, layout: str, time
     server_peak = server_start = _rss(server)
     client_peak = 0
     cpu_before = sum(p.cpu_times().user + p.cpu_times().system for p in [server, *server.children(recursive=True)])
+    backends_before = _backends(database)
+    backends_last = dict(backends_before)
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    machine_before = busy_seconds()
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     client = psutil.Process(process.pid)
+    samples = 0
     while process.poll() is None:
         server_peak = max(server_peak, _rss(server))
         with contextlib.suppress(psutil.Error):
             client_peak = max(client_peak, client.memory_info().rss)
+        samples += 1
+        if samples % 20 == 0:  # a backend that connects and leaves within a second is missed: the pool keeps them
+            backends_last.update(_backends(database))
         time.sleep(SAMPLE_EVERY_S)
     seconds = time.perf_counter() - started
+    backends_last.update(_backends(database))
+    machine_after = busy_seconds()
     stdout, stderr = process.communicate()
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_after = sum(p.cpu_times().user + p.cpu_times().system for p in [server, *server.children(recursive=True)])
     lines = {
         name: sum(1 for _ in (workdir / name).open(encoding="utf-8")) - 1 if (workdir / name).exists() else 0
@@ -105,6 +134,13 @@ def run_campaign(address: str, server_pid: int, workdir: Path, layout: str, time
         "server_rss_peak_mib": server_peak / MIB,
         "client_rss_peak_mib": client_peak / MIB,
         "server_cpu_seconds": cpu_after - cpu_before,
+        # The client is the only child that ends during the campaign, so the children's usage is its own.
+        "client_cpu_seconds": (children_after.ru_utime + children_after.ru_stime)
+        - (children_before.ru_utime + children_before.ru_stime),
+        "postgres_cpu_seconds": sum(cpu - backends_before.get(pid, 0.0) for pid, cpu in backends_last.items()),
+        "postgres_backends": len(backends_last),
+        "machine_cpu_seconds": machine_after[0] - machine_before[0],
+        "cores": psutil.cpu_count() or 1,
     }
 
 
@@ -133,7 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             note(f"streaming the campaign of {args.customers:,} customers through {address} ...")
             report["load_before"] = load_average()
-            report["campaign"] = run_campaign(address, server.pid, workdir, args.format, args.timeout)
+            report["campaign"] = run_campaign(address, server.pid, workdir, args.format, args.timeout, name)
             report["load_after"] = load_average()
         finally:
             code, stop_s = stop_server(server, 60)
@@ -166,6 +202,19 @@ def print_report(report: dict[str, Any]) -> None:
         f"{campaign['client_rss_peak_mib']:.0f} MiB"
     )
     print(f"server CPU: {campaign['server_cpu_seconds']:.1f} s during the campaign; load {report['load_after']}")
+    budget = campaign["cores"] * TARGET_SECONDS
+    parts = (
+        ("server", campaign["server_cpu_seconds"]),
+        ("client", campaign["client_cpu_seconds"]),
+        (f"PostgreSQL ({campaign['postgres_backends']} backends)", campaign["postgres_cpu_seconds"]),
+    )
+    named = sum(seconds for _, seconds in parts)
+    print(
+        f"CPU of the campaign: {', '.join(f'{label} {seconds:.1f} s' for label, seconds in parts)}, "
+        f"everything else {campaign['machine_cpu_seconds'] - named:.1f} s; the machine "
+        f"{campaign['machine_cpu_seconds']:.1f} s busy in all, against the {budget:.0f} CPU-seconds that "
+        f"{campaign['cores']} cores give in {TARGET_SECONDS:.0f} s"
+    )
     written = campaign["calls"] + campaign["excluded"]
     print(
         f"check:   {report['decisions_recorded']:,} decisions recorded for the campaign, {written:,} file lines "
