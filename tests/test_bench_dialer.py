@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -37,3 +38,15 @@ def test_the_backends_of_the_benchmark_s_database_are_found_and_no_others(pg_dsn
     assert ours in found
     assert other not in found
     assert all(seconds >= 0.0 for seconds in found.values())
+
+
+def test_the_campaign_is_decided_for_the_next_afternoon_whatever_the_hour_the_run_starts() -> None:
+    def at(hour: int, minute: int) -> datetime:
+        return datetime(2026, 12, 6, hour, minute, tzinfo=UTC)
+
+    assert bench_dialer.next_afternoon(at(4, 50)) == at(15, 0)
+    assert bench_dialer.next_afternoon(at(14, 50)) == at(15, 0)
+    assert bench_dialer.next_afternoon(at(14, 51)) == at(15, 0) + timedelta(days=1)
+    assert bench_dialer.next_afternoon(at(23, 59)) == at(15, 0) + timedelta(days=1)
+    other_zone = datetime(2026, 12, 6, 9, 0, tzinfo=timezone(timedelta(hours=-5)))  # 14:00 UTC
+    assert bench_dialer.next_afternoon(other_zone) == at(15, 0)
