@@ -38,6 +38,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -579,9 +580,10 @@ async def commit_wait(
 # --------------------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, number: int = 1) -> dict[str, Any]:
+    """One run on a database of its own; `number` tells repeated runs' databases apart (one may be kept)."""
     admin_dsn = args.dsn
-    database = f"nba_bench_{os.getpid()}"
+    database = f"nba_bench_{os.getpid()}" if number == 1 else f"nba_bench_{os.getpid()}_{number}"
     dsn = with_database(admin_dsn, database)
     rng = random.Random(args.seed)
     load_before = load_average()
@@ -876,6 +878,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="seconds of the writer-alone commit-wait phase at --rate (default 10; 0 skips it)",
     )
     parser.add_argument("--stop-timeout", type=float, default=90.0, help="seconds to wait for the server to exit")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs, each on a fresh database and a new server; with more than one, the Decide p99 target is judged "
+        "on the median of their p99s (default 1)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the database (and the server log) afterwards")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary instead of the table")
     parser.add_argument("--fail-on-miss", action="store_true", help="exit with status 2 when a target is missed")
@@ -886,20 +895,74 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--rate, --duration and --reads must be positive; --warmup and --warmup-reads not negative")
     if args.commit_seconds < 0:
         parser.error("--commit-seconds must not be negative")
+    if not 1 <= args.repeat <= 20:
+        parser.error("--repeat must be between 1 and 20")
     return args
+
+
+def repeated(reports: Sequence[dict[str, Any]], rate: float) -> dict[str, Any]:
+    """Each run's Decide figures, and the p99 target judged on the median of the runs' p99s: on a machine shared
+    with PostgreSQL and the load generator one run's p99 varies several-fold from the next."""
+    runs = [
+        {
+            "p50_ms": r["decide"]["steady"]["latency_ms"]["median"],
+            "p99_ms": r["decide"]["steady"]["latency_ms"]["p99"],
+            "server_cpu_ms_per_call": r["decide"]["cpu"]["server_cpu_ms_per_call"],
+            "postgres_cpu_ms_per_call": r["decide"]["cpu"]["postgres_cpu_ms_per_call"],
+            "machine_pct": r["decide"]["cpu"]["machine_pct"],
+        }
+        for r in reports
+    ]
+    target = Target(
+        f"Decide p99 at {rate:g}/s, median of {len(runs)} runs",
+        statistics.median(run["p99_ms"] for run in runs),
+        TARGET_DECIDE_P99_MS,
+        "ms",
+    )
+    return {"runs": runs, "target": target}
+
+
+def print_repeated(summary: dict[str, Any]) -> None:
+    print()
+    print(f"{len(summary['runs'])} runs, each on a fresh database and a new server:")
+    print("run   Decide p50 / p99 (ms)   server CPU per call   PostgreSQL CPU per call   machine busy")
+    for number, run in enumerate(summary["runs"], start=1):
+        print(
+            f"{number:<5} {run['p50_ms']:>9.2f} / {run['p99_ms']:<9.2f} {run['server_cpu_ms_per_call']:>14.2f} ms "
+            f"{run['postgres_cpu_ms_per_call']:>20.2f} ms {run['machine_pct']:>16.0f}%"
+        )
+    target: Target = summary["target"]
+    measured = f"{target.measured:.3f}"
+    print(f"target: {target.name:<36} {measured:>9} {target.unit:<4} {target.condition():<10} {target.verdict()}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    report = run(args)
+    reports = []
+    for number in range(1, args.repeat + 1):
+        if args.repeat > 1:
+            note(f"run {number} of {args.repeat}")
+        reports.append(run(args, number))
+    summary = repeated(reports, args.rate) if args.repeat > 1 else None
     if args.json:
-        print(json.dumps({k: v for k, v in report.items() if not k.startswith("_")}, indent=2, default=str))
+        shown = [{k: v for k, v in report.items() if not k.startswith("_")} for report in reports]
+        if summary is None:
+            print(json.dumps(shown[0], indent=2, default=str))
+        else:
+            target: Target = summary["target"]
+            median = {"name": target.name, "measured": target.measured, "limit": target.limit, "passed": target.passed}
+            print(json.dumps({"runs": shown, "median_target": median}, indent=2, default=str))
     else:
-        print_report(report)
-    server = report["server"]
-    if not report["decision_log"]["equal"] or server["exit_code"] != 0 or server["spill_files"]:
-        return 1
-    if args.fail_on_miss and not report["all_targets_met"]:
+        for report in reports:
+            print_report(report)
+        if summary is not None:
+            print_repeated(summary)
+    for report in reports:
+        server = report["server"]
+        if not report["decision_log"]["equal"] or server["exit_code"] != 0 or server["spill_files"]:
+            return 1
+    met = summary["target"].passed if summary is not None else reports[0]["all_targets_met"]
+    if args.fail_on_miss and not met:
         return 2
     return 0
 
