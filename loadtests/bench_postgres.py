@@ -842,8 +842,12 @@ def print_report(report: dict[str, Any]) -> None:
     )
     print()
     for target in report["_targets"]:
-        measured = f"{target.measured:,.0f}" if target.equal else f"{target.measured:.3f}"
-        print(f"target: {target.name:<36} {measured:>9} {target.unit:<4} {target.condition():<10} {target.verdict()}")
+        _print_target(target)
+
+
+def _print_target(target: Target) -> None:
+    measured = f"{target.measured:,.0f}" if target.equal else f"{target.measured:.3f}"
+    print(f"target: {target.name:<36} {measured:>9} {target.unit:<4} {target.condition():<10} {target.verdict()}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -931,9 +935,7 @@ def print_repeated(summary: dict[str, Any]) -> None:
             f"{number:<5} {run['p50_ms']:>9.2f} / {run['p99_ms']:<9.2f} {run['server_cpu_ms_per_call']:>14.2f} ms "
             f"{run['postgres_cpu_ms_per_call']:>20.2f} ms {run['machine_pct']:>16.0f}%"
         )
-    target: Target = summary["target"]
-    measured = f"{target.measured:.3f}"
-    print(f"target: {target.name:<36} {measured:>9} {target.unit:<4} {target.condition():<10} {target.verdict()}")
+    _print_target(summary["target"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
