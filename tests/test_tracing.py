@@ -114,6 +114,16 @@ def _server_span(spans: list[ReadableSpan]) -> ReadableSpan:
     return server
 
 
+async def _ended_server_span(exporter: InMemorySpanExporter, trace_id: str) -> ReadableSpan:
+    """The server span of a call the server ended with an error or a cancel: the caller can hold the status a
+    moment before the server's interceptor has ended its span, so wait for it (2 s at most)."""
+    for _ in range(100):
+        if any(s.kind is SpanKind.SERVER for s in _trace(exporter, trace_id)):
+            break
+        await asyncio.sleep(0.02)
+    return _server_span(_trace(exporter, trace_id))
+
+
 def _check_stage_tree(spans: list[ReadableSpan]) -> ReadableSpan:
     """One server span; the stages beneath it, the pipeline's own under `pipeline`. Returns the server span."""
     server = _server_span(spans)
@@ -201,7 +211,7 @@ class TestGrpc:
                 timeout=10,
             )
         assert raised.value.code() is code
-        server = _server_span(_trace(spans, CALLER_TRACE))
+        server = await _ended_server_span(spans, CALLER_TRACE)
         assert server.attributes is not None
         assert server.attributes["rpc.grpc.status_code"] == code.value[0]
         assert server.status.status_code is StatusCode.UNSET  # the caller's error, not the server's
@@ -236,11 +246,7 @@ class TestGrpc:
         async for _ in call:
             call.cancel()
             break
-        for _ in range(100):
-            if _trace(spans, CALLER_TRACE):
-                break
-            await asyncio.sleep(0.02)
-        server = _server_span(_trace(spans, CALLER_TRACE))
+        server = await _ended_server_span(spans, CALLER_TRACE)
         assert (server.attributes or {})["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
         assert not [r for r in caplog.records if r.name.startswith(("opentelemetry", "asyncio"))]
 
