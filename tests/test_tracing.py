@@ -114,14 +114,18 @@ def _server_span(spans: list[ReadableSpan]) -> ReadableSpan:
     return server
 
 
-async def _ended_server_span(exporter: InMemorySpanExporter, trace_id: str) -> ReadableSpan:
-    """The server span of a call the server ended with an error or a cancel: the caller can hold the status a
-    moment before the server's interceptor has ended its span, so wait for it (2 s at most)."""
+async def _settled_trace(exporter: InMemorySpanExporter, trace_id: str) -> list[ReadableSpan]:
+    """A call's spans once its server span has ended: the caller can hold the answer or the status a moment
+    before the server's interceptor or middleware has ended the span, so wait for it (2 s at most)."""
     for _ in range(100):
         if any(s.kind is SpanKind.SERVER for s in _trace(exporter, trace_id)):
             break
         await asyncio.sleep(0.02)
-    return _server_span(_trace(exporter, trace_id))
+    return _trace(exporter, trace_id)
+
+
+async def _ended_server_span(exporter: InMemorySpanExporter, trace_id: str) -> ReadableSpan:
+    return _server_span(await _settled_trace(exporter, trace_id))
 
 
 def _check_stage_tree(spans: list[ReadableSpan]) -> ReadableSpan:
@@ -158,7 +162,7 @@ class TestGrpc:
             metadata=(("traceparent", TRACEPARENT),),
             timeout=10,
         )
-        server = _check_stage_tree(_trace(spans, CALLER_TRACE))
+        server = _check_stage_tree(await _settled_trace(spans, CALLER_TRACE))
         assert server.name == "nba.v1.NextBestAction/Decide"
         assert server.parent is not None
         assert format_span_id(server.parent.span_id) == CALLER_SPAN
@@ -191,7 +195,7 @@ class TestGrpc:
         assert record is not None
         assert len(record.trace_id) == 32
         assert record.trace_id != CALLER_TRACE
-        server = _check_stage_tree(_trace(spans, record.trace_id))
+        server = _check_stage_tree(await _settled_trace(spans, record.trace_id))
         assert server.parent is None
 
     @pytest.mark.parametrize(
@@ -234,7 +238,7 @@ class TestGrpc:
             r async for r in stack.stub.DecideBatch(request, metadata=(("traceparent", TRACEPARENT),), timeout=30)
         ]
         assert len(results) <= len(ids)
-        server = _server_span(_trace(spans, CALLER_TRACE))
+        server = await _ended_server_span(spans, CALLER_TRACE)
         assert server.name == "nba.v1.NextBestAction/DecideBatch"
         assert (server.attributes or {})["rpc.grpc.status_code"] == 0
         assert results
@@ -268,7 +272,7 @@ class TestHttp:
             headers={"traceparent": TRACEPARENT},
         )
         assert response.status_code == 200, response.text
-        server = _check_stage_tree(_trace(spans, CALLER_TRACE))
+        server = _check_stage_tree(await _settled_trace(spans, CALLER_TRACE))
         assert server.name == "POST /v1/decide"
         assert server.parent is not None
         assert format_span_id(server.parent.span_id) == CALLER_SPAN
@@ -293,7 +297,7 @@ class TestHttp:
             headers={"traceparent": TRACEPARENT},
         )
         assert response.status_code == 404
-        server = _server_span(_trace(spans, CALLER_TRACE))
+        server = await _ended_server_span(spans, CALLER_TRACE)
         assert server.name == "POST /v1/decide"
         assert (server.attributes or {})["http.response.status_code"] == 404
         assert server.status.status_code is StatusCode.UNSET
@@ -338,13 +342,18 @@ async def test_no_span_carries_customer_ids_attributes_or_event_values(
             ),
             timeout=10,
         )
-    names = {s.name for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER}
-    assert {
+    expected = {
         "nba.v1.NextBestAction/IngestEvent",
         "nba.v1.NextBestAction/Decide",
         "POST /v1/events",
         "POST /v1/decide",
-    } <= names
+    }
+    for _ in range(100):
+        names = {s.name for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER}
+        if expected <= names:
+            break
+        await asyncio.sleep(0.02)
+    assert expected <= names
     _no_customer_data(spans, secrets)
 
 
@@ -381,7 +390,12 @@ async def test_a_shadow_run_is_a_span_of_the_call_after_the_answer(spans: InMemo
                 metadata=(("traceparent", TRACEPARENT),),
                 timeout=10,
             )
-        call = _trace(spans, CALLER_TRACE)
+        call = await _settled_trace(spans, CALLER_TRACE)
+        for _ in range(100):
+            if any(s.name == "shadow" for s in call):
+                break
+            await asyncio.sleep(0.02)
+            call = _trace(spans, CALLER_TRACE)
         server_span = _server_span(call)
         (shadow,) = [s for s in call if s.name == "shadow"]
         assert shadow.parent is not None
