@@ -17,7 +17,7 @@ import grpc
 import structlog
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from nba_service._proto.nba.v1 import nba_pb2, nba_pb2_grpc
@@ -33,6 +33,7 @@ from nba_service.telemetry.metrics import ServiceMetrics
 from nba_service.transport.explanation import DIRECTIONS, action_message, explanation_message, timestamp
 from nba_service.transport.grpc_auth import AuthInterceptor, current_caller
 from nba_service.transport.grpc_errors import internal_status, to_status
+from nba_service.transport.grpc_health import HealthService
 from nba_service.transport.grpc_limits import LimitsInterceptor
 from nba_service.transport.grpc_metrics import MetricsInterceptor
 from nba_service.transport.wire import Undecodable, check_storable_text, lenient_deserializer
@@ -403,7 +404,7 @@ class GrpcServer:
             options.append(("grpc.max_concurrent_streams", self.limits.limits.max_streams_per_connection))
         self.server = grpc.aio.server(options=options, interceptors=interceptors)
         add_servicer(NextBestActionServicer(service), self.server)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._reflected = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         self.host = host
@@ -446,6 +447,7 @@ class GrpcServer:
 
     async def stop(self, grace: float) -> None:
         await self.set_serving(False)
+        await self.health.close_watches()
         if self.listening:
             await self.server.stop(grace)
 

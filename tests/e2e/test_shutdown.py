@@ -177,6 +177,46 @@ def test_sigterm_under_load_refuses_only_with_unavailable(start_fresh_server: An
     assert [c.code for c in not_ok] == [grpc.StatusCode.UNAVAILABLE] * len(not_ok)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"], ids=["single-process", "two-workers"])
+def test_health_watchers_get_not_serving_and_an_end_and_do_not_hold_up_sigterm(
+    start_fresh_server: Any, workers: str
+) -> None:
+    """Clients that watch health (gRPC's client-side health checking) hold the stream open for the life of the
+    connection and never hang up themselves: SIGTERM still ends within moments, not the whole grace period,
+    and each watcher sees NOT_SERVING and then a clean end of the stream."""
+    grace = 20.0
+    server = start_fresh_server("--grace-seconds", str(grace), "--workers", workers)
+    server.decide("CUST-000001", Channel.AGENT_DESKTOP)
+    seen: list[list[Any]] = [[] for _ in range(4)]
+
+    def watch(out: list[Any]) -> None:
+        call = health_pb2_grpc.HealthStub(server.new_channel()).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=grace * 2
+        )
+        try:
+            out.extend(response.status for response in call)
+            out.append(call.code())
+        except grpc.RpcError as exc:
+            out.append(exc.code())
+
+    watchers = [threading.Thread(target=watch, args=(out,), daemon=True) for out in seen]
+    for watcher in watchers:
+        watcher.start()
+    deadline = time.monotonic() + 10
+    while not all(seen) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(seen), "every watcher gets the current status first"
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(grace + 10) == 0, server.log_text()[-3000:]
+    took = time.monotonic() - signalled
+    for watcher in watchers:
+        watcher.join(10)
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    assert seen == [[serving, not_serving, grpc.StatusCode.OK]] * 4
+    assert took < grace / 2, f"took {took:.2f}s to stop with {len(seen)} health watchers open"
+
+
 def test_sigint_stops_cleanly(start_fresh_server: Any) -> None:
     """SIGINT (Ctrl-C) shuts down like SIGTERM: exit code 0, no traceback, every decision in the log."""
     server = start_fresh_server()
