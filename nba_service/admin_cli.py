@@ -80,7 +80,8 @@ def register(group: click.Group, target: Decorator) -> None:
         if response.HasField("last_refusal"):
             refusal = response.last_refusal
             when = refusal.at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
-            click.echo(f"last refusal: {_short(refusal.candidate)} at {when}Z: {refusal.reason}")
+            asked = f" ({refusal.origin}{_by(refusal.requested_by)})" if refusal.origin else ""
+            click.echo(f"last refusal: {_short(refusal.candidate)} at {when}Z{asked}: {refusal.reason}")
             for problem in refusal.problems:
                 click.echo(f"  {problem}")
         else:
@@ -120,7 +121,12 @@ def _short(version: Any) -> str:
 
 def _version(version: Any) -> str:
     when = version.activated_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
-    return f"{_short(version)}, since {when}Z ({version.source}), {version.scenarios_passed} scenarios passed"
+    source = f"{version.source}{_by(version.activated_by)}"
+    return f"{_short(version)}, since {when}Z ({source}), {version.scenarios_passed} scenarios passed"
+
+
+def _by(principal: str) -> str:
+    return f" by {principal}" if principal else ""
 
 
 def _json(message: Any) -> str:

@@ -96,19 +96,19 @@ class InProcessRulesets:
             ruleset = await asyncio.to_thread(parse, candidate)
         except RulesetInvalid as exc:
             problems = tuple(FieldProblem("ruleset.content", str(p)) for p in exc.ruleset_problems)
-            self._state.refuse(record, None, f"{candidate.file_name} is not a valid ruleset", problems, origin)
+            self._state.refuse(record, None, f"{candidate.file_name} is not a valid ruleset", problems, origin, by)
             raise InvalidArgument.many(problems) from exc
         current = self._service.active.ruleset
         if ruleset.meta.name != current.meta.name:
             problem = f"ruleset {ruleset.meta.name!r} is not the one this service serves ({current.meta.name!r})"
-            self._state.refuse(record, ruleset, problem, (), origin)
+            self._state.refuse(record, ruleset, problem, (), origin, by)
             raise InvalidArgument.of("ruleset.content", problem)
         if ruleset.content_hash == current.content_hash:
             return Switch(self._status(record), unchanged=True)
         try:
             prepared = await prepare_in_service(candidate, ruleset, self._load)
         except CandidateRefused as exc:
-            self._state.refuse(record, ruleset, exc.message, exc.problems, origin)
+            self._state.refuse(record, ruleset, exc.message, exc.problems, origin, by)
             raise
         activated_at = now()
         try:
@@ -117,7 +117,7 @@ class InProcessRulesets:
             # Its decisions could never be explained: a hash nobody can fetch names no text a reviewer can read.
             prepared.active.engine.close()
             reason = f"the version cannot be kept in the ruleset archive, so it does not serve: {exc.message}"
-            self._state.refuse(record, ruleset, reason, (), origin)
+            self._state.refuse(record, ruleset, reason, (), origin, by)
             refusal = Unavailable if isinstance(exc, Unavailable) else CandidateRefused
             raise refusal(f"{reason}; the running version stays") from exc
         kept = self._state.keep(ruleset.meta.name, ruleset.content_hash, candidate.content, candidate.tests)

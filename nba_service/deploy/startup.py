@@ -56,6 +56,7 @@ def start_version(
             exc.message,
             tuple(f"{p.field}: {p.problem}" for p in exc.problems),
             now(),
+            "start-up",
         )
         state.write(replace(state.refused(record, refusal), configured_hash=configured.content_hash))
         log.error("configured_ruleset_refused_serving_last_good", reason=exc.message, serving=active.shown())

@@ -59,6 +59,9 @@ class Refusal:
     reason: str
     problems: tuple[str, ...]
     at: datetime
+    origin: str = ""
+    by: str = ""
+    """Who asked, as `VersionInfo.activated_by`; "" also in refusals kept before this field existed."""
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "problems": list(self.problems), "at": self.at.isoformat()}
@@ -140,8 +143,10 @@ class DeployState:
         reason: str,
         problems: tuple[FieldProblem, ...],
         origin: str,
+        by: str = "",
     ) -> None:
-        """Keeps and logs why a candidate did not serve; `ruleset` is None when its text did not even load."""
+        """Keeps and logs why a candidate did not serve, and who asked for it: a refused deploy is as much part
+        of the audit trail as one that served. `ruleset` is None when its text did not even load."""
         refusal = Refusal(
             ruleset.meta.name if ruleset else "",
             ruleset.meta.version if ruleset else "",
@@ -149,9 +154,11 @@ class DeployState:
             reason,
             tuple(f"{p.field}: {p.problem}" if p.field else p.problem for p in problems),
             now(),
+            origin,
+            by,
         )
         self.write(self.refused(record, refusal))
-        log.error("ruleset_refused", origin=origin, reason=reason, problems=list(refusal.problems)[:20])
+        log.error("ruleset_refused", origin=origin, reason=reason, problems=list(refusal.problems)[:20], by=by or None)
         if self._on_outcome is not None:
             self._on_outcome(origin, "refused")
 

@@ -93,7 +93,7 @@ class SupervisorDeploys:
             return None
         configured = configured_ruleset(self.configured)
         refusal = Refusal(
-            configured.meta.name, configured.meta.version, configured.content_hash, failure, problems, now()
+            configured.meta.name, configured.meta.version, configured.content_hash, failure, problems, now(), "start-up"
         )
         self._state.write(replace(self._state.refused(record, refusal), configured_hash=configured.content_hash))
         log.error("configured_ruleset_refused_serving_last_good", reason=failure, serving=active.shown())
@@ -169,12 +169,12 @@ class SupervisorDeploys:
             ruleset = await asyncio.to_thread(parse, candidate)
         except RulesetInvalid as exc:
             problems = tuple(FieldProblem("ruleset.content", str(p)) for p in exc.ruleset_problems)
-            self._state.refuse(record, None, f"{candidate.file_name} is not a valid ruleset", problems, origin)
+            self._state.refuse(record, None, f"{candidate.file_name} is not a valid ruleset", problems, origin, by)
             raise InvalidArgument.many(problems) from exc
         active = record.active
         if active is not None and ruleset.meta.name != active.name:
             problem = f"ruleset {ruleset.meta.name!r} is not the one this service serves ({active.name!r})"
-            self._state.refuse(record, ruleset, problem, (), origin)
+            self._state.refuse(record, ruleset, problem, (), origin, by)
             raise InvalidArgument.of("ruleset.content", problem)
         if active is not None and ruleset.content_hash == active.hash:
             await reply(Switch(self.status(), unchanged=True))
@@ -193,7 +193,7 @@ class SupervisorDeploys:
         if not await roller.roll(self.worker_settings(path), before_retire=switched):
             failed = roller.failed_generation()
             reason = failed.failure or "the new workers did not start"
-            self._state.refuse(record, ruleset, reason, tuple(FieldProblem("", p) for p in failed.problems), origin)
+            self._state.refuse(record, ruleset, reason, tuple(FieldProblem("", p) for p in failed.problems), origin, by)
             raise CandidateRefused(reason, tuple(_problem(p) for p in failed.problems))
         # Only now: `roll` returns once no connection to an old worker is left, so a call made after this answer
         # can only be answered by the new version.

@@ -58,6 +58,8 @@ class RulesetAdminServicer:
             response.last_refusal.reason = refusal.reason
             response.last_refusal.problems.extend(refusal.problems)
             response.last_refusal.at.CopyFrom(timestamp(refusal.at))
+            response.last_refusal.origin = refusal.origin
+            response.last_refusal.requested_by = refusal.by
         return response
 
 
@@ -96,3 +98,4 @@ def _set_version(message: admin_pb2.RulesetVersion, version: VersionInfo | None)
     message.activated_at.CopyFrom(timestamp(version.activated_at))
     message.source = version.source
     message.scenarios_passed = version.scenarios_passed
+    message.activated_by = version.activated_by

@@ -176,6 +176,7 @@ def test_a_candidate_failing_its_scenarios_is_refused_and_the_old_version_serves
         assert [w.pid for w in after.workers] == [w.pid for w in before.workers], "the serving workers stay"
         assert after.last_refusal.candidate.version == "9.9.9"
         assert after.last_refusal.problems, "the refusal names the failing scenarios"
+        assert (after.last_refusal.origin, after.last_refusal.requested_by) == ("activate", "anonymous")
         customer = some_customers(server, 1)[0]
         assert decide(server, customer).ruleset.hash == before.active.hash
         assert any(e.get("event") == "ruleset_refused" for e in server.log_events())
@@ -245,6 +246,7 @@ def test_sighup_and_a_changed_folder_deploy_the_configured_files(tmp_path: Path,
             assert time.monotonic() < deadline, server.log_text()[-3000:]
             time.sleep(0.2)
         assert status(server).active.version == "9.1.0", "a refused folder change leaves the running version"
+        assert status(server).last_refusal.origin in ("folder", "sighup")  # the signal may find the new files
     finally:
         server.stop()
 

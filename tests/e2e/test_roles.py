@@ -310,8 +310,38 @@ def test_deploys_record_who_asked(world: World) -> None:
     assert state["active"]["source"] == "rollback"
     assert state["previous"]["activated_by"] == admin
     assert state["previous"]["version"] == NEXT_VERSION
+    assert rolled_back.active.activated_by == admin
+    assert rolled_back.previous.activated_by == admin
     lines = [e for e in world.server.log_events() if e.get("event") == "ruleset_activated"]
     assert [(e["origin"], e["by"]) for e in lines] == [("activate", admin), ("rollback", admin)]
+
+
+def test_a_refused_deploy_records_who_asked(world: World) -> None:
+    """A refused Activate is part of the audit trail too: who tried to put what in front of customers."""
+    admin = world.callers["admin"]
+    broken = admin_pb2.RulesetSource(file_name="broken.yaml", content="ruleset: [not closed")
+    error = refusal(lambda: admin.call(admin.admin.Activate, admin_pb2.ActivateRequest(ruleset=broken), timeout=120))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = admin.call(admin.admin.Status, admin_pb2.StatusRequest())
+    assert status.last_refusal.reason == "broken.yaml is not a valid ruleset"
+    assert (status.last_refusal.origin, status.last_refusal.requested_by) == ("activate", admin.principal)
+    state = json.loads((world.workdir / "var" / "rulesets" / "state.json").read_text())
+    assert (state["last_refusal"]["origin"], state["last_refusal"]["by"]) == ("activate", admin.principal)
+    lines = [e for e in world.server.log_events() if e.get("event") == "ruleset_refused"]
+    assert (lines[-1]["origin"], lines[-1]["by"]) == ("activate", admin.principal)
+    certificate = world.pki.client("admin-01")
+    tls = ["--cacert", str(world.pki.ca_cert), "--cert", str(certificate.cert), "--key", str(certificate.key)]
+    shown = subprocess.run(
+        [str(NBA_SCRIPT), "rulesets", "status", "--target", world.server.address, *tls],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=server_env(),
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"Z (activate by {admin.principal}): broken.yaml is not a valid ruleset" in shown.stdout, shown.stdout
+    assert f"(rollback by {admin.principal})" in shown.stdout, shown.stdout
 
 
 def test_health_and_reflection_stay_open(world: World) -> None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12nba/v1/admin.proto\x12\x06nba.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"J\n\rRulesetSource\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x15\n\rtests_content\x18\x03 \x01(\t\"9\n\x0f\x41\x63tivateRequest\x12&\n\x07ruleset\x18\x01 \x01(\x0b\x32\x15.nba.v1.RulesetSource\"\x11\n\x0fRollbackRequest\"\x0f\n\rStatusRequest\"\x99\x01\n\x0eRulesetVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04hash\x18\x03 \x01(\t\x12\x30\n\x0c\x61\x63tivated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x18\n\x10scenarios_passed\x18\x06 \x01(\r\"S\n\x0cWorkerStatus\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\'\n\x07ruleset\x18\x03 \x01(\x0b\x32\x16.nba.v1.RulesetVersion\"~\n\x07Refusal\x12)\n\tcandidate\x18\x01 \x01(\x0b\x32\x16.nba.v1.RulesetVersion\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08problems\x18\x03 \x03(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9e\x01\n\x10\x41\x63tivateResponse\x12&\n\x06\x61\x63tive\x18\x01 \x01(\x0b\x32\x16.nba.v1.RulesetVersion\x12(\n\x08previous\x18\x02 \x01(\x0b\x32\x16.nba.v1.RulesetVersion\x12%\n\x07workers\x18\x03 \x03(\x0b\x32\x14.nba.v1.WorkerStatus\x12\x11\n\tunchanged\x18\x04 \x01(\x08\"\xb0\x01\n\x0eStatusResponse\x12&\n\x06\x61\x63tive\x18\x01 \x01(\x0b\x32\x16.nba.v1.RulesetVersion\x12(\n\x08previous\x18\x02 \x01(\x0b\x32\x16.nba.v1.RulesetVersion\x12%\n\x07workers\x18\x03 \x03(\x0b\x32\x14.nba.v1.WorkerStatus\x12%\n\x0clast_refusal\x18\x04 \x01(\x0b\x32\x0f.nba.v1.Refusal2\xc5\x01\n\x0cRulesetAdmin\x12=\n\x08\x41\x63tivate\x12\x17.nba.v1.ActivateRequest\x1a\x18.nba.v1.ActivateResponse\x12=\n\x08Rollback\x12\x17.nba.v1.RollbackRequest\x1a\x18.nba.v1.ActivateResponse\x12\x37\n\x06Status\x12\x15.nba.v1.StatusRequest\x1a\x16.nba.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12nba/v1/admin.proto\x12\x06nba.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"J\n\rRulesetSource\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x15\n\rtests_content\x18\x03 \x01(\t\"9\n\x0f\x41\x63tivateRequest\x12&\n\x07ruleset\x18\x01 \x01(\x0b\x32\x15.nba.v1.RulesetSource\"\x11\n\x0fRollbackRequest\"\x0f\n\rStatusRequest\"\xaf\x01\n\x0eRulesetVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04hash\x18\x03 \x01(\t\x12\x30\n\x0c\x61\x63tivated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x18\n\x10scenarios_passed\x18\x06 \x01(\r\x12\x14\n\x0c\x61\x63tivated_by\x18\x07 \x01(\t\"S\n\x0cWorkerStatus\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\'\n\x07ruleset\x18\x03 \x01(\x0b\x32\x16.nba.v1.RulesetVersion\"\xa4\x01\n\x07Refusal\x12)\n\tcandidate\x18\x01 \x01(\x0b\x32\x16.nba.v1.RulesetVersion\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08problems\x18\x03 \x03(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06origin\x18\x05 \x01(\t\x12\x14\n\x0crequested_by\x18\x06 \x01(\t\"\x9e\x01\n\x10\x41\x63tivateResponse\x12&\n\x06\x61\x63tive\x18\x01 \x01(\x0b\x32\x16.nba.v1.RulesetVersion\x12(\n\x08previous\x18\x02 \x01(\x0b\x32\x16.nba.v1.RulesetVersion\x12%\n\x07workers\x18\x03 \x03(\x0b\x32\x14.nba.v1.WorkerStatus\x12\x11\n\tunchanged\x18\x04 \x01(\x08\"\xb0\x01\n\x0eStatusResponse\x12&\n\x06\x61\x63tive\x18\x01 \x01(\x0b\x32\x16.nba.v1.RulesetVersion\x12(\n\x08previous\x18\x02 \x01(\x0b\x32\x16.nba.v1.RulesetVersion\x12%\n\x07workers\x18\x03 \x03(\x0b\x32\x14.nba.v1.WorkerStatus\x12%\n\x0clast_refusal\x18\x04 \x01(\x0b\x32\x0f.nba.v1.Refusal2\xc5\x01\n\x0cRulesetAdmin\x12=\n\x08\x41\x63tivate\x12\x17.nba.v1.ActivateRequest\x1a\x18.nba.v1.ActivateResponse\x12=\n\x08Rollback\x12\x17.nba.v1.RollbackRequest\x1a\x18.nba.v1.ActivateResponse\x12\x37\n\x06Status\x12\x15.nba.v1.StatusRequest\x1a\x16.nba.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,15 +41,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=217
   _globals['_STATUSREQUEST']._serialized_end=232
   _globals['_RULESETVERSION']._serialized_start=235
-  _globals['_RULESETVERSION']._serialized_end=388
-  _globals['_WORKERSTATUS']._serialized_start=390
-  _globals['_WORKERSTATUS']._serialized_end=473
-  _globals['_REFUSAL']._serialized_start=475
-  _globals['_REFUSAL']._serialized_end=601
-  _globals['_ACTIVATERESPONSE']._serialized_start=604
-  _globals['_ACTIVATERESPONSE']._serialized_end=762
-  _globals['_STATUSRESPONSE']._serialized_start=765
-  _globals['_STATUSRESPONSE']._serialized_end=941
-  _globals['_RULESETADMIN']._serialized_start=944
-  _globals['_RULESETADMIN']._serialized_end=1141
+  _globals['_RULESETVERSION']._serialized_end=410
+  _globals['_WORKERSTATUS']._serialized_start=412
+  _globals['_WORKERSTATUS']._serialized_end=495
+  _globals['_REFUSAL']._serialized_start=498
+  _globals['_REFUSAL']._serialized_end=662
+  _globals['_ACTIVATERESPONSE']._serialized_start=665
+  _globals['_ACTIVATERESPONSE']._serialized_end=823
+  _globals['_STATUSRESPONSE']._serialized_start=826
+  _globals['_STATUSRESPONSE']._serialized_end=1002
+  _globals['_RULESETADMIN']._serialized_start=1005
+  _globals['_RULESETADMIN']._serialized_end=1202
 # @@protoc_insertion_point(module_scope)

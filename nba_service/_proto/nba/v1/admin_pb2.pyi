@@ -107,6 +107,7 @@ class RulesetVersion(_message.Message):
     ACTIVATED_AT_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     SCENARIOS_PASSED_FIELD_NUMBER: _builtins.int
+    ACTIVATED_BY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     hash: _builtins.str
@@ -114,6 +115,10 @@ class RulesetVersion(_message.Message):
     """Where the version came from: "start-up", "activate", "rollback", "folder", "sighup"."""
     scenarios_passed: _builtins.int
     """Scenario cases that passed before this version served (0 when it has no tests file)."""
+    activated_by: _builtins.str
+    """Who activated it: the admin caller's principal ("anonymous" on a server without an access policy); empty
+    for start-up, SIGHUP and the folder watch.
+    """
     @_builtins.property
     def activated_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -125,10 +130,11 @@ class RulesetVersion(_message.Message):
         activated_at: _timestamp_pb2.Timestamp | None = ...,
         source: _builtins.str = ...,
         scenarios_passed: _builtins.int = ...,
+        activated_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["activated_at", b"activated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activated_at", b"activated_at", "hash", b"hash", "name", b"name", "scenarios_passed", b"scenarios_passed", "source", b"source", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activated_at", b"activated_at", "activated_by", b"activated_by", "hash", b"hash", "name", b"name", "scenarios_passed", b"scenarios_passed", "source", b"source", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -168,7 +174,14 @@ class Refusal(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     PROBLEMS_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
+    origin: _builtins.str
+    """Where the candidate came from ("activate", "rollback", "folder", "sighup", "start-up") and who asked
+    (as RulesetVersion.activated_by).
+    """
+    requested_by: _builtins.str
     @_builtins.property
     def candidate(self) -> Global___RulesetVersion: ...
     @_builtins.property
@@ -182,10 +195,12 @@ class Refusal(_message.Message):
         reason: _builtins.str = ...,
         problems: _abc.Iterable[_builtins.str] | None = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
+        origin: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "candidate", b"candidate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "candidate", b"candidate", "problems", b"problems", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "candidate", b"candidate", "origin", b"origin", "problems", b"problems", "reason", b"reason", "requested_by", b"requested_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
