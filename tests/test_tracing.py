@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,13 +114,18 @@ def _server_span(spans: list[ReadableSpan]) -> ReadableSpan:
     return server
 
 
-async def _settled_trace(exporter: InMemorySpanExporter, trace_id: str) -> list[ReadableSpan]:
-    """A call's spans once its server span has ended: the caller can hold the answer or the status a moment
-    before the server's interceptor or middleware has ended the span, so wait for it (2 s at most)."""
+async def _until(ready: Callable[[], bool]) -> None:
+    """Spans end a moment after the caller holds its answer or status (the server's interceptor or middleware
+    ends them once the call is done), so a test waits for what it reads (2 s at most)."""
     for _ in range(100):
-        if any(s.kind is SpanKind.SERVER for s in _trace(exporter, trace_id)):
-            break
+        if ready():
+            return
         await asyncio.sleep(0.02)
+
+
+async def _settled_trace(exporter: InMemorySpanExporter, trace_id: str) -> list[ReadableSpan]:
+    """A call's spans once its server span has ended."""
+    await _until(lambda: any(s.kind is SpanKind.SERVER for s in _trace(exporter, trace_id)))
     return _trace(exporter, trace_id)
 
 
@@ -348,12 +353,12 @@ async def test_no_span_carries_customer_ids_attributes_or_event_values(
         "POST /v1/events",
         "POST /v1/decide",
     }
-    for _ in range(100):
-        names = {s.name for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER}
-        if expected <= names:
-            break
-        await asyncio.sleep(0.02)
-    assert expected <= names
+
+    def names() -> set[str]:
+        return {s.name for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER}
+
+    await _until(lambda: expected <= names())
+    assert expected <= names()
     _no_customer_data(spans, secrets)
 
 
@@ -390,12 +395,8 @@ async def test_a_shadow_run_is_a_span_of_the_call_after_the_answer(spans: InMemo
                 metadata=(("traceparent", TRACEPARENT),),
                 timeout=10,
             )
+        await _until(lambda: any(s.name == "shadow" for s in _trace(spans, CALLER_TRACE)))
         call = await _settled_trace(spans, CALLER_TRACE)
-        for _ in range(100):
-            if any(s.name == "shadow" for s in call):
-                break
-            await asyncio.sleep(0.02)
-            call = _trace(spans, CALLER_TRACE)
         server_span = _server_span(call)
         (shadow,) = [s for s in call if s.name == "shadow"]
         assert shadow.parent is not None
