@@ -1,7 +1,7 @@
 """grpc.health.v1 for this server: the library's servicer, with Watch streams that end when the server stops.
 
 The library's Watch runs until its caller hangs up. Clients that watch (gRPC's client-side health checking,
-proxies, the agent desktops' connection monitors) keep it open for the life of the connection, and
+proxies) keep it open for the life of the connection, and
 `grpc.aio.Server.stop(grace)` waits for every open call, so a single watcher made each SIGTERM and each
 retiring worker wait out the whole grace period. Here every watcher gets the last status (NOT_SERVING at a
 shutdown) and then a clean end of stream, and the server stops as soon as its real calls are done.
