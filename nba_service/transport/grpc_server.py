@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import os
@@ -34,6 +35,7 @@ from nba_service.transport.explanation import DIRECTIONS, action_message, explan
 from nba_service.transport.grpc_auth import AuthInterceptor, current_caller
 from nba_service.transport.grpc_errors import internal_status, to_status
 from nba_service.transport.grpc_health import HealthService
+from nba_service.transport.grpc_in_flight import InFlightCalls
 from nba_service.transport.grpc_limits import LimitsInterceptor
 from nba_service.transport.grpc_metrics import MetricsInterceptor
 from nba_service.transport.wire import Undecodable, check_storable_text, lenient_deserializer
@@ -392,7 +394,8 @@ class GrpcServer:
             ]
         # Tracing outermost, then metrics (refused calls are traced and measured too), then authentication,
         # then the limits, which read the caller it sets (grpc_limits).
-        interceptors: list[grpc.aio.ServerInterceptor] = list(outer)
+        self._in_flight = InFlightCalls()
+        interceptors: list[grpc.aio.ServerInterceptor] = [self._in_flight, *outer]
         if metrics is not None:
             interceptors.append(MetricsInterceptor(metrics))
         if access is not None:
@@ -448,8 +451,19 @@ class GrpcServer:
     async def stop(self, grace: float) -> None:
         await self.set_serving(False)
         await self.health.close_watches()
-        if self.listening:
-            await self.server.stop(grace)
+        if not self.listening:
+            return
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        await asyncio.sleep(0)  # gRPC refuses new calls from here on
+        try:
+            async with asyncio.timeout(grace):
+                await self._in_flight.idle()
+        except TimeoutError:
+            log.warning("grace_period_over", cancelled=self._in_flight.running(), grace_seconds=grace)
+        if not stopping.done():
+            # Nothing this server started is running: what gRPC may still wait for, it never ran (grpc_in_flight).
+            await self.server.stop(0)
+        await stopping
 
     def leave_port(self) -> None:
         """Takes no new connection from now on and goes on serving the ones it has (Linux only).
