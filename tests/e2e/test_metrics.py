@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -115,6 +116,20 @@ def test_one_scrape_covers_every_worker(start_fresh_server: Any) -> None:
         assert customer not in text
     for decision_id in decision_ids:
         assert decision_id not in text
+
+
+def test_health_watch_works_with_metrics_on(start_fresh_server: Any) -> None:
+    """The metrics interceptor leaves the health Watch stream alone: it writes instead of yielding, and the
+    interceptor's wrapper failed it with UNKNOWN, so gRPC's client-side health checking saw every server with
+    metrics on as unhealthy. The Watch is not measured (a stream as long as its connection)."""
+    server: ServerHandle = start_fresh_server("--metrics-port", "0")
+    call = health_pb2_grpc.HealthStub(server.new_channel()).Watch(health_pb2.HealthCheckRequest(service=""), timeout=1)
+    seen = []
+    with pytest.raises(grpc.RpcError) as ended:
+        seen.extend(response.status for response in call)
+    assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, ended.value.details()
+    assert seen == [health_pb2.HealthCheckResponse.SERVING]
+    assert "grpc.health.v1.Health/Watch" not in _scrape(serving_event(server)["metrics_address"])
 
 
 def test_the_older_rpc_convention_and_the_http_api(start_fresh_server: Any) -> None:
