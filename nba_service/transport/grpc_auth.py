@@ -24,6 +24,7 @@ from nba_service.security.access import AccessControl
 from nba_service.security.authz import NEXT_BEST_ACTION, Ask, authorize, is_open
 from nba_service.security.policy import Caller
 from nba_service.transport.grpc_errors import internal_status, to_status
+from nba_service.transport.grpc_handlers import Behaviour, StreamBehaviour, rewrapped
 
 log = structlog.get_logger(__name__)
 
@@ -46,10 +47,6 @@ def ask_of(method: str, request: object) -> Ask:
     return Ask(method)
 
 
-Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
-
-
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
     """Install first: interceptors after it run inside its wrapped behaviour and can read `CURRENT_CALLER`."""
 
@@ -70,20 +67,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        if handler.unary_stream is not None:  # DecideBatch: checked once, before the first result
-            wrapped = grpc.unary_stream_rpc_method_handler(
-                self._guard_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        elif handler.unary_unary is None:  # only unary and server-streaming methods are ours (add_servicer)
-            wrapped = _refusing(handler, method)
-        else:
-            wrapped = grpc.unary_unary_rpc_method_handler(
-                self._guard(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+        # A server stream (DecideBatch) is checked once, before its first result.
+        guarded = rewrapped(handler, lambda b: self._guard(method, b), lambda b: self._guard_stream(method, b))
+        # Only unary and server-streaming methods are ours (add_servicer): any other is refused.
+        wrapped = _refusing(handler, method) if guarded is None else guarded
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 

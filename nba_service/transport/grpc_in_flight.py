@@ -17,8 +17,7 @@ from typing import Any
 
 import grpc
 
-Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+from nba_service.transport.grpc_handlers import Behaviour, StreamBehaviour, rewrapped
 
 
 class InFlightCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
@@ -43,20 +42,11 @@ class InFlightCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
         handler = await continuation(details)
         if handler is None:
             return None
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._counted(details.method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
-            return grpc.unary_stream_rpc_method_handler(
-                self._counted_stream(details.method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        # Health Watch (it writes rather than yields, and ends when the server stops) and reflection's stream.
-        return handler
+        if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
+            return handler  # health Watch: it writes rather than yields, and ends when the server stops
+        method: str = details.method
+        wrapped = rewrapped(handler, lambda b: self._counted(method, b), lambda b: self._counted_stream(method, b))
+        return handler if wrapped is None else wrapped  # reflection's stream ends with its caller
 
     def _enter(self, method: str) -> None:
         self._running[method] += 1

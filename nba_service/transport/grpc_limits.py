@@ -21,11 +21,10 @@ from nba_service.security.limits import CallCounter, CallLimits, Rate, RateLimit
 from nba_service.security.policy import Caller
 from nba_service.transport.grpc_auth import current_caller
 from nba_service.transport.grpc_errors import to_status
+from nba_service.transport.grpc_handlers import Behaviour, StreamBehaviour, rewrapped
 
 log = structlog.get_logger(__name__)
 
-Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 RateFor = Callable[[Caller | None], Rate | None]
 """The rate a caller gets (None: unlimited). The seam for per-role limits: today every caller gets the one
 configured rate."""
@@ -84,18 +83,9 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # gr
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        if handler.unary_stream is not None:  # a campaign takes one token and holds one slot while it streams
-            wrapped = grpc.unary_stream_rpc_method_handler(
-                self._limited_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        else:
-            wrapped = grpc.unary_unary_rpc_method_handler(
-                self._limited(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+        # A campaign (server stream) takes one token and holds one slot while it streams.
+        wrapped = rewrapped(handler, lambda b: self._limited(method, b), lambda b: self._limited_stream(method, b))
+        assert wrapped is not None  # reflection's stream was let through above
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 

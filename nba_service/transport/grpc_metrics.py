@@ -14,9 +14,7 @@ from typing import Any
 import grpc
 
 from nba_service.telemetry.metrics import ServiceMetrics
-
-Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+from nba_service.transport.grpc_handlers import Behaviour, StreamBehaviour, rewrapped
 
 
 def _status(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:
@@ -46,19 +44,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
         if handler is None:
             return None
         method: str = details.method
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._measured(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
-            return grpc.unary_stream_rpc_method_handler(
-                self._measured_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # health Watch and reflection streams: long-lived, a duration would say nothing
+        if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
+            return handler  # health Watch: as long as its connection, a duration would say nothing
+        wrapped = rewrapped(handler, lambda b: self._measured(method, b), lambda b: self._measured_stream(method, b))
+        return handler if wrapped is None else wrapped  # reflection's stream, the same
 
     def _record(self, method: str, code: grpc.StatusCode, started: float) -> None:
         elapsed = time.perf_counter() - started

@@ -19,9 +19,8 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from nba_service.telemetry import tracing
+from nba_service.transport.grpc_handlers import Behaviour, StreamBehaviour, rewrapped
 
-Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 _UNTRACED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # Server errors as the RPC conventions count them; the rest are the caller's and leave the span's status unset.
 _SERVER_ERRORS = frozenset(
@@ -49,19 +48,8 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
         method: str = details.method
         if handler is None or method.startswith(_UNTRACED):
             return handler
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._traced_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._traced(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # client streaming: none of ours (add_servicer refuses them)
+        wrapped = rewrapped(handler, lambda b: self._traced(method, b), lambda b: self._traced_stream(method, b))
+        return handler if wrapped is None else wrapped
 
     def _traced(self, method: str, behaviour: Behaviour) -> Behaviour:
         async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
