@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
 from nba_service.deploy.inprocess import InProcessRulesets
 from nba_service.deploy.startup import start_version
-from nba_service.deploy.state import DeployState, VersionInfo
+from nba_service.deploy.state import Activation, DeployState, VersionInfo
 from nba_service.domain.compiler import compile_ruleset
 from nba_service.domain.loader import load_ruleset_dir
 from nba_service.domain.model import Ruleset
@@ -132,7 +132,11 @@ def configured_ruleset(settings: Settings) -> Ruleset:
 
 
 async def build_application(
-    settings: Settings, metrics: ServiceMetrics | None = None, clock: Callable[[], datetime] = _real_time
+    settings: Settings,
+    metrics: ServiceMetrics | None = None,
+    clock: Callable[[], datetime] = _real_time,
+    *,
+    activation: Activation | None = None,
 ) -> Application:
     """`metrics` (nba_service.telemetry.metrics): what the service, the decision log, the stores and the deploys
     record into; None records nothing. `clock` is the time the service and the stores take for now: the real
@@ -141,6 +145,8 @@ async def build_application(
     state = None if settings.deploy_dir is None else DeployState(settings.deploy_dir, outcome)
     # The gate runs before anything opens: a version whose scenarios fail never serves, and fails fast.
     prepared, version = start_version(configured_ruleset(settings), state, activate)
+    if activation is not None:
+        version = replace(version, source=activation.origin, activated_by=activation.by)
     ruleset, active = prepared.ruleset, prepared.active
     try:
         return await _build(settings, state, ruleset, active, version, metrics, clock)
@@ -189,9 +195,9 @@ async def _build(
     if metrics is not None:
         metrics.sample_queue(lambda: writer.queued)
     service = DecisionService(store, writer, active, clock=clock, archive=archive, metrics=metrics)
-    service.activate(active, version.activated_at)
+    service.activate(active, version.activated_at, by=version.activated_by, origin=version.source)
     try:
-        await service.archive(ruleset, version.activated_at)
+        await service.archive(ruleset, version.activated_at, by=version.activated_by, origin=version.source)
     except Unavailable as exc:
         # The store is away (PostgreSQL starts NOT_SERVING and recovers by itself): the service keeps the
         # version on its first decision, and no decision is made before that succeeds.

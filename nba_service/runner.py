@@ -21,7 +21,7 @@ import structlog
 from nba_service.app import Application, build_application, configured_ruleset
 from nba_service.deploy.control import RulesetControl
 from nba_service.deploy.startup import follow_configured_files
-from nba_service.deploy.state import VersionInfo
+from nba_service.deploy.state import Activation, VersionInfo
 from nba_service.errors import FailedPrecondition, NbaError, RulesetInvalid
 from nba_service.review.queries import ReviewQueries
 from nba_service.security.access import AccessControl, access_from_settings
@@ -52,20 +52,24 @@ async def serve(
     worker: int | None = None,
     control: RulesetControl | None = None,
     panel_secret: bytes | None = None,
+    activation: Activation | None = None,
 ) -> None:
     """Serves until SIGTERM or SIGINT. `on_ready(server, store_ready, version)` is called once calls are taken.
 
     `worker` is this process's index among a supervisor's workers: it then shares the port with the others
     and logs `worker_serving`, leaving the one `serving` event, which people and tools wait for, to the supervisor.
     `panel_secret` signs agent panel sessions when no `--panel-secret-file` is set: a supervisor gives every
-    worker the same one; a lone server makes its own.
+    worker the same one; a lone server makes its own. `activation`: how a supervisor's deploy brought this
+    worker's version, and who asked, for the archive.
 
     Traces are set up here, from the `OTEL_*` variables (`nba_service.telemetry.tracing`), once per process: each
     of a supervisor's workers has its own provider, and flushes it when it stops.
     """
     traced = tracing.configure()
     try:
-        await _serve(settings, on_ready, worker=worker, control=control, panel_secret=panel_secret)
+        await _serve(
+            settings, on_ready, worker=worker, control=control, panel_secret=panel_secret, activation=activation
+        )
     finally:
         if traced:
             await asyncio.to_thread(tracing.shutdown)
@@ -78,11 +82,12 @@ async def _serve(
     worker: int | None,
     control: RulesetControl | None,
     panel_secret: bytes | None,
+    activation: Activation | None,
 ) -> None:
     tls = listener_security(settings)  # before anything is loaded: plain text off loopback fails at once
     access = access_from_settings(settings)  # a bad policy file, too
     metrics = process_metrics(settings)
-    app: Application = await build_application(settings, metrics)
+    app: Application = await build_application(settings, metrics, activation=activation)
     # Start-up objects (rulesets, the sample) live for the whole process: keep full collections off them.
     gc.collect()
     gc.freeze()

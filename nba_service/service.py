@@ -133,32 +133,41 @@ class DecisionService:
         # Hashes this process has seen kept in the archive, and when the active version became active.
         self._archived: set[str] = set()
         self._activated_at = clock()
+        self._activated_by = ""
+        self._activation_origin = ""
         self._change_listeners: list[Callable[[str], None]] = []
 
     @property
     def active(self) -> ActiveRuleset:
         return self._active
 
-    def activate(self, active: ActiveRuleset, activated_at: datetime | None = None) -> ActiveRuleset:
+    def activate(
+        self, active: ActiveRuleset, activated_at: datetime | None = None, *, by: str = "", origin: str = ""
+    ) -> ActiveRuleset:
         """Swaps the ruleset for new decisions; returns the old one for the caller to unload. Call `archive`
-        first: a version not yet in the archive keeps its first decision waiting until it is."""
+        first: a version not yet in the archive keeps its first decision waiting until it is, and is then noted
+        with this `by` and `origin`."""
         old, self._active = self._active, active
         self._activated_at = activated_at or self._clock()
+        self._activated_by, self._activation_origin = by, origin
         return old
 
-    async def archive(self, ruleset: Ruleset, activated_at: datetime) -> None:
-        """Keeps the version's source in the archive; raises (Unavailable, FailedPrecondition) when it cannot,
-        and then the version must not serve: a decision naming a hash nobody can fetch cannot be explained."""
+    async def archive(self, ruleset: Ruleset, activated_at: datetime, *, by: str = "", origin: str = "") -> None:
+        """Keeps the version's source in the archive, with who asked for it and how; raises (Unavailable,
+        FailedPrecondition) when it cannot, and then the version must not serve: a decision naming a hash nobody
+        can fetch cannot be explained."""
         if self._archive is None:
             return
-        await self._archive.keep(ruleset, activated_at)
+        await self._archive.keep(ruleset, activated_at, by=by, origin=origin)
         self._archived.add(ruleset.content_hash)
 
     async def _ensure_archived(self, active: ActiveRuleset) -> None:
         """The last guard, on every path a version can start serving by: a store that was away when the
         version started (PostgreSQL starts NOT_SERVING and recovers by itself) gets it on the first decision."""
         try:
-            await self.archive(active.ruleset, self._activated_at)
+            await self.archive(
+                active.ruleset, self._activated_at, by=self._activated_by, origin=self._activation_origin
+            )
         except NbaError as exc:
             raise Unavailable(f"the active ruleset version cannot be archived, so it does not decide: {exc}") from exc
 

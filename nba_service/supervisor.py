@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from nba_service.deploy.control import WorkerInfo
 from nba_service.deploy.startup import follow_configured_files
-from nba_service.deploy.state import DeployState, VersionInfo
+from nba_service.deploy.state import Activation, DeployState, VersionInfo
 from nba_service.deploy.supervised import Generation, SupervisorDeploys
 from nba_service.errors import StartFailed, WorkersFailing
 from nba_service.security.panel_session import new_secret
@@ -40,7 +40,7 @@ from nba_service.settings import Settings
 from nba_service.telemetry.endpoint import MULTIPROC_ENV, ScrapeEndpoint, WorkerMetricsFolder, serve_scrape
 from nba_service.telemetry.metrics import DeployMetrics, quiet_exposition
 from nba_service.telemetry.otlp import OtlpMetrics, otlp_requested
-from nba_service.worker import DEPLOY_SOCKET_ENV, PANEL_SECRET_ENV, RETIRE_DRAIN_S, SETTINGS_ENV
+from nba_service.worker import ACTIVATION_ENV, DEPLOY_SOCKET_ENV, PANEL_SECRET_ENV, RETIRE_DRAIN_S, SETTINGS_ENV
 
 log = structlog.get_logger(__name__)
 
@@ -330,14 +330,20 @@ class Supervisor:
             return Generation((), "the new workers did not start")
         return Generation((), failed.failure(), failed.problems)
 
-    async def roll(self, settings: Settings, before_retire: Callable[[], Awaitable[None]] | None = None) -> bool:
-        """Replaces every worker by one started with `settings`. The old workers serve until all the new ones
-        do (they share the port, so no call is refused); if a new one fails, the old ones go on serving. Returns
-        True only once the old workers have left the port and closed every connection, a couple of seconds."""
+    async def roll(
+        self,
+        settings: Settings,
+        before_retire: Callable[[], Awaitable[None]] | None = None,
+        activation: Activation | None = None,
+    ) -> bool:
+        """Replaces every worker by one started with `settings` (and `activation`, which they archive). The old
+        workers serve until all the new ones do (they share the port, so no call is refused); if a new one fails,
+        the old ones go on serving. Returns True only once the old workers have left the port and closed every
+        connection, a couple of seconds."""
         generation = self._generation + 1
         log.info("reload_started", workers=settings.workers, serving=self.pids)
         try:
-            new = [await self._spawn(i, settings, generation) for i in range(settings.workers)]
+            new = [await self._spawn(i, settings, generation, activation) for i in range(settings.workers)]
         except OSError as exc:
             await self._retire([w for w in self._live if w.generation == generation])
             log.error("reload_refused", reason=f"cannot start a worker: {exc}", error=None, serving=self.pids)
@@ -374,7 +380,9 @@ class Supervisor:
         await asyncio.sleep(min(RETIRE_DRAIN_S, self.settings.grace_seconds))
         return True
 
-    async def _spawn(self, index: int, settings: Settings, generation: int) -> Worker:
+    async def _spawn(
+        self, index: int, settings: Settings, generation: int, activation: Activation | None = None
+    ) -> Worker:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         try:
@@ -387,7 +395,12 @@ class Supervisor:
                 str(os.getpid()),
                 stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
-                env={**os.environ, SETTINGS_ENV: worker_settings(settings).model_dump_json(), **self._deploy_env()},
+                env={
+                    **os.environ,
+                    SETTINGS_ENV: worker_settings(settings).model_dump_json(),
+                    **self._deploy_env(),
+                    **({} if activation is None else {ACTIVATION_ENV: json.dumps(activation.to_json())}),
+                },
                 # Out of the terminal's process group: Ctrl-C reaches the supervisor only, which stops the
                 # workers in order instead of interrupting one in the middle of starting.
                 start_new_session=True,

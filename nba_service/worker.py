@@ -22,6 +22,7 @@ import sys
 from typing import Any
 
 SETTINGS_ENV = "_NBA_WORKER_SETTINGS"
+ACTIVATION_ENV = "_NBA_WORKER_ACTIVATION"  # how the version this worker starts on was activated, by whom
 DEPLOY_SOCKET_ENV = "_NBA_DEPLOY_SOCKET"  # where admin calls go: the supervisor deploys, not the worker
 PANEL_SECRET_ENV = "_NBA_PANEL_SECRET"  # noqa: S105 - a variable name; hex: the panel sessions' secret, one for all workers (no secret file)
 # A worker's connections are closed gracefully (GOAWAY; calls in flight finish) once they are this old, so a
@@ -56,6 +57,7 @@ def main() -> None:
 
     from nba_service.cpu_pinning import pin_to_one_cpu  # noqa: PLC0415
     from nba_service.deploy.remote import SupervisedRulesets  # noqa: PLC0415
+    from nba_service.deploy.state import Activation  # noqa: PLC0415
     from nba_service.errors import NbaError  # noqa: PLC0415
     from nba_service.log_setup import configure_logging  # noqa: PLC0415
     from nba_service.runner import leave_stuck_threads, serve, start_failure  # noqa: PLC0415
@@ -64,6 +66,7 @@ def main() -> None:
     settings = Settings.model_validate_json(os.environ.pop(SETTINGS_ENV))
     deploys = os.environ.pop(DEPLOY_SOCKET_ENV, None)
     panel_secret = os.environ.pop(PANEL_SECRET_ENV, None)
+    activation = os.environ.pop(ACTIVATION_ENV, None)
     structlog.contextvars.bind_contextvars(worker=index)
     configure_logging(settings.log_format, settings.log_level)
     if settings.pin_cpus:
@@ -79,6 +82,7 @@ def main() -> None:
                     worker=index,
                     control=None if deploys is None else SupervisedRulesets(deploys),
                     panel_secret=None if panel_secret is None else bytes.fromhex(panel_secret),
+                    activation=None if activation is None else Activation.from_json(json.loads(activation)),
                 )
             )
         except Exception as exc:

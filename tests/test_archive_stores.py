@@ -149,6 +149,26 @@ class TestArchive:
         assert await archive.versions(ruleset.meta.name) == versions
         assert await archive.versions("no-such-ruleset") == []
 
+    async def test_each_version_names_who_asked_for_its_latest_activation_and_how(
+        self, stores: Stores, ruleset: Ruleset
+    ) -> None:
+        """The archive every replica shares answers "who put this live": a keep that notes no new activation (a
+        restart, another worker) changes neither who nor how, and a rollback names its own caller."""
+        archive = stores.archive
+        newer = version_of(ruleset, "9.9.9")
+        t = [NOW + timedelta(minutes=m) for m in range(5)]
+        await archive.keep(ruleset, t[0], origin="start-up")
+        await archive.keep(newer, t[1], by="cert:CN=alice,O=Bank", origin="activate")
+        await archive.keep(newer, t[2], by="cert:CN=mallory", origin="activate")  # already the latest: not noted
+        await archive.keep(ruleset, t[3], by="jwt:bob@bank.example ✓", origin="rollback")
+        await archive.keep(ruleset, t[4])  # a restart
+        versions = await archive.versions()
+        assert [(v.version, v.activations, v.last_activated_by, v.last_activation_origin) for v in versions] == [
+            (ruleset.meta.version, 2, "jwt:bob@bank.example ✓", "rollback"),
+            ("9.9.9", 1, "cert:CN=alice,O=Bank", "activate"),
+        ]
+        assert await archive.versions(ruleset.meta.name) == versions
+
     async def test_source_by_hash_or_unique_prefix_is_the_exact_text(self, stores: Stores, ruleset: Ruleset) -> None:
         archive = stores.archive
         await archive.keep(ruleset, NOW)

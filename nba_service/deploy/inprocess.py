@@ -112,7 +112,7 @@ class InProcessRulesets:
             raise
         activated_at = now()
         try:
-            await self._service.archive(ruleset, activated_at)
+            await self._service.archive(ruleset, activated_at, by=by, origin=origin)
         except NbaError as exc:
             # Its decisions could never be explained: a hash nobody can fetch names no text a reviewer can read.
             prepared.active.engine.close()
@@ -134,7 +134,7 @@ class InProcessRulesets:
         record = self._state.switched(record, info)
         self._state.write(record)
         self._on_switch(ruleset)
-        old = self._service.activate(prepared.active, activated_at)
+        old = self._service.activate(prepared.active, activated_at, by=by, origin=origin)
         # A decision that read its version before the switch may still evaluate on it while its profile read
         # finishes; that read is bounded by the database timeout.
         asyncio.get_running_loop().call_later(self._retire_after, old.engine.close)

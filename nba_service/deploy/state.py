@@ -52,6 +52,22 @@ class VersionInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Activation:
+    """How a version came to serve and who asked, handed by a supervisor to the workers it starts for that version:
+    they, not the supervisor, note it in the store's archive, which every replica shares."""
+
+    origin: str
+    by: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"origin": self.origin, "by": self.by}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Activation:
+        return cls(str(data["origin"]), str(data.get("by", "")))
+
+
+@dataclass(frozen=True, slots=True)
 class Refusal:
     name: str
     version: str

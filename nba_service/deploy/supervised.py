@@ -20,7 +20,7 @@ from nba_service.app import configured_ruleset
 from nba_service.deploy.control import Status, Switch, WorkerInfo
 from nba_service.deploy.gate import Candidate, parse
 from nba_service.deploy.remote import LINE_LIMIT, error_to_json, socket_path, status_to_json
-from nba_service.deploy.state import DeployState, Refusal, VersionInfo, now
+from nba_service.deploy.state import Activation, DeployState, Refusal, VersionInfo, now
 from nba_service.errors import (
     CandidateRefused,
     FieldProblem,
@@ -46,7 +46,12 @@ class Generation:
 class Roller(Protocol):
     """The supervisor as deploys need it."""
 
-    async def roll(self, settings: Settings, before_retire: Callable[[], Awaitable[None]] | None = None) -> bool:
+    async def roll(
+        self,
+        settings: Settings,
+        before_retire: Callable[[], Awaitable[None]] | None = None,
+        activation: Activation | None = None,
+    ) -> bool:
         """True once the new generation serves and no connection to an old worker is left."""
         ...
 
@@ -190,7 +195,8 @@ class SupervisorDeploys:
             self._state.activated(origin, version, new_record.previous)
 
         roller = self._roller
-        if not await roller.roll(self.worker_settings(path), before_retire=switched):
+        activation = Activation(origin, by)
+        if not await roller.roll(self.worker_settings(path), before_retire=switched, activation=activation):
             failed = roller.failed_generation()
             reason = failed.failure or "the new workers did not start"
             self._state.refuse(record, ruleset, reason, tuple(FieldProblem("", p) for p in failed.problems), origin, by)

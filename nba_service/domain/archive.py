@@ -36,6 +36,11 @@ class ArchivedVersion:
     first_activated_at: datetime
     last_activated_at: datetime
     activations: int
+    last_activated_by: str = ""
+    """Who asked for its latest activation (a caller's principal, `anonymous` on an open server); "" when nobody
+    did (a start-up or a change of the configured files) or when it was noted before this was kept."""
+    last_activation_origin: str = ""
+    """How that activation came about: start-up, activate, rollback, folder, sighup; "" before this was kept."""
 
 
 def archivable_text(ruleset: Ruleset) -> str:

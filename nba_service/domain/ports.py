@@ -162,10 +162,10 @@ class RecordReader(Protocol):
 class RulesetArchive(Protocol):
     """Every version that ever served, by content hash: what a decision record's hash is explained by."""
 
-    async def keep(self, ruleset: Ruleset, activated_at: datetime) -> None:
-        """Stores the source by content hash (idempotent) and notes the activation (not again when this name's
-        latest activation is already this hash). Raises (Unavailable, FailedPrecondition) when it cannot: the
-        version must then not serve."""
+    async def keep(self, ruleset: Ruleset, activated_at: datetime, *, by: str = "", origin: str = "") -> None:
+        """Stores the source by content hash (idempotent) and notes the activation with who asked and how (not
+        again when this name's latest activation is already this hash: a restart or another worker keeps the first
+        one's). Raises (Unavailable, FailedPrecondition) when it cannot: the version must then not serve."""
         ...
 
     async def source(self, ruleset_hash: str) -> ArchivedSource | None:

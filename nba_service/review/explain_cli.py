@@ -92,9 +92,14 @@ def register(main: click.Group, rulesets: click.Group, target: Decorator, timeou
             click.echo("no ruleset version has been archived yet")
         for item in response.rulesets:
             mark = " (active)" if item.active else " (previous)" if item.previous else ""
+            how = " ".join(
+                part
+                for part in (item.last_activation_origin, item.last_activated_by and f"by {item.last_activated_by}")
+                if part
+            )
             click.echo(
                 f"{item.name} {item.version}  {item.hash[:12]}  first active {_when(item.first_activated_at)}, "
-                f"last {_when(item.last_activated_at)}{mark}"
+                f"last {_when(item.last_activated_at)}{f' ({how})' if how else ''}{mark}"
             )
 
     @rulesets.command("show")

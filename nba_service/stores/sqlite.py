@@ -73,7 +73,7 @@ from nba_service.stores.sqlite_time import stamp
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 READER_THREADS = 4
 CONSENT_PREFIX = "consent_"
 DO_NOT_CALL = "do_not_call"
@@ -153,6 +153,17 @@ SELECT d.decision_id, json_extract(x.value, '$.action_id'), {held_out}, d.custom
   FROM decisions AS d, json_each(CASE WHEN json_valid(d.record) THEN d.record ELSE '{{}}' END, '{items}') AS x
  WHERE json_extract(x.value, '$.action_id') IS NOT NULL {only}
  ORDER BY x.key
+"""
+# Each version ever active, with who asked for its latest activation and how (the row of its highest id).
+_VERSIONS_SQL = """
+SELECT s.name, s.version, s.hash, min(a.activated_at), max(a.activated_at), count(*),
+       l.activated_by, l.origin
+  FROM ruleset_activations AS a
+  JOIN ruleset_sources AS s ON s.hash = a.hash
+  JOIN ruleset_activations AS l ON l.id = (SELECT max(id) FROM ruleset_activations WHERE hash = a.hash)
+ WHERE ?1 IS NULL OR a.name = ?1
+ GROUP BY s.hash
+ ORDER BY max(a.activated_at) DESC, max(a.id) DESC
 """
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
@@ -262,6 +273,12 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         _BACKFILL_EXPOSURES.format(
             items="$.dropped", held_out=1, only=f"AND json_extract(x.value, '$.reason') = '{HELD_OUT}'"
         ),
+    ),
+    9: (
+        # Who asked for each activation and how ('' for those noted before: not recorded), as the PostgreSQL
+        # migration 0014_activated_by keeps them; shared by every process on the file, unlike state.json.
+        "ALTER TABLE ruleset_activations ADD COLUMN activated_by TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE ruleset_activations ADD COLUMN origin TEXT NOT NULL DEFAULT ''",
     ),
 }
 
@@ -888,11 +905,11 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ RulesetArchive
 
-    async def keep(self, ruleset: Ruleset, activated_at: datetime) -> None:
+    async def keep(self, ruleset: Ruleset, activated_at: datetime, *, by: str = "", origin: str = "") -> None:
         text = archivable_text(ruleset)
         meta = ruleset.meta
         kept = (ruleset.content_hash, meta.name, meta.version, text, stamp(self._clock()))
-        activation = (meta.name, ruleset.content_hash, stamp(activated_at))
+        activation = (meta.name, ruleset.content_hash, stamp(activated_at), by, origin)
 
         def store(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT OR IGNORE INTO ruleset_sources VALUES (?, ?, ?, ?, ?)", kept)
@@ -901,7 +918,11 @@ class SqliteStore:
                 (meta.name,),
             ).fetchone()
             if latest is None or latest[0] != ruleset.content_hash:
-                conn.execute("INSERT INTO ruleset_activations (name, hash, activated_at) VALUES (?, ?, ?)", activation)
+                conn.execute(
+                    "INSERT INTO ruleset_activations (name, hash, activated_at, activated_by, origin)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    activation,
+                )
 
         await self._write("archiving a ruleset version", store)
 
@@ -925,14 +946,14 @@ class SqliteStore:
         rows = await self._in_reader(
             "reading the ruleset archive",
             lambda conn: conn.execute(
-                "SELECT s.name, s.version, s.hash, min(a.activated_at), max(a.activated_at), count(*)"
-                "  FROM ruleset_activations AS a JOIN ruleset_sources AS s ON s.hash = a.hash"
-                " WHERE ?1 IS NULL OR a.name = ?1"
-                " GROUP BY s.hash ORDER BY max(a.activated_at) DESC, max(a.id) DESC",
+                _VERSIONS_SQL,
                 (name,),
             ).fetchall(),
         )
-        return [ArchivedVersion(n, v, h, _time(first), _time(last), int(count)) for n, v, h, first, last, count in rows]
+        return [
+            ArchivedVersion(n, v, h, _time(first), _time(last), int(count), by, origin)
+            for n, v, h, first, last, count, by, origin in rows
+        ]
 
     # ------------------------------------------------------------------ RecordExport
 

@@ -93,4 +93,6 @@ def _archived(item: Listed) -> review_pb2.ArchivedRuleset:
         last_activated_at=timestamp(version.last_activated_at),
         active=item.active,
         previous=item.previous,
+        last_activated_by=version.last_activated_by,
+        last_activation_origin=version.last_activation_origin,
     )

@@ -38,6 +38,12 @@ class ArchivedRuleset(_Model):
     last_activated_at: AwareDatetime | None = None
     active: bool = Field(default=False, description="the version that serves now, as the answering server sees it")
     previous: bool = Field(default=False, description="the version a rollback would return to")
+    last_activated_by: str = Field(
+        default="", description="who asked for its latest activation; empty for start-up and folder changes"
+    )
+    last_activation_origin: str = Field(
+        default="", description="how its latest activation came about: start-up, activate, rollback, folder, sighup"
+    )
 
 
 class ListRulesetsResponse(_Model):
@@ -208,4 +214,6 @@ def _archived(item: Listed) -> ArchivedRuleset:
         last_activated_at=version.last_activated_at.astimezone(UTC),
         active=item.active,
         previous=item.previous,
+        last_activated_by=version.last_activated_by,
+        last_activation_origin=version.last_activation_origin,
     )

@@ -140,6 +140,8 @@ def test_review_over_http(world: World) -> None:
         versions = listed.json()["rulesets"]
         assert [v for v in versions if v["active"]], versions
         active = next(v for v in versions if v["active"])
+        # This server started on its files: nobody asked for it.
+        assert (active["last_activated_by"], active["last_activation_origin"]) == ("", "start-up"), active
         by_hash = http.get("/v1/review/ruleset", params={"hash": active["hash"][:12]}, headers=reviewer)
         assert by_hash.status_code == 200, by_hash.text
         text = by_hash.json()

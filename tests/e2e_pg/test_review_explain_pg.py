@@ -101,6 +101,12 @@ def test_replay_of_a_version_no_longer_active(
     finally:
         rolled = support.nba("rulesets", "rollback", "--target", review_server.address)
     assert rolled.returncode == 0, rolled.stderr
+    # The shared archive in PostgreSQL names who asked for each version's latest activation, and how.
+    listed = support.review(review_server).ListRulesets(review_pb2.ListRulesetsRequest(), timeout=30).rulesets
+    assert [(r.active, r.last_activation_origin, r.last_activated_by) for r in listed] == [
+        (True, "rollback", "anonymous"),
+        (False, "activate", "anonymous"),
+    ]
 
 
 def test_database_down_is_unavailable(pg_cluster: ThrowawayCluster, start_pg: StartPgServer) -> None:

@@ -24,10 +24,14 @@ ON CONFLICT (hash) DO NOTHING
 _LATEST = """
 SELECT hash FROM ruleset_activations WHERE name = $1 ORDER BY activated_at DESC, id DESC LIMIT 1
 """
-_ACTIVATE = "INSERT INTO ruleset_activations (name, hash, activated_at) VALUES ($1, $2, $3)"
+_ACTIVATE = """
+INSERT INTO ruleset_activations (name, hash, activated_at, activated_by, origin) VALUES ($1, $2, $3, $4, $5)
+"""
 _SOURCE = "SELECT hash, name, version, source FROM ruleset_sources WHERE hash LIKE $1 || '%' LIMIT 2"
 _VERSIONS = """
-SELECT s.name, s.version, s.hash, min(a.activated_at) AS first, max(a.activated_at) AS last, count(*) AS n
+SELECT s.name, s.version, s.hash, min(a.activated_at) AS first, max(a.activated_at) AS last, count(*) AS n,
+       (array_agg(a.activated_by ORDER BY a.id DESC))[1] AS by,
+       (array_agg(a.origin ORDER BY a.id DESC))[1] AS origin
   FROM ruleset_activations a JOIN ruleset_sources s ON s.hash = a.hash
  WHERE $1::text IS NULL OR a.name = $1
  GROUP BY s.hash
@@ -40,7 +44,7 @@ class PostgresRulesetArchive:
         self._pool = pool
         self._timeout = timeout
 
-    async def keep(self, ruleset: Ruleset, activated_at: datetime) -> None:
+    async def keep(self, ruleset: Ruleset, activated_at: datetime, *, by: str = "", origin: str = "") -> None:
         text = archivable_text(ruleset)
         meta = ruleset.meta
         try:
@@ -49,7 +53,9 @@ class PostgresRulesetArchive:
                 await conn.execute(_KEEP_SOURCE, ruleset.content_hash, meta.name, meta.version, text)
                 latest = await conn.fetchval(_LATEST, meta.name, timeout=self._timeout)
                 if latest != ruleset.content_hash:
-                    await conn.execute(_ACTIVATE, meta.name, ruleset.content_hash, activated_at, timeout=self._timeout)
+                    await conn.execute(
+                        _ACTIVATE, meta.name, ruleset.content_hash, activated_at, by, origin, timeout=self._timeout
+                    )
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise Unavailable(
                 f"the ruleset archive cannot be written ({meta.name} {meta.version}): {type(exc).__name__}: {exc}"
@@ -75,4 +81,9 @@ class PostgresRulesetArchive:
                 rows = await conn.fetch(_VERSIONS, name, timeout=self._timeout)
         except CONNECTION_ERRORS as exc:
             raise Unavailable(f"the ruleset archive is unavailable: {type(exc).__name__}") from exc
-        return [ArchivedVersion(r["name"], r["version"], r["hash"], r["first"], r["last"], int(r["n"])) for r in rows]
+        return [
+            ArchivedVersion(
+                r["name"], r["version"], r["hash"], r["first"], r["last"], int(r["n"]), r["by"], r["origin"]
+            )
+            for r in rows
+        ]

@@ -27,7 +27,7 @@ from nba_service._proto.nba.v1 import explain_pb2 as nba_dot_v1_dot_explain__pb2
 from nba_service._proto.nba.v1 import nba_pb2 as nba_dot_v1_dot_nba__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13nba/v1/review.proto\x12\x06nba.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14nba/v1/explain.proto\x1a\x10nba/v1/nba.proto\"#\n\x13ListRulesetsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xcf\x01\n\x0f\x41rchivedRuleset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04hash\x18\x03 \x01(\t\x12\x36\n\x12\x66irst_activated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_activated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\x12\x10\n\x08previous\x18\x07 \x01(\x08\"A\n\x14ListRulesetsResponse\x12)\n\x08rulesets\x18\x01 \x03(\x0b\x32\x17.nba.v1.ArchivedRuleset\"@\n\x11GetRulesetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04hash\x18\x03 \x01(\t\"`\n\x12GetRulesetResponse\x12(\n\x07ruleset\x18\x01 \x01(\x0b\x32\x17.nba.v1.ArchivedRuleset\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x10\n\x08markdown\x18\x03 \x01(\t\"-\n\x16\x45xplainDecisionRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\"\xc0\x02\n\x17\x45xplainDecisionResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12 \n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x0f.nba.v1.Channel\x12.\n\ndecided_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x07ruleset\x18\x05 \x01(\x0b\x32\x12.nba.v1.RulesetRef\x12\x1f\n\x07\x61\x63tions\x18\x06 \x03(\x0b\x32\x0e.nba.v1.Action\x12(\n\x0b\x65xplanation\x18\x07 \x01(\x0b\x32\x13.nba.v1.Explanation\x12\x13\n\x0brecord_json\x18\x08 \x01(\t\x12$\n\tdirection\x18\t \x01(\x0e\x32\x11.nba.v1.Direction\"7\n\rWhyNotRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x11\n\taction_id\x18\x02 \x01(\t\"\x88\x01\n\x0eWhyNotResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x11\n\taction_id\x18\x02 \x01(\t\x12\x0f\n\x07offered\x18\x03 \x01(\x08\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x0f\n\x07rule_id\x18\x05 \x01(\t\x12\x0e\n\x06policy\x18\x06 \x01(\t\x12\r\n\x05words\x18\x07 \x01(\t2\xa5\x02\n\x06Review\x12I\n\x0cListRulesets\x12\x1b.nba.v1.ListRulesetsRequest\x1a\x1c.nba.v1.ListRulesetsResponse\x12\x43\n\nGetRuleset\x12\x19.nba.v1.GetRulesetRequest\x1a\x1a.nba.v1.GetRulesetResponse\x12R\n\x0f\x45xplainDecision\x12\x1e.nba.v1.ExplainDecisionRequest\x1a\x1f.nba.v1.ExplainDecisionResponse\x12\x37\n\x06WhyNot\x12\x15.nba.v1.WhyNotRequest\x1a\x16.nba.v1.WhyNotResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13nba/v1/review.proto\x12\x06nba.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14nba/v1/explain.proto\x1a\x10nba/v1/nba.proto\"#\n\x13ListRulesetsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8a\x02\n\x0f\x41rchivedRuleset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04hash\x18\x03 \x01(\t\x12\x36\n\x12\x66irst_activated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_activated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\x12\x10\n\x08previous\x18\x07 \x01(\x08\x12\x19\n\x11last_activated_by\x18\x08 \x01(\t\x12\x1e\n\x16last_activation_origin\x18\t \x01(\t\"A\n\x14ListRulesetsResponse\x12)\n\x08rulesets\x18\x01 \x03(\x0b\x32\x17.nba.v1.ArchivedRuleset\"@\n\x11GetRulesetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04hash\x18\x03 \x01(\t\"`\n\x12GetRulesetResponse\x12(\n\x07ruleset\x18\x01 \x01(\x0b\x32\x17.nba.v1.ArchivedRuleset\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x10\n\x08markdown\x18\x03 \x01(\t\"-\n\x16\x45xplainDecisionRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\"\xc0\x02\n\x17\x45xplainDecisionResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12 \n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x0f.nba.v1.Channel\x12.\n\ndecided_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x07ruleset\x18\x05 \x01(\x0b\x32\x12.nba.v1.RulesetRef\x12\x1f\n\x07\x61\x63tions\x18\x06 \x03(\x0b\x32\x0e.nba.v1.Action\x12(\n\x0b\x65xplanation\x18\x07 \x01(\x0b\x32\x13.nba.v1.Explanation\x12\x13\n\x0brecord_json\x18\x08 \x01(\t\x12$\n\tdirection\x18\t \x01(\x0e\x32\x11.nba.v1.Direction\"7\n\rWhyNotRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x11\n\taction_id\x18\x02 \x01(\t\"\x88\x01\n\x0eWhyNotResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x11\n\taction_id\x18\x02 \x01(\t\x12\x0f\n\x07offered\x18\x03 \x01(\x08\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x0f\n\x07rule_id\x18\x05 \x01(\t\x12\x0e\n\x06policy\x18\x06 \x01(\t\x12\r\n\x05words\x18\x07 \x01(\t2\xa5\x02\n\x06Review\x12I\n\x0cListRulesets\x12\x1b.nba.v1.ListRulesetsRequest\x1a\x1c.nba.v1.ListRulesetsResponse\x12\x43\n\nGetRuleset\x12\x19.nba.v1.GetRulesetRequest\x1a\x1a.nba.v1.GetRulesetResponse\x12R\n\x0f\x45xplainDecision\x12\x1e.nba.v1.ExplainDecisionRequest\x1a\x1f.nba.v1.ExplainDecisionResponse\x12\x37\n\x06WhyNot\x12\x15.nba.v1.WhyNotRequest\x1a\x16.nba.v1.WhyNotResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,21 +37,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTRULESETSREQUEST']._serialized_start=104
   _globals['_LISTRULESETSREQUEST']._serialized_end=139
   _globals['_ARCHIVEDRULESET']._serialized_start=142
-  _globals['_ARCHIVEDRULESET']._serialized_end=349
-  _globals['_LISTRULESETSRESPONSE']._serialized_start=351
-  _globals['_LISTRULESETSRESPONSE']._serialized_end=416
-  _globals['_GETRULESETREQUEST']._serialized_start=418
-  _globals['_GETRULESETREQUEST']._serialized_end=482
-  _globals['_GETRULESETRESPONSE']._serialized_start=484
-  _globals['_GETRULESETRESPONSE']._serialized_end=580
-  _globals['_EXPLAINDECISIONREQUEST']._serialized_start=582
-  _globals['_EXPLAINDECISIONREQUEST']._serialized_end=627
-  _globals['_EXPLAINDECISIONRESPONSE']._serialized_start=630
-  _globals['_EXPLAINDECISIONRESPONSE']._serialized_end=950
-  _globals['_WHYNOTREQUEST']._serialized_start=952
-  _globals['_WHYNOTREQUEST']._serialized_end=1007
-  _globals['_WHYNOTRESPONSE']._serialized_start=1010
-  _globals['_WHYNOTRESPONSE']._serialized_end=1146
-  _globals['_REVIEW']._serialized_start=1149
-  _globals['_REVIEW']._serialized_end=1442
+  _globals['_ARCHIVEDRULESET']._serialized_end=408
+  _globals['_LISTRULESETSRESPONSE']._serialized_start=410
+  _globals['_LISTRULESETSRESPONSE']._serialized_end=475
+  _globals['_GETRULESETREQUEST']._serialized_start=477
+  _globals['_GETRULESETREQUEST']._serialized_end=541
+  _globals['_GETRULESETRESPONSE']._serialized_start=543
+  _globals['_GETRULESETRESPONSE']._serialized_end=639
+  _globals['_EXPLAINDECISIONREQUEST']._serialized_start=641
+  _globals['_EXPLAINDECISIONREQUEST']._serialized_end=686
+  _globals['_EXPLAINDECISIONRESPONSE']._serialized_start=689
+  _globals['_EXPLAINDECISIONRESPONSE']._serialized_end=1009
+  _globals['_WHYNOTREQUEST']._serialized_start=1011
+  _globals['_WHYNOTREQUEST']._serialized_end=1066
+  _globals['_WHYNOTRESPONSE']._serialized_start=1069
+  _globals['_WHYNOTRESPONSE']._serialized_end=1205
+  _globals['_REVIEW']._serialized_start=1208
+  _globals['_REVIEW']._serialized_end=1501
 # @@protoc_insertion_point(module_scope)

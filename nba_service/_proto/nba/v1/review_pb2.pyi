@@ -52,6 +52,8 @@ class ArchivedRuleset(_message.Message):
     LAST_ACTIVATED_AT_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
     PREVIOUS_FIELD_NUMBER: _builtins.int
+    LAST_ACTIVATED_BY_FIELD_NUMBER: _builtins.int
+    LAST_ACTIVATION_ORIGIN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     hash: _builtins.str
@@ -59,6 +61,14 @@ class ArchivedRuleset(_message.Message):
     active: _builtins.bool
     """The version that serves now, and the one a rollback would return to, as the answering server sees them."""
     previous: _builtins.bool
+    last_activated_by: _builtins.str
+    """Who asked for its latest activation (the caller's principal, "anonymous" on a server with no access policy);
+    empty when nobody did (start-up, a change of the configured files) or when it was noted before this was kept.
+    """
+    last_activation_origin: _builtins.str
+    """How that activation came about: "start-up", "activate", "rollback", "folder" or "sighup"; empty before this
+    was kept.
+    """
     @_builtins.property
     def first_activated_at(self) -> _timestamp_pb2.Timestamp:
         """When this exact text first became active, and when it last did (after a rollback, for example)."""
@@ -75,10 +85,12 @@ class ArchivedRuleset(_message.Message):
         last_activated_at: _timestamp_pb2.Timestamp | None = ...,
         active: _builtins.bool = ...,
         previous: _builtins.bool = ...,
+        last_activated_by: _builtins.str = ...,
+        last_activation_origin: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["first_activated_at", b"first_activated_at", "last_activated_at", b"last_activated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "first_activated_at", b"first_activated_at", "hash", b"hash", "last_activated_at", b"last_activated_at", "name", b"name", "previous", b"previous", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "first_activated_at", b"first_activated_at", "hash", b"hash", "last_activated_at", b"last_activated_at", "last_activated_by", b"last_activated_by", "last_activation_origin", b"last_activation_origin", "name", b"name", "previous", b"previous", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
