@@ -373,18 +373,24 @@ class PostgresRecordSink:
         async with self._pool.acquire(timeout=self._timeout) as conn:
             await conn.execute(_PROBE, timeout=self._timeout)
 
-    async def find(self, decision_id: str) -> DecisionSummary | None:
+    async def _row_of(self, query: str, decision_id: str) -> tuple[uuid.UUID, asyncpg.Record] | None:
+        """A decision's row by id; None for an id that is not a UUID, since no row can have it."""
         try:
             key = uuid.UUID(decision_id)
         except ValueError:
             return None
         try:
             async with self._pool.acquire(timeout=self._timeout) as conn:
-                row = await conn.fetchrow(_FIND, key, timeout=self._timeout)
+                row = await conn.fetchrow(query, key, timeout=self._timeout)
         except CONNECTION_ERRORS as exc:
             raise Unavailable(f"the decision database is unavailable: {type(exc).__name__}") from exc
-        if row is None:
+        return None if row is None else (key, row)
+
+    async def find(self, decision_id: str) -> DecisionSummary | None:
+        found = await self._row_of(_FIND, decision_id)
+        if found is None:
             return None
+        key, row = found
         return DecisionSummary(
             str(key),
             row["customer_id"],
@@ -398,16 +404,8 @@ class PostgresRecordSink:
 
     async def get_record(self, decision_id: str) -> DecisionRecord | None:
         """`RecordReader`: the whole record; a dead-lettered one is not in `decisions`, so it is None too."""
-        try:
-            key = uuid.UUID(decision_id)
-        except ValueError:
-            return None
-        try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
-                row = await conn.fetchrow(_GET, key, timeout=self._timeout)
-        except CONNECTION_ERRORS as exc:
-            raise Unavailable(f"the decision database is unavailable: {type(exc).__name__}") from exc
-        return None if row is None else DecisionRecord.from_json(decision_json(row))
+        found = await self._row_of(_GET, decision_id)
+        return None if found is None else DecisionRecord.from_json(decision_json(found[1]))
 
 
 # --------------------------------------------------------------------------------------------------
