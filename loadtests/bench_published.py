@@ -24,8 +24,8 @@ For each server in turn:
 3. stops the sweep after the first step that saturates: fewer than 90% of the intended calls per second answered
    OK, or a p99 above `--p99-ceiling-ms`, or more than 1% errors.
 
-It writes the table (Markdown, to paste into README.md), a JSON report and the latency-versus-rate plot (PNG) under
-`--output-dir` (default: docs/benchmarks/ and docs/images/ of this repository).
+It writes the table (Markdown, to paste into docs/performance.md), a JSON report and the latency-versus-rate plot
+(PNG) under `--output-dir` (default: docs/benchmarks/ and docs/images/ of this repository).
 """
 
 from __future__ import annotations
