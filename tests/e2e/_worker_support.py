@@ -27,7 +27,7 @@ def fresh_channel(address: str) -> grpc.Channel:
 
 def reset_in_hand_over(code: str, details: str) -> bool:
     """A call whose new connection was queued on a worker leaving the port and reset by the kernel, which happens
-    only where net.ipv4.tcp_migrate_req is off (the supervisor warns then; README, "Serving on every core").
+    only where net.ipv4.tcp_migrate_req is off (the supervisor warns then; docs/operators/workers.md).
     Seen on a busy 2-core machine, where a worker accepts late; tests/test_connection_migration.py shows both."""
     return connection_migration() is False and code == "UNAVAILABLE" and "reset by peer" in details.lower()
 
