@@ -515,3 +515,47 @@ async def test_a_version_1_database_upgrades_in_place_and_loses_nothing(tmp_path
     again = SqliteStore(path, event_types=tuple(ruleset.events), history=timedelta(days=90), clock=lambda: NOW)
     assert await again.open() == COUNT  # a second open finds nothing to do
     await again.close()
+
+
+async def test_a_schema_8_file_keeps_its_activations_and_reads_them_as_not_recorded(
+    tmp_path: Path, ruleset: Ruleset
+) -> None:
+    """Schema 9 adds who asked and how to `ruleset_activations`: the activations of an older file stay, read as not
+    recorded (""), and the next one keeps both."""
+    path = tmp_path / "v8.db"
+
+    def opened() -> SqliteStore:
+        return SqliteStore(path, event_types=tuple(ruleset.events), history=timedelta(days=90), clock=lambda: NOW)
+
+    store = opened()
+    await store.open()
+    try:
+        await store.keep(ruleset, NOW, by="cert:CN=admin", origin="activate")
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:  # the file as schema 8 left it
+        conn.execute("ALTER TABLE ruleset_activations DROP COLUMN activated_by")
+        conn.execute("ALTER TABLE ruleset_activations DROP COLUMN origin")
+        conn.execute("PRAGMA user_version = 8")
+    store = opened()
+    await store.open()
+    try:
+        [old] = await store.versions()
+        assert (old.hash, old.activations, old.last_activated_by, old.last_activation_origin) == (
+            ruleset.content_hash,
+            1,
+            "",
+            "",
+        )
+        await store.keep(version_of(ruleset, "9.9.9"), NOW + timedelta(minutes=1), by="jwt:idp#bob", origin="activate")
+        newer, again = await store.versions()
+        assert (newer.version, newer.last_activated_by, newer.last_activation_origin) == (
+            "9.9.9",
+            "jwt:idp#bob",
+            "activate",
+        )
+        assert again == old
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION == 9
