@@ -304,6 +304,8 @@ async def test_a_version_4_database_upgrades_and_keeps_its_customers(tmp_path: P
         conn.execute("ALTER TABLE contacts DROP COLUMN pending_until")
         conn.execute("ALTER TABLE contacts DROP COLUMN campaign_id")
         conn.execute("DROP TABLE exposures")
+        conn.execute("ALTER TABLE ruleset_activations DROP COLUMN activated_by")
+        conn.execute("ALTER TABLE ruleset_activations DROP COLUMN origin")
         conn.execute("PRAGMA user_version = 4")
     reopened = SqliteStore(path, event_types=tuple(ruleset.events), history=timedelta(days=90), clock=lambda: NOW)
     assert await reopened.open() == COUNT

@@ -256,6 +256,8 @@ async def test_a_version_7_database_derives_the_exposures_of_its_stored_records(
         await store.close()
     with sqlite3.connect(path) as conn:
         conn.execute("DROP TABLE exposures")
+        conn.execute("ALTER TABLE ruleset_activations DROP COLUMN activated_by")  # what schema 9 adds
+        conn.execute("ALTER TABLE ruleset_activations DROP COLUMN origin")
         conn.execute(
             "INSERT INTO decisions VALUES ('not-json', ?, 'CUST-000001', 'sent', '{\"actions\": [NaN', ?)",
             (SINCE.isoformat(), SINCE.isoformat()),
