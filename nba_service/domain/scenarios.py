@@ -11,6 +11,7 @@ the pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import math
@@ -27,6 +28,7 @@ from typing import Any, cast
 import jsonschema
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from nba_service.domain.loader import (
     TESTS_SUFFIX,
@@ -34,6 +36,7 @@ from nba_service.domain.loader import (
     _located,
     _schema_message,
     _SchemaValidator,
+    fast_document,
     unknown_keys,
 )
 from nba_service.domain.model import Channel, Direction, FieldSpec, Ruleset, default_direction, direction_fits
@@ -265,6 +268,16 @@ def load_scenarios_text(data: bytes | str, ruleset: Ruleset, source: str = "<tes
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RulesetInvalid([RulesetProblem(source, None, "", f"not UTF-8 text: {exc.reason}")]) from exc
+    fast = fast_document(text)
+    lines = _case_lines(text) if isinstance(fast, Mapping) else None
+    if isinstance(fast, Mapping) and lines is not None:
+        with contextlib.suppress(RulesetInvalid):  # located below, from the round-trip document
+            return _Reader(source, fast, ruleset, lines).read()
+    return scenarios_round_trip(text, ruleset, source)
+
+
+def scenarios_round_trip(text: str, ruleset: Ruleset, source: str) -> list[Scenario]:
+    """The cases from the round-trip parse, which knows every node's line: how each problem is located."""
     try:
         document = YAML(typ="rt").load(text)
     except MarkedYAMLError as exc:
@@ -275,6 +288,20 @@ def load_scenarios_text(data: bytes | str, ruleset: Ruleset, source: str = "<tes
     if not isinstance(document, Mapping):
         raise RulesetInvalid([RulesetProblem(source, None, "", "the file must hold a mapping with ruleset and cases")])
     return _Reader(source, document, ruleset).read()
+
+
+def _case_lines(text: str) -> list[int] | None:
+    """The line each case starts on, from libyaml's node tree: all a valid file needs of the round-trip parse."""
+    try:
+        root = YAML(typ="safe", pure=False).compose(text)
+    except Exception:  # the round-trip parser reports it
+        return None
+    if not isinstance(root, MappingNode):
+        return None
+    for key, value in root.value:
+        if isinstance(key, ScalarNode) and key.value == "cases" and isinstance(value, SequenceNode):
+            return [item.start_mark.line + 1 for item in value.value]
+    return None
 
 
 def _dotted(path: Sequence[str | int]) -> str:
@@ -306,9 +333,10 @@ def _unknown(message: str, value: str, known: Sequence[str]) -> str:
 
 
 class _Reader:
-    def __init__(self, source: str, document: Any, ruleset: Ruleset) -> None:
+    def __init__(self, source: str, document: Any, ruleset: Ruleset, case_lines: Sequence[int] | None = None) -> None:
         self.source = source
         self.document = document
+        self.case_lines = case_lines
         self.ruleset = ruleset
         self.problems: list[RulesetProblem] = []
         self.rule_actions = {rule.id: rule.action for rule in ruleset.rules}
@@ -382,11 +410,16 @@ class _Reader:
                     ["cases", index, "name"],
                     f"duplicate case name {case_name!r} (first at line {first_line[case_name]})",
                 )
-            first_line.setdefault(case_name, _located(doc, ["cases", index]))
+            first_line.setdefault(case_name, self._case_line(index))
             scenario = self._case(index, case, defaults, default_zone, default_at)
             if scenario is not None:
                 scenarios.append(scenario)
         return scenarios
+
+    def _case_line(self, index: int) -> int | None:
+        if self.case_lines is not None and index < len(self.case_lines):
+            return self.case_lines[index]
+        return _located(self.document, ["cases", index])
 
     def _zone(self, name: str, path: list[str | int]) -> zoneinfo.ZoneInfo | None:
         try:
@@ -486,7 +519,7 @@ class _Reader:
         return Scenario(
             name=str(case["name"]),
             source=self.source,
-            line=_located(self.document, path),
+            line=self._case_line(index),
             channel=channel,
             local_time=local,
             max_actions=max_actions,
